@@ -1,0 +1,65 @@
+-- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
+-- DDL in sql/synapse/. No key constraints: loads replace whole partitions inside a transaction.
+CREATE TABLE IF NOT EXISTS DimDepartment (
+    department_sk BIGINT NOT NULL,
+    department    VARCHAR NOT NULL,
+    hospital_id   INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS DimPatient (
+    patient_sk     BIGINT NOT NULL,
+    patient_id     VARCHAR NOT NULL,
+    gender         VARCHAR,
+    age            INTEGER,
+    attr_hash      BIGINT NOT NULL,
+    effective_from TIMESTAMP NOT NULL,
+    effective_to   TIMESTAMP,
+    is_current     BOOLEAN NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS DimTime (
+    time_key    INTEGER NOT NULL,
+    date        DATE NOT NULL,
+    year        INTEGER NOT NULL,
+    quarter     INTEGER NOT NULL,
+    month       INTEGER NOT NULL,
+    day         INTEGER NOT NULL,
+    hour        INTEGER NOT NULL,
+    day_of_week INTEGER NOT NULL,
+    is_weekend  BOOLEAN NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS FactPatientFlow (
+    fact_id               BIGINT NOT NULL,
+    patient_sk            BIGINT NOT NULL,
+    department_sk         BIGINT NOT NULL,
+    admission_time_key    INTEGER NOT NULL,
+    discharge_time_key    INTEGER,
+    admission_time        TIMESTAMP NOT NULL,
+    discharge_time        TIMESTAMP,
+    admission_date        DATE NOT NULL,
+    length_of_stay_hours  DOUBLE,
+    is_currently_admitted BOOLEAN NOT NULL,
+    bed_id                INTEGER,
+    hospital_id           INTEGER,
+    partition_id          VARCHAR NOT NULL,
+    sequence_number       BIGINT NOT NULL,
+    enqueued_time         TIMESTAMP NOT NULL,
+    bronze_file           VARCHAR NOT NULL,
+    ingested_at           TIMESTAMP NOT NULL,
+    visit_date            DATE NOT NULL
+);
+
+-- Which gold build each load brought in: a load of a build already here changes nothing.
+CREATE TABLE IF NOT EXISTS LoadLog (
+    build     BIGINT NOT NULL,
+    build_id  VARCHAR NOT NULL,
+    as_of     TIMESTAMP NOT NULL,
+    fact_rows BIGINT NOT NULL
+);
+
+-- The gold file each fact partition was loaded from, so a load replaces only changed days.
+CREATE TABLE IF NOT EXISTS LoadedPartition (
+    visit_date VARCHAR NOT NULL,
+    file       VARCHAR NOT NULL
+);

@@ -1,0 +1,17 @@
+-- The seed's KPI: bed occupancy % by gender — patients currently admitted, as a share of the
+-- network's beds (distinct hospital/bed pairs seen), as of the loaded build's clock.
+WITH beds AS (
+    SELECT count(DISTINCT (hospital_id, bed_id)) AS total
+    FROM FactPatientFlow
+    WHERE hospital_id IS NOT NULL AND bed_id IS NOT NULL
+)
+SELECT coalesce(p.gender, 'Unknown') AS gender,
+       count(*) AS currently_admitted,
+       beds.total AS total_beds,
+       round(100.0 * count(*) / nullif(beds.total, 0), 2) AS bed_occupancy_pct
+FROM FactPatientFlow f
+JOIN DimPatient p ON p.patient_sk = f.patient_sk
+CROSS JOIN beds
+WHERE f.is_currently_admitted
+GROUP BY 1, beds.total
+ORDER BY 1;

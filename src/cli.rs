@@ -1,0 +1,458 @@
+//! The command line: one binary that is the handler (`serve`), the hospital simulator (`simulate`),
+//! the whole pipeline on a laptop (`run`), the deployment packager (`package`) and the quarantine
+//! browser (`quarantine`). Each subcommand maps to a function here; the work lives in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::NaiveDateTime;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{GoldArgs, HandlerArgs, LakeArgs, handler_port};
+use crate::model::time::{now_utc, parse_clock, rfc3339};
+use crate::run::{RunOptions, Source};
+use crate::simulate::{DirtRates, SimulationConfig, Simulator};
+use crate::storage::Lake;
+use crate::telemetry::{self, LogTarget};
+
+/// Real-time patient-flow pipeline: Event Hubs → bronze → silver → gold → warehouse, as an Azure
+/// Functions custom handler.
+#[derive(Parser)]
+#[command(name = "patientflow", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Azure Functions custom handler (the Functions host starts this).
+    Serve(ServeArgs),
+    /// Generate hospital admission/discharge events as NDJSON.
+    Simulate(SimulateArgs),
+    /// Run the whole pipeline locally: simulate (or --input) → bronze → silver, through the real handler.
+    Run(RunArgs),
+    /// Assemble a deployable Function App folder (host.json, functions, handler binary).
+    Package(PackageArgs),
+    /// List quarantined events with their reasons (never their content).
+    Quarantine(QuarantineArgs),
+    /// Print the KPIs from the warehouse (occupancy, turnover, census, length of stay, admissions).
+    Report(ReportArgs),
+    /// Time the whole pipeline over N generated events in a temporary folder; prints JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Port to listen on; default: FUNCTIONS_CUSTOMHANDLER_PORT, which the Functions host sets.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind (the host calls 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    handler: HandlerArgs,
+    #[command(flatten)]
+    gold: GoldArgs,
+}
+
+/// The simulator's settings, shared by `simulate` and `run`.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Simulator")]
+pub struct SimArgs {
+    /// Random seed: the same seed and --now give byte-identical events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The clock every timestamp is anchored to (ISO-8601, UTC); default: now.
+    #[arg(long, value_parser = parse_clock)]
+    now: Option<NaiveDateTime>,
+    /// Hospitals in the network (numbered from 1).
+    #[arg(long, default_value_t = 7)]
+    hospitals: i64,
+    /// Beds per hospital (numbered from 1).
+    #[arg(long, default_value_t = 500)]
+    beds: i64,
+    /// Share of ages 101–150 (the seed's dirty data).
+    #[arg(long, default_value_t = 0.05)]
+    old_age_rate: f64,
+    /// Share of admission times 1–72 h in the future (the seed's dirty data).
+    #[arg(long = "future-rate", default_value_t = 0.05)]
+    future_rate: f64,
+    /// Share of malformed bodies (truncated JSON, binary garbage, JSON arrays).
+    #[arg(long, default_value_t = 0.0)]
+    malformed_rate: f64,
+    /// Share of events with one field left out.
+    #[arg(long = "missing-rate", default_value_t = 0.0)]
+    missing_rate: f64,
+    /// Share of events with one field of the wrong JSON type.
+    #[arg(long, default_value_t = 0.0)]
+    wrong_type_rate: f64,
+    /// Share of exact re-sends of the previous clean event.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
+    /// Share of visits by patients seen before (their age may have changed).
+    #[arg(long, default_value_t = 0.2)]
+    returning_rate: f64,
+}
+
+impl SimArgs {
+    fn config(&self, now: NaiveDateTime) -> anyhow::Result<SimulationConfig> {
+        let dirt = DirtRates {
+            old_age: self.old_age_rate,
+            future_admission: self.future_rate,
+            malformed: self.malformed_rate,
+            missing_field: self.missing_rate,
+            wrong_type: self.wrong_type_rate,
+            duplicate: self.duplicate_rate,
+            returning: self.returning_rate,
+        };
+        dirt.validate().map_err(anyhow::Error::msg)?;
+        if self.hospitals < 1 || self.beds < 1 {
+            bail!("--hospitals and --beds must be at least 1");
+        }
+        Ok(SimulationConfig { seed: self.seed, now, hospitals: self.hospitals, beds: self.beds, dirt })
+    }
+
+    fn now(&self) -> NaiveDateTime {
+        self.now.unwrap_or_else(now_utc)
+    }
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Number of events.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Events per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Output file (default: standard output).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Number of events to simulate.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Read events from this NDJSON file (one body per line) instead of simulating.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Event Hubs partitions (events are spread by partition key, the patient id).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Events per ingest_bronze invocation (host.json maxEventBatchSize).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Event hub name recorded in bronze.
+    #[arg(long, env = "EH_NAME", default_value = "patient-flow")]
+    event_hub: String,
+    /// refine_silver invocations in flight (host.json extensions.blobs.maxDegreeOfParallelism).
+    #[arg(long, default_value_t = 2)]
+    silver_concurrency: usize,
+    /// Output format of the report.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    gold: GoldArgs,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    gold: GoldArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Events to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Event Hubs partitions.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Events per ingest_bronze invocation.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// refine_silver invocations in flight.
+    #[arg(long, default_value_t = 2)]
+    silver_concurrency: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep the data folder here instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PackageArgs {
+    /// Folder to create (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Handler binary to ship (default: this executable).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct QuarantineArgs {
+    /// Show at most this many events (newest files first).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Only this reason code.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[command(flatten)]
+    lake: LakeArgs,
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            telemetry::init(LogTarget::Stdout, "info");
+            runtime()?.block_on(serve(args))
+        }
+        Command::Simulate(args) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            simulate(args)
+        }
+        Command::Run(args) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            runtime()?.block_on(run(args))
+        }
+        Command::Package(args) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            let binary = match args.binary {
+                Some(b) => b,
+                None => std::env::current_exe().context("cannot find this executable; pass --binary")?,
+            };
+            let report = crate::package::package(&args.out, &binary)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Quarantine(args) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            runtime()?.block_on(quarantine(args))
+        }
+        Command::Report(args) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            runtime()?.block_on(report(args))
+        }
+        Command::Bench(args) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            runtime()?.block_on(bench(args))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let port = handler_port(args.port, |k| std::env::var(k).ok())?;
+    let settings = args.handler.settings()?;
+    let storage = args.lake.storage_config()?;
+    // Bind first: the host's readiness probe must be answered before any slow setup.
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{port}", args.host))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, lake = %storage.describe(), ready_ms = started.elapsed().as_millis() as u64, "Handler listening.");
+    let warehouse = args.gold.warehouse_config(&args.lake.data_dir)?;
+    let state = crate::app::AppState::build(storage, None, settings, warehouse, args.gold.gold_settings()?);
+    crate::app::serve(listener, state, crate::app::shutdown_signal()).await.context("the handler stopped with an error")
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let now = args.sim.now();
+    let config = args.sim.config(now)?;
+    if let Some(rate) = args.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        bail!("--rate must be a positive number of events per second");
+    }
+    let (mut out, bar): (Box<dyn Write>, _) = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let bar =
+                indicatif::ProgressBar::with_draw_target(Some(args.count), indicatif::ProgressDrawTarget::stderr());
+            (Box::new(std::io::BufWriter::with_capacity(1 << 20, file)), bar)
+        }
+        None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), indicatif::ProgressBar::hidden()),
+    };
+    let started = Instant::now();
+    let mut sim = Simulator::new(config);
+    for (i, e) in sim.by_ref().take(args.count as usize).enumerate() {
+        out.write_all(&e.body)?;
+        out.write_all(b"\n")?;
+        if i % 1024 == 0 {
+            bar.set_position(i as u64);
+        }
+        if let Some(rate) = args.rate {
+            let due = Duration::from_secs_f64((i + 1) as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                out.flush()?;
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    let tally = sim.tally();
+    eprintln!(
+        "simulated {} events (seed {}, now {}) in {:.2} s; injected: {}",
+        tally.events,
+        args.sim.seed,
+        rfc3339(&now),
+        started.elapsed().as_secs_f64(),
+        serde_json::to_string(tally)?
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let now = args.sim.now();
+    let source = match &args.input {
+        Some(path) => Source::File(path.clone()),
+        None => Source::Simulate { config: args.sim.config(now)?, count: args.count },
+    };
+    let storage = args.lake.storage_config()?;
+    let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
+    let options = RunOptions {
+        source,
+        partitions: args.partitions,
+        batch_size: args.batch_size,
+        event_hub: args.event_hub.clone(),
+        now,
+        silver_concurrency: args.silver_concurrency,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    if args.partitions == 0 {
+        bail!("--partitions must be at least 1");
+    }
+    let settings = crate::app::HandlerSettings { now: Some(now), ..Default::default() };
+    let warehouse = args.gold.warehouse_config(&args.lake.data_dir)?;
+    // `run` folds everything it ingested: its gold timer call has no minimum of new files.
+    let gold = crate::app::GoldSettings { min_new_files: 0, ..args.gold.gold_settings()? };
+    let started = Instant::now();
+    let report = crate::run::run(lake, settings, warehouse, gold, options).await?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            println!("patientflow run — lake: {}", storage.describe());
+            print!("{}", report.render());
+            println!("total    {:>8.3} s", started.elapsed().as_secs_f64());
+            if let Some(kpis) = &report.report {
+                print!("\n{}", kpis.render());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let storage = args.lake.storage_config()?;
+    let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
+    let state = crate::app::AppState::build(
+        crate::storage::StorageConfig::memory(),
+        Some(lake.clone()),
+        Default::default(),
+        args.gold.warehouse_config(&args.lake.data_dir)?,
+        args.gold.gold_settings()?,
+    );
+    let Some(warehouse) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? else {
+        bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE=none); the report reads the warehouse");
+    };
+    let mut kpis = warehouse.report().await?;
+    kpis.quarantine_by_reason = crate::pipeline::quarantine::list(&lake, None, 0).await?.by_reason;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&kpis)?),
+        Format::Text => print!("{}", kpis.render()),
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in bytes.
+fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let dir = args.keep.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let now = parse_clock("2026-11-24T12:00:00").map_err(anyhow::Error::msg)?;
+    let config = SimulationConfig { seed: args.seed, now, hospitals: 7, beds: 500, dirt: DirtRates::default() };
+    let lake = Lake::open(&crate::storage::StorageConfig::local(&dir)).await?;
+    let options = RunOptions {
+        source: Source::Simulate { config, count: args.events },
+        partitions: args.partitions,
+        batch_size: args.batch_size,
+        event_hub: "patient-flow".into(),
+        now,
+        silver_concurrency: args.silver_concurrency,
+        progress: false,
+    };
+    let settings = crate::app::HandlerSettings { now: Some(now), ..Default::default() };
+    let warehouse = crate::app::WarehouseConfig::Embedded(dir.join("warehouse.duckdb"));
+    let gold = crate::app::GoldSettings { min_new_files: 0, ..Default::default() };
+    let started = Instant::now();
+    let report = crate::run::run(lake, settings, warehouse, gold, options).await?;
+    let total = started.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "events": args.events,
+        "partitions": args.partitions,
+        "batch_size": args.batch_size,
+        "stages": report.stages,
+        "total_seconds": total,
+        "events_per_second": args.events as f64 / total,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "silver_rows": report.silver_rows,
+        "fact_rows": report.gold.as_ref().and_then(|g| g["load"]["fact_rows_total"].as_u64()),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn quarantine(args: QuarantineArgs) -> anyhow::Result<()> {
+    let storage = args.lake.storage_config()?;
+    let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
+    let listing = crate::pipeline::quarantine::list(&lake, args.reason.as_deref(), args.limit).await?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&listing)?),
+        Format::Text => print!("{}", listing.render()),
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! Settings: every app setting and its command-line flag, read once at start. Each flag can be given
+//! as an environment variable (what Function App settings and `local.settings.json` provide); the
+//! README's settings table lists them all. Wrong values fail at start with the setting and the fix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::app::{GoldSettings, HandlerSettings, WarehouseConfig};
+use crate::model::time::parse_clock;
+use crate::storage::{AzureAuth, Backend, Container, StorageConfig};
+
+/// A setting is wrong; the message names it and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where the lake lives. With no `LAKE` settings it is a local folder.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Lake (storage)")]
+pub struct LakeArgs {
+    /// Local lake folder, used when no LAKE connection is configured.
+    #[arg(long, env = "PATIENTFLOW_DATA_DIR", default_value = "patientflow-data")]
+    pub data_dir: PathBuf,
+    /// Azure Storage connection string for the lake (`UseDevelopmentStorage=true` for Azurite).
+    #[arg(long = "lake", env = "LAKE", hide_env_values = true, value_name = "CONNECTION_STRING")]
+    lake: Option<RedactedString>,
+    /// Storage account name, for identity-based connections (no secrets).
+    #[arg(long, env = "LAKE__accountName", value_name = "ACCOUNT")]
+    lake_account_name: Option<String>,
+    /// Blob endpoint for identity-based connections (default https://<account>.blob.core.windows.net).
+    #[arg(long, env = "LAKE__blobServiceUri", value_name = "URL")]
+    lake_blob_service_uri: Option<String>,
+    /// `managedidentity` to use the Function App's managed identity (default when identity-based).
+    #[arg(long, env = "LAKE__credential", value_name = "CREDENTIAL")]
+    lake_credential: Option<String>,
+    /// Client id of a user-assigned managed identity.
+    #[arg(long, env = "LAKE__clientId", value_name = "CLIENT_ID")]
+    lake_client_id: Option<String>,
+    /// Container for raw events.
+    #[arg(long, env = "PATIENTFLOW_BRONZE_CONTAINER", default_value = "bronze")]
+    bronze_container: String,
+    /// Container for refined rows.
+    #[arg(long, env = "PATIENTFLOW_SILVER_CONTAINER", default_value = "silver")]
+    silver_container: String,
+    /// Container for the star schema.
+    #[arg(long, env = "PATIENTFLOW_GOLD_CONTAINER", default_value = "gold")]
+    gold_container: String,
+    /// Container for rejected events.
+    #[arg(long, env = "PATIENTFLOW_QUARANTINE_CONTAINER", default_value = "quarantine")]
+    quarantine_container: String,
+}
+
+/// A string whose `Debug` never shows its value (connection strings, keys).
+#[derive(Clone)]
+pub struct RedactedString(SecretString);
+
+impl std::fmt::Debug for RedactedString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for RedactedString {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(SecretString::from(s)))
+    }
+}
+
+impl LakeArgs {
+    /// Validates the lake settings into a [`StorageConfig`].
+    pub fn storage_config(&self) -> Result<StorageConfig, ConfigError> {
+        use secrecy::ExposeSecret;
+        let containers =
+            [&self.bronze_container, &self.silver_container, &self.gold_container, &self.quarantine_container];
+        for (c, name) in Container::ALL.iter().zip(containers) {
+            if !valid_container(name) {
+                return Err(ConfigError(format!(
+                    "container name {name:?} for {} is not valid; use 3-63 lowercase letters, digits and hyphens",
+                    c.default_name()
+                )));
+            }
+        }
+        let containers = containers.map(|s| s.clone());
+        let backend = if let Some(conn) = &self.lake {
+            StorageConfig::from_connection_string("LAKE", conn.0.expose_secret())
+                .map_err(|e| ConfigError(e.to_string()))?
+        } else if self.lake_account_name.is_some() || self.lake_blob_service_uri.is_some() {
+            let endpoint = match (&self.lake_blob_service_uri, &self.lake_account_name) {
+                (Some(uri), _) => uri.trim_end_matches('/').to_string(),
+                (None, Some(account)) => format!("https://{account}.blob.core.windows.net"),
+                (None, None) => unreachable!(),
+            };
+            let account = match &self.lake_account_name {
+                Some(a) => a.clone(),
+                None => account_from_endpoint(&endpoint).ok_or_else(|| {
+                    ConfigError(format!(
+                        "cannot tell the storage account from LAKE__blobServiceUri={endpoint}; also set LAKE__accountName"
+                    ))
+                })?,
+            };
+            let auth = match self.lake_credential.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("managedidentity") => AzureAuth::ManagedIdentity { client_id: self.lake_client_id.clone() },
+                Some("auto") => AzureAuth::Auto,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "LAKE__credential={other} is not supported; use `managedidentity` (or `auto` for Azure CLI / workload identity)"
+                    )));
+                }
+            };
+            Backend::Azure { account, blob_endpoint: endpoint, auth }
+        } else {
+            Backend::Local { root: self.data_dir.clone() }
+        };
+        Ok(StorageConfig { backend, containers })
+    }
+}
+
+fn valid_container(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+fn account_from_endpoint(endpoint: &str) -> Option<String> {
+    let url = url::Url::parse(endpoint).ok()?;
+    let host = url.host_str()?;
+    host.split_once(".blob.").map(|(account, _)| account.to_string())
+}
+
+/// Settings of the HTTP handler itself.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Handler")]
+pub struct HandlerArgs {
+    /// Largest accepted request body, in bytes (a 1,000-event batch is well under 1 MiB).
+    #[arg(long, env = "PATIENTFLOW_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds an invocation may run before the handler gives up with 408.
+    #[arg(long, env = "PATIENTFLOW_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
+    pub request_timeout_secs: u64,
+    /// A fixed clock for the handler (ISO-8601, UTC); default: the real clock.
+    #[arg(long = "handler-now", env = "PATIENTFLOW_NOW", value_name = "TIMESTAMP")]
+    pub now: Option<String>,
+}
+
+impl HandlerArgs {
+    /// Validates into [`HandlerSettings`].
+    pub fn settings(&self) -> Result<HandlerSettings, ConfigError> {
+        if self.max_body_bytes < 1024 * 1024 {
+            return Err(ConfigError(format!(
+                "PATIENTFLOW_MAX_BODY_BYTES={} is too small for an Event Hubs batch; use at least 1048576",
+                self.max_body_bytes
+            )));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(ConfigError("PATIENTFLOW_REQUEST_TIMEOUT_SECS must be at least 1".into()));
+        }
+        let now = match &self.now {
+            Some(s) => Some(parse_clock(s).map_err(|e| ConfigError(format!("PATIENTFLOW_NOW: {e}")))?),
+            None => None,
+        };
+        Ok(HandlerSettings {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            now,
+        })
+    }
+}
+
+/// Gold build and warehouse settings.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Gold and warehouse")]
+pub struct GoldArgs {
+    /// The build_gold timer builds only when more than this many silver files are new.
+    #[arg(long, env = "PATIENTFLOW_GOLD_MIN_NEW_FILES", default_value_t = 5)]
+    pub gold_min_new_files: usize,
+    /// Hours superseded gold build files are kept before cleanup.
+    #[arg(long, env = "PATIENTFLOW_GOLD_RETENTION_HOURS", default_value_t = 168)]
+    pub gold_retention_hours: u64,
+    /// Warehouse gold is loaded into: `embedded` (a DuckDB file) or `none`.
+    #[arg(long, env = "PATIENTFLOW_WAREHOUSE", default_value = "embedded")]
+    pub warehouse: String,
+    /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
+    #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
+    pub warehouse_path: Option<PathBuf>,
+}
+
+impl GoldArgs {
+    /// Validates the gold settings.
+    pub fn gold_settings(&self) -> Result<GoldSettings, ConfigError> {
+        if self.gold_retention_hours == 0 {
+            return Err(ConfigError(
+                "PATIENTFLOW_GOLD_RETENTION_HOURS must be at least 1: readers of the previous build need its files"
+                    .into(),
+            ));
+        }
+        Ok(GoldSettings {
+            min_new_files: self.gold_min_new_files,
+            retention: Duration::from_secs(self.gold_retention_hours * 3600),
+        })
+    }
+
+    /// Validates the warehouse choice; the embedded file defaults to `<data_dir>/warehouse.duckdb`.
+    pub fn warehouse_config(&self, data_dir: &std::path::Path) -> Result<WarehouseConfig, ConfigError> {
+        match self.warehouse.to_ascii_lowercase().as_str() {
+            "embedded" | "duckdb" => Ok(WarehouseConfig::Embedded(
+                self.warehouse_path.clone().unwrap_or_else(|| data_dir.join("warehouse.duckdb")),
+            )),
+            "none" => Ok(WarehouseConfig::None),
+            other => Err(ConfigError(format!(
+                "PATIENTFLOW_WAREHOUSE={other:?} is not a warehouse; use `embedded` or `none`"
+            ))),
+        }
+    }
+}
+
+/// Resolves the handler's port: `--port`, else `FUNCTIONS_CUSTOMHANDLER_PORT` (set by the host),
+/// else its legacy alias `FUNCTIONS_HTTPWORKER_PORT`.
+pub fn handler_port(flag: Option<u16>, env: impl Fn(&str) -> Option<String>) -> Result<u16, ConfigError> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    for name in ["FUNCTIONS_CUSTOMHANDLER_PORT", "FUNCTIONS_HTTPWORKER_PORT"] {
+        if let Some(v) = env(name) {
+            return v.trim().parse::<u16>().map_err(|_| {
+                ConfigError(format!(
+                    "{name}={v:?} is not a TCP port (0-65535); the Functions host sets it, or pass --port"
+                ))
+            });
+        }
+    }
+    Err(ConfigError(
+        "FUNCTIONS_CUSTOMHANDLER_PORT is not set: the Functions host sets it when it starts the handler; to run it by hand, pass --port 3000"
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        lake: LakeArgs,
+    }
+
+    #[test]
+    fn port_comes_from_the_flag_or_the_host_and_errors_name_the_fix() {
+        assert_eq!(handler_port(Some(9), |_| None).unwrap(), 9);
+        assert_eq!(handler_port(None, |k| (k == "FUNCTIONS_CUSTOMHANDLER_PORT").then(|| "4321".into())).unwrap(), 4321);
+        assert_eq!(handler_port(None, |k| (k == "FUNCTIONS_HTTPWORKER_PORT").then(|| "7".into())).unwrap(), 7);
+        let e = handler_port(None, |_| None).unwrap_err().to_string();
+        assert!(e.contains("FUNCTIONS_CUSTOMHANDLER_PORT") && e.contains("--port"), "{e}");
+        let e = handler_port(None, |_| Some("http".into())).unwrap_err().to_string();
+        assert!(e.contains("not a TCP port"), "{e}");
+    }
+
+    #[test]
+    fn lake_defaults_to_a_local_folder_and_never_prints_secrets() {
+        let t = T::try_parse_from(["x"]).unwrap();
+        assert!(matches!(t.lake.storage_config().unwrap().backend, Backend::Local { .. }));
+        let t = T::try_parse_from(["x", "--lake", "AccountName=a;AccountKey=c2VjcmV0"]).unwrap();
+        assert!(!format!("{:?}", t.lake).contains("c2VjcmV0"));
+        let cfg = t.lake.storage_config().unwrap();
+        assert!(!format!("{cfg:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn identity_based_lake_settings() {
+        let t = T::try_parse_from(["x", "--lake-blob-service-uri", "https://acct.blob.core.windows.net/"]).unwrap();
+        let Backend::Azure { account, auth, .. } = t.lake.storage_config().unwrap().backend else { panic!() };
+        assert_eq!(account, "acct");
+        assert!(matches!(auth, AzureAuth::ManagedIdentity { client_id: None }));
+        let t = T::try_parse_from(["x", "--lake-account-name", "acct", "--lake-credential", "certificate"]).unwrap();
+        assert!(t.lake.storage_config().unwrap_err().to_string().contains("LAKE__credential"));
+        let t = T::try_parse_from(["x", "--bronze-container", "Bad_Name"]).unwrap();
+        assert!(t.lake.storage_config().unwrap_err().to_string().contains("not valid"));
+    }
+}

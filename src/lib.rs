@@ -1,0 +1,29 @@
+//! patientflow: a real-time patient-flow pipeline (Event Hubs → bronze → silver → gold → warehouse)
+//! that runs as an Azure Functions custom handler, plus its simulator and local runner.
+
+/// The HTTP application: state, router, serving.
+pub mod app;
+/// The command line.
+pub mod cli;
+/// Settings from flags and app settings.
+pub mod config;
+/// The Functions: thin handlers over the pipeline.
+pub mod functions;
+/// A local stand-in for the Functions host (used by `run`, `bench` and tests).
+pub mod local_host;
+/// Pure data: the event contract and table schemas.
+pub mod model;
+/// Deployable Function App folders.
+pub mod package;
+/// The pipeline core: bronze, silver, gold.
+pub mod pipeline;
+/// `patientflow run`.
+pub mod run;
+/// The hospital simulator.
+pub mod simulate;
+/// The lake over object_store.
+pub mod storage;
+/// Logging setup.
+pub mod telemetry;
+/// The warehouse: the trait, the embedded DuckDB database, the KPI report.
+pub mod warehouse;

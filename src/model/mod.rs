@@ -1,0 +1,5 @@
+//! Pure data: the patient-flow event contract and the Arrow schemas of every lake table. No I/O here.
+
+pub mod event;
+pub mod schema;
+pub mod time;

@@ -1,0 +1,133 @@
+//! Arrow schemas of every lake table, defined once. Timestamps are naive UTC at microsecond precision
+//! (the seed's convention), stored as `Timestamp(Microsecond, None)`.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// The timestamp type every table uses.
+pub const TS: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
+
+fn schema(fields: Vec<Field>) -> SchemaRef {
+    Arc::new(Schema::new(fields))
+}
+
+/// Bronze: every event byte for byte, with where it came from.
+pub static BRONZE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(vec![
+        Field::new("event_hub", DataType::Utf8, false),
+        Field::new("partition_id", DataType::Utf8, false),
+        Field::new("sequence_number", DataType::Int64, false),
+        Field::new("offset", DataType::Utf8, true),
+        Field::new("enqueued_time", TS, false),
+        Field::new("partition_key", DataType::Utf8, true),
+        Field::new("properties", DataType::Utf8, true),
+        Field::new("ingested_at", TS, false),
+        Field::new("body", DataType::Binary, false),
+    ])
+});
+
+/// The lineage columns silver and quarantine rows carry back to their bronze event.
+fn lineage() -> Vec<Field> {
+    vec![
+        Field::new("event_hub", DataType::Utf8, false),
+        Field::new("partition_id", DataType::Utf8, false),
+        Field::new("sequence_number", DataType::Int64, false),
+        Field::new("enqueued_time", TS, false),
+        Field::new("bronze_file", DataType::Utf8, false),
+    ]
+}
+
+/// Silver: typed, validated patient-flow rows with quality flags and lineage.
+pub static SILVER: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("patient_id", DataType::Utf8, false),
+        Field::new("gender", DataType::Utf8, true),
+        Field::new("age", DataType::Int32, true),
+        Field::new("department", DataType::Utf8, true),
+        Field::new("admission_time", TS, false),
+        Field::new("admission_time_sent", TS, true),
+        Field::new("discharge_time", TS, true),
+        Field::new("bed_id", DataType::Int32, true),
+        Field::new("hospital_id", DataType::Int32, true),
+        Field::new("age_capped", DataType::Boolean, false),
+        Field::new("admission_imputed", DataType::Boolean, false),
+        Field::new("discharge_before_admission", DataType::Boolean, false),
+        Field::new("missing_fields", DataType::Utf8, true),
+    ];
+    fields.extend(lineage());
+    schema(fields)
+});
+
+/// Quarantine: events that cannot be rows, with their raw bytes and a reason.
+pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("body", DataType::Binary, false),
+    ];
+    fields.extend(lineage());
+    schema(fields)
+});
+
+/// DimDepartment: one row per (department, hospital).
+pub static DIM_DEPARTMENT: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(vec![
+        Field::new("department_sk", DataType::Int64, false),
+        Field::new("department", DataType::Utf8, false),
+        Field::new("hospital_id", DataType::Int32, false),
+    ])
+});
+
+/// DimPatient, SCD type 2: one row per version of a patient's attributes.
+pub static DIM_PATIENT: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(vec![
+        Field::new("patient_sk", DataType::Int64, false),
+        Field::new("patient_id", DataType::Utf8, false),
+        Field::new("gender", DataType::Utf8, true),
+        Field::new("age", DataType::Int32, true),
+        Field::new("attr_hash", DataType::Int64, false),
+        Field::new("effective_from", TS, false),
+        Field::new("effective_to", TS, true),
+        Field::new("is_current", DataType::Boolean, false),
+    ])
+});
+
+/// DimTime at hour grain; `time_key` is `yyyymmddhh`.
+pub static DIM_TIME: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(vec![
+        Field::new("time_key", DataType::Int32, false),
+        Field::new("date", DataType::Date32, false),
+        Field::new("year", DataType::Int32, false),
+        Field::new("quarter", DataType::Int32, false),
+        Field::new("month", DataType::Int32, false),
+        Field::new("day", DataType::Int32, false),
+        Field::new("hour", DataType::Int32, false),
+        Field::new("day_of_week", DataType::Int32, false),
+        Field::new("is_weekend", DataType::Boolean, false),
+    ])
+});
+
+/// FactPatientFlow: one row per visit (upserted on `fact_id`), partitioned by `visit_date`.
+pub static FACT_PATIENT_FLOW: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(vec![
+        Field::new("fact_id", DataType::Int64, false),
+        Field::new("patient_sk", DataType::Int64, false),
+        Field::new("department_sk", DataType::Int64, false),
+        Field::new("admission_time_key", DataType::Int32, false),
+        Field::new("discharge_time_key", DataType::Int32, true),
+        Field::new("admission_time", TS, false),
+        Field::new("discharge_time", TS, true),
+        Field::new("admission_date", DataType::Date32, false),
+        Field::new("length_of_stay_hours", DataType::Float64, true),
+        Field::new("is_currently_admitted", DataType::Boolean, false),
+        Field::new("bed_id", DataType::Int32, true),
+        Field::new("hospital_id", DataType::Int32, true),
+        Field::new("partition_id", DataType::Utf8, false),
+        Field::new("sequence_number", DataType::Int64, false),
+        Field::new("enqueued_time", TS, false),
+        Field::new("bronze_file", DataType::Utf8, false),
+        Field::new("ingested_at", TS, false),
+        Field::new("visit_date", DataType::Date32, false),
+    ])
+});

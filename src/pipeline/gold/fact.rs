@@ -1,0 +1,266 @@
+//! FactPatientFlow: one row per visit, upserted on `fact_id` (a later event for the same visit
+//! replaces the earlier row), partitioned by visit date so a build rewrites only the days it touches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+
+use super::keys;
+use crate::model::schema::FACT_PATIENT_FLOW;
+use crate::pipeline::{Error, Result};
+
+/// One visit as stored in gold (derived columns are computed when encoding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactRow {
+    /// Visit key.
+    pub fact_id: i64,
+    /// The patient version valid at admission.
+    pub patient_sk: i64,
+    /// Department key.
+    pub department_sk: i64,
+    /// Admission, µs.
+    pub admission_us: i64,
+    /// Discharge as sent, µs.
+    pub discharge_us: Option<i64>,
+    /// Bed id.
+    pub bed_id: Option<i32>,
+    /// Hospital id.
+    pub hospital_id: Option<i32>,
+    /// Event Hubs partition of the winning event.
+    pub partition_id: Arc<str>,
+    /// Its sequence number.
+    pub sequence_number: i64,
+    /// Its enqueued time, µs.
+    pub enqueued_us: i64,
+    /// Its bronze file.
+    pub bronze_file: Arc<str>,
+    /// When gold first took this version of the row, µs.
+    pub ingested_us: i64,
+    /// Partition key (days since epoch).
+    pub visit_date: i32,
+}
+
+impl FactRow {
+    /// Discharge before admission: the stay is unknown, never negative.
+    pub fn discharge_before_admission(&self) -> bool {
+        self.discharge_us.is_some_and(|d| d < self.admission_us)
+    }
+
+    /// Length of stay in hours, for discharged visits with a consistent discharge.
+    pub fn length_of_stay_hours(&self) -> Option<f64> {
+        let d = self.discharge_us?;
+        (d >= self.admission_us).then(|| (d - self.admission_us) as f64 / 3_600_000_000.0)
+    }
+
+    /// Admitted and not (yet) discharged at `as_of`.
+    pub fn is_currently_admitted(&self, as_of: i64) -> bool {
+        !self.discharge_before_admission() && self.admission_us <= as_of && self.discharge_us.is_none_or(|d| d > as_of)
+    }
+
+    /// The first instant after `as_of` at which [`is_currently_admitted`](Self::is_currently_admitted) flips.
+    pub fn next_change(&self, as_of: i64) -> Option<i64> {
+        if self.discharge_before_admission() {
+            return None;
+        }
+        [Some(self.admission_us), self.discharge_us].into_iter().flatten().filter(|&t| t > as_of).min()
+    }
+
+    /// Which of two rows for one visit wins: the later event.
+    pub fn wins_over(&self, other: &FactRow) -> bool {
+        (self.enqueued_us, &*self.partition_id, self.sequence_number)
+            > (other.enqueued_us, &*other.partition_id, other.sequence_number)
+    }
+}
+
+/// Upserts `new` rows into `existing` (one partition); returns (inserted, updated).
+pub fn upsert(existing: &mut HashMap<i64, FactRow>, new: Vec<FactRow>) -> (u64, u64) {
+    let (mut inserted, mut updated) = (0, 0);
+    for row in new {
+        match existing.get_mut(&row.fact_id) {
+            None => {
+                inserted += 1;
+                existing.insert(row.fact_id, row);
+            }
+            Some(old) if row.wins_over(old) => {
+                if row != *old {
+                    updated += 1;
+                }
+                // The first ingestion time is kept: it says when gold first knew the visit.
+                let first = old.ingested_us.min(row.ingested_us);
+                *old = FactRow { ingested_us: first, ..row };
+            }
+            Some(_) => {}
+        }
+    }
+    (inserted, updated)
+}
+
+/// Encodes a partition's rows (sorted by admission, then key, for deterministic bytes).
+pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
+    rows.sort_by_key(|r| (r.admission_us, r.fact_id));
+    let n = rows.len();
+    let mut fact_id = Int64Builder::with_capacity(n);
+    let mut patient = Int64Builder::with_capacity(n);
+    let mut dept = Int64Builder::with_capacity(n);
+    let mut adm_key = Int32Builder::with_capacity(n);
+    let mut dis_key = Int32Builder::with_capacity(n);
+    let mut adm = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut dis = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut adm_date = Date32Builder::with_capacity(n);
+    let mut los = Float64Builder::with_capacity(n);
+    let mut current = BooleanBuilder::with_capacity(n);
+    let mut bed = Int32Builder::with_capacity(n);
+    let mut hospital = Int32Builder::with_capacity(n);
+    let mut part = StringBuilder::with_capacity(n, n);
+    let mut seq = Int64Builder::with_capacity(n);
+    let mut enq = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut file = StringBuilder::with_capacity(n, n * 80);
+    let mut ingested = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut visit = Date32Builder::with_capacity(n);
+    for r in rows.iter() {
+        fact_id.append_value(r.fact_id);
+        patient.append_value(r.patient_sk);
+        dept.append_value(r.department_sk);
+        adm_key.append_value(keys::time_key(r.admission_us));
+        dis_key.append_option(r.discharge_us.map(keys::time_key));
+        adm.append_value(r.admission_us);
+        dis.append_option(r.discharge_us);
+        adm_date.append_value(keys::epoch_days(r.admission_us));
+        los.append_option(r.length_of_stay_hours());
+        current.append_value(r.is_currently_admitted(as_of));
+        bed.append_option(r.bed_id);
+        hospital.append_option(r.hospital_id);
+        part.append_value(&r.partition_id);
+        seq.append_value(r.sequence_number);
+        enq.append_value(r.enqueued_us);
+        file.append_value(&r.bronze_file);
+        ingested.append_value(r.ingested_us);
+        visit.append_value(r.visit_date);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(fact_id.finish()),
+        Arc::new(patient.finish()),
+        Arc::new(dept.finish()),
+        Arc::new(adm_key.finish()),
+        Arc::new(dis_key.finish()),
+        Arc::new(adm.finish()),
+        Arc::new(dis.finish()),
+        Arc::new(adm_date.finish()),
+        Arc::new(los.finish()),
+        Arc::new(current.finish()),
+        Arc::new(bed.finish()),
+        Arc::new(hospital.finish()),
+        Arc::new(part.finish()),
+        Arc::new(seq.finish()),
+        Arc::new(enq.finish()),
+        Arc::new(file.finish()),
+        Arc::new(ingested.finish()),
+        Arc::new(visit.finish()),
+    ];
+    Ok(RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), cols)?)
+}
+
+/// Decodes a partition file.
+pub fn decode(key: &str, batches: &[RecordBatch], into: &mut HashMap<i64, FactRow>) -> Result<()> {
+    for b in batches {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| Error::Corrupt { key: key.to_string(), detail: format!("no `{name}` column") })
+        };
+        let fact_id = col("fact_id")?.as_primitive::<Int64Type>();
+        let patient = col("patient_sk")?.as_primitive::<Int64Type>();
+        let dept = col("department_sk")?.as_primitive::<Int64Type>();
+        let adm = col("admission_time")?.as_primitive::<TimestampMicrosecondType>();
+        let dis = col("discharge_time")?.as_primitive::<TimestampMicrosecondType>();
+        let bed = col("bed_id")?.as_primitive::<Int32Type>();
+        let hospital = col("hospital_id")?.as_primitive::<Int32Type>();
+        let part = col("partition_id")?.as_string::<i32>();
+        let seq = col("sequence_number")?.as_primitive::<Int64Type>();
+        let enq = col("enqueued_time")?.as_primitive::<TimestampMicrosecondType>();
+        let file = col("bronze_file")?.as_string::<i32>();
+        let ingested = col("ingested_at")?.as_primitive::<TimestampMicrosecondType>();
+        let visit = col("visit_date")?.as_primitive::<arrow_array::types::Date32Type>();
+        for i in 0..b.num_rows() {
+            into.insert(
+                fact_id.value(i),
+                FactRow {
+                    fact_id: fact_id.value(i),
+                    patient_sk: patient.value(i),
+                    department_sk: dept.value(i),
+                    admission_us: adm.value(i),
+                    discharge_us: (!dis.is_null(i)).then(|| dis.value(i)),
+                    bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
+                    hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
+                    partition_id: Arc::from(part.value(i)),
+                    sequence_number: seq.value(i),
+                    enqueued_us: enq.value(i),
+                    bronze_file: Arc::from(file.value(i)),
+                    ingested_us: ingested.value(i),
+                    visit_date: visit.value(i),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, enq: i64, discharge: Option<i64>) -> FactRow {
+        FactRow {
+            fact_id: id,
+            patient_sk: 1,
+            department_sk: 2,
+            admission_us: 100,
+            discharge_us: discharge,
+            bed_id: Some(3),
+            hospital_id: Some(4),
+            partition_id: Arc::from("0"),
+            sequence_number: enq,
+            enqueued_us: enq,
+            bronze_file: Arc::from("f"),
+            ingested_us: enq,
+            visit_date: 0,
+        }
+    }
+
+    #[test]
+    fn a_later_event_replaces_the_row_and_a_replay_changes_nothing() {
+        let mut part = HashMap::new();
+        assert_eq!(upsert(&mut part, vec![row(1, 10, None)]), (1, 0));
+        assert_eq!(upsert(&mut part, vec![row(1, 20, Some(500))]), (0, 1));
+        assert_eq!(part[&1].discharge_us, Some(500));
+        assert_eq!(part[&1].ingested_us, 10, "first ingestion time kept");
+        let snapshot = part.clone();
+        assert_eq!(upsert(&mut part, vec![row(1, 20, Some(500)), row(1, 10, None)]), (0, 0));
+        assert_eq!(part, snapshot, "replays and older events change nothing");
+    }
+
+    #[test]
+    fn stay_and_census_are_never_negative() {
+        let r = row(1, 1, Some(50));
+        assert!(r.discharge_before_admission());
+        assert_eq!(r.length_of_stay_hours(), None);
+        assert!(!r.is_currently_admitted(75));
+        let r = row(1, 1, Some(100 + 7_200_000_000));
+        assert_eq!(r.length_of_stay_hours(), Some(2.0));
+        assert!(r.is_currently_admitted(200));
+        assert!(!r.is_currently_admitted(100 + 7_200_000_000));
+        assert_eq!(r.next_change(200), Some(100 + 7_200_000_000));
+        assert_eq!(r.next_change(100 + 7_200_000_000), None);
+        let mut rows = vec![r];
+        let b = encode(&mut rows, 200).unwrap();
+        let mut back = HashMap::new();
+        decode("k", &[b], &mut back).unwrap();
+        assert_eq!(back[&1], rows[0]);
+    }
+}

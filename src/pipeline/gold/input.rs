@@ -1,0 +1,98 @@
+//! Reads silver files into visits, the gold build's input rows.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, RecordBatch};
+
+use crate::pipeline::{Error, Result};
+
+/// One silver row, as the gold build needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Visit {
+    /// Patient id.
+    pub patient_id: String,
+    /// Gender.
+    pub gender: Option<String>,
+    /// Age (capped).
+    pub age: Option<i32>,
+    /// Department.
+    pub department: Option<String>,
+    /// Admission time (imputed when missing or future), µs.
+    pub admission_us: i64,
+    /// Admission time as sent, µs (part of the visit's natural key).
+    pub admission_sent_us: Option<i64>,
+    /// Discharge time, µs.
+    pub discharge_us: Option<i64>,
+    /// Bed id.
+    pub bed_id: Option<i32>,
+    /// Hospital id.
+    pub hospital_id: Option<i32>,
+    /// Event Hubs partition.
+    pub partition_id: Arc<str>,
+    /// Sequence number.
+    pub sequence_number: i64,
+    /// Enqueued time, µs.
+    pub enqueued_us: i64,
+    /// Bronze file.
+    pub bronze_file: Arc<str>,
+}
+
+impl Visit {
+    /// Which of two events for the same visit wins: the later enqueued one (then partition and
+    /// sequence number), so the result does not depend on the order files are folded in.
+    pub fn order_key(&self) -> (i64, &str, i64) {
+        (self.enqueued_us, &self.partition_id, self.sequence_number)
+    }
+}
+
+/// Converts silver record batches into visits.
+pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>) -> Result<()> {
+    for batch in batches {
+        let col = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| Error::Corrupt {
+                key: key.to_string(),
+                detail: format!("not a silver file: no `{name}` column"),
+            })
+        };
+        let patient = col("patient_id")?.as_string::<i32>();
+        let gender = col("gender")?.as_string::<i32>();
+        let age = col("age")?.as_primitive::<Int32Type>();
+        let department = col("department")?.as_string::<i32>();
+        let admission = col("admission_time")?.as_primitive::<TimestampMicrosecondType>();
+        let admission_sent = col("admission_time_sent")?.as_primitive::<TimestampMicrosecondType>();
+        let discharge = col("discharge_time")?.as_primitive::<TimestampMicrosecondType>();
+        let bed = col("bed_id")?.as_primitive::<Int32Type>();
+        let hospital = col("hospital_id")?.as_primitive::<Int32Type>();
+        let partition = col("partition_id")?.as_string::<i32>();
+        let seq = col("sequence_number")?.as_primitive::<Int64Type>();
+        let enqueued = col("enqueued_time")?.as_primitive::<TimestampMicrosecondType>();
+        let file: Arc<str> = Arc::from(key);
+        let mut last_partition: Arc<str> = Arc::from("");
+        out.reserve(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let opt_str = |a: &arrow_array::StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
+            let p = partition.value(i);
+            if *last_partition != *p {
+                last_partition = Arc::from(p);
+            }
+            out.push(Visit {
+                patient_id: patient.value(i).to_string(),
+                gender: opt_str(gender),
+                age: (!age.is_null(i)).then(|| age.value(i)),
+                department: opt_str(department),
+                admission_us: admission.value(i),
+                admission_sent_us: (!admission_sent.is_null(i)).then(|| admission_sent.value(i)),
+                discharge_us: (!discharge.is_null(i)).then(|| discharge.value(i)),
+                bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
+                hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
+                partition_id: Arc::clone(&last_partition),
+                sequence_number: seq.value(i),
+                enqueued_us: enqueued.value(i),
+                bronze_file: Arc::clone(&file),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Gold builds are committed by a manifest: `gold/_manifests/<build number>.json`, written
+//! create-if-absent. A build's table files are written first under their own folder; the manifest
+//! put is the single atomic commit. Readers take the highest manifest, so they see the previous
+//! build or the new one, never a mix; two builds racing for the same number cannot both commit.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::{Error, Result};
+use crate::storage::{Container, Lake, PutOutcome};
+
+/// Where manifests live in the gold container.
+pub const MANIFESTS: &str = "_manifests";
+/// Where build files live in the gold container.
+pub const BUILDS: &str = "builds";
+
+/// One fact partition (a visit date) in a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactPartition {
+    /// The parquet file.
+    pub file: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// The earliest instant after the build's clock at which some row's `is_currently_admitted`
+    /// flips (an admission or discharge still in the future); `None` when nothing will change.
+    /// A later build past this instant rewrites the partition.
+    pub next_change_us: Option<i64>,
+}
+
+/// The committed state of gold after one build.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Build number, from 1.
+    pub build: u64,
+    /// Unique id of this build's files (build number and a nonce).
+    pub build_id: String,
+    /// The build's clock (RFC 3339): `is_currently_admitted` is as of this instant.
+    pub as_of: String,
+    /// Every silver file folded into gold so far (sorted).
+    pub silver_files: Vec<String>,
+    /// DimDepartment file.
+    pub dim_department: String,
+    /// DimPatient file.
+    pub dim_patient: String,
+    /// DimTime file.
+    pub dim_time: String,
+    /// FactPatientFlow partitions by visit date (`YYYY-MM-DD`).
+    pub fact_patient_flow: BTreeMap<String, FactPartition>,
+    /// Row counts per table.
+    pub rows: BTreeMap<String, u64>,
+}
+
+impl Manifest {
+    /// Every file this build references.
+    pub fn files(&self) -> Vec<String> {
+        let mut files = vec![self.dim_department.clone(), self.dim_patient.clone(), self.dim_time.clone()];
+        files.extend(self.fact_patient_flow.values().map(|p| p.file.clone()));
+        files.retain(|f| !f.is_empty());
+        files
+    }
+}
+
+/// The key of build `n`'s manifest.
+pub fn manifest_key(n: u64) -> Path {
+    Path::from(format!("{MANIFESTS}/{n:020}.json"))
+}
+
+fn parse_number(key: &str) -> Option<u64> {
+    key.strip_prefix(MANIFESTS)?.strip_prefix('/')?.strip_suffix(".json")?.parse().ok()
+}
+
+/// All committed build numbers, ascending.
+pub async fn build_numbers(lake: &Lake) -> Result<Vec<u64>> {
+    let mut numbers: Vec<u64> = lake
+        .list(Container::Gold, &Path::from(MANIFESTS))
+        .await?
+        .iter()
+        .filter_map(|m| parse_number(m.location.as_ref()))
+        .collect();
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Reads build `n`'s manifest.
+pub async fn read(lake: &Lake, n: u64) -> Result<Manifest> {
+    let key = manifest_key(n);
+    let bytes = lake.get(Container::Gold, &key).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
+}
+
+/// The latest committed manifest, or `None` before the first build.
+pub async fn latest(lake: &Lake) -> Result<Option<Manifest>> {
+    match build_numbers(lake).await?.last() {
+        Some(&n) => read(lake, n).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Commits `manifest` as build `manifest.build`. Fails with [`Error::Conflict`] if another build
+/// committed that number first.
+pub async fn commit(lake: &Lake, manifest: &Manifest) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    match lake.put_if_absent(Container::Gold, &manifest_key(manifest.build), Bytes::from(bytes)).await? {
+        PutOutcome::Created => Ok(()),
+        PutOutcome::AlreadyExists => Err(Error::Conflict(format!(
+            "gold build {} was committed by another builder first; this build's files are discarded",
+            manifest.build
+        ))),
+    }
+}

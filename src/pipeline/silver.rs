@@ -1,0 +1,741 @@
+//! Silver: each bronze file becomes typed, validated rows (same stem, so replays are idempotent), and
+//! whatever cannot be a patient-flow row goes to quarantine with its raw bytes, lineage and a reason.
+//!
+//! The rules (DESIGN.md §3): timestamps parsed (naive UTC, `Z` or offsets); a missing or future
+//! `admission_time` becomes the event's enqueued time (so a replay gives the same row), flagged; an
+//! age over 100 becomes 90, flagged; missing fields become null and are listed; unknown fields are
+//! ignored; discharge before admission is flagged; duplicates within the file (same sequence number,
+//! or same natural key) are kept once — the latest by sequence number. Every invocation balances:
+//! `rows_in = rows_out + quarantined + duplicates_dropped`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use chrono::NaiveDateTime;
+use object_store::path::Path;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::{Error, Result};
+use crate::model::event::{CAPPED_AGE, MAX_AGE};
+use crate::model::schema::{QUARANTINE, SILVER};
+use crate::model::time::{from_micros, parse_utc, to_micros};
+use crate::storage::keys::BatchStem;
+use crate::storage::{Container, Lake, PutOutcome, parquet};
+
+/// Why an event went to quarantine. A closed set: dashboards and alerts key on these codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The body is not JSON (truncated, binary, not UTF-8).
+    InvalidJson,
+    /// The body is JSON but not an object.
+    NotAnObject,
+    /// `patient_id` is absent, null or empty.
+    MissingPatientId,
+    /// A field has a value of the wrong JSON type (e.g. `"age": "unknown"`).
+    WrongType,
+    /// A timestamp field is a string that is not an ISO-8601 timestamp.
+    InvalidTimestamp,
+    /// A number is outside its domain (negative age, bed or hospital id below 1 or above 2^31).
+    OutOfRange,
+}
+
+impl Reason {
+    /// Every reason, in a stable order.
+    pub const ALL: [Reason; 6] = [
+        Reason::InvalidJson,
+        Reason::NotAnObject,
+        Reason::MissingPatientId,
+        Reason::WrongType,
+        Reason::InvalidTimestamp,
+        Reason::OutOfRange,
+    ];
+
+    /// The code stored in the `reason` column.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::InvalidJson => "invalid_json",
+            Reason::NotAnObject => "not_an_object",
+            Reason::MissingPatientId => "missing_patient_id",
+            Reason::WrongType => "wrong_type",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::OutOfRange => "out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A JSON value as far as silver cares: its type, and its content when scalar.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar<'a> {
+    Null,
+    Bool,
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Composite,
+}
+
+impl Scalar<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool => "a boolean",
+            Scalar::Int(_) | Scalar::Float(_) => "a number",
+            Scalar::Str(_) => "a string",
+            Scalar::Composite => "an object or array",
+        }
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Bool)
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Composite)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Composite)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The body as parsed: every expected field optional, unknown fields ignored.
+#[derive(Debug, serde::Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    patient_id: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    gender: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    age: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    department: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    admission_time: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    discharge_time: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    bed_id: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    hospital_id: Option<Scalar<'a>>,
+}
+
+/// One typed silver row (lineage is added from the bronze columns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Patient id.
+    pub patient_id: String,
+    /// Gender, null when missing.
+    pub gender: Option<String>,
+    /// Age after capping.
+    pub age: Option<i32>,
+    /// Department.
+    pub department: Option<String>,
+    /// Admission time after imputation.
+    pub admission_time: NaiveDateTime,
+    /// Admission time as sent (null when absent). Part of the natural key, so a re-sent event whose
+    /// admission was imputed still matches its original.
+    pub admission_time_sent: Option<NaiveDateTime>,
+    /// Discharge time as sent.
+    pub discharge_time: Option<NaiveDateTime>,
+    /// Bed id.
+    pub bed_id: Option<i32>,
+    /// Hospital id.
+    pub hospital_id: Option<i32>,
+    /// Age was over 100 and was set to 90.
+    pub age_capped: bool,
+    /// Admission time was missing or after the enqueued time and was set to the enqueued time.
+    pub admission_imputed: bool,
+    /// Discharge time is before admission time.
+    pub discharge_before_admission: bool,
+    /// Expected fields that were absent or null, comma-separated.
+    pub missing_fields: Option<String>,
+}
+
+/// A rejected event: the reason code and a short detail that never contains field values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The reason code.
+    pub reason: Reason,
+    /// A short explanation naming the field (never its value: this is health data).
+    pub detail: String,
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection { reason, detail: detail.into() }
+}
+
+fn wrong_type(field: &str, expected: &str, got: &Scalar<'_>) -> Rejection {
+    reject(Reason::WrongType, format!("{field} must be {expected}, got {}", got.type_name()))
+}
+
+fn text(
+    field: &str,
+    v: Option<Scalar<'_>>,
+    missing: &mut Vec<&'static str>,
+    name: &'static str,
+) -> Result<Option<String>, Rejection> {
+    match v {
+        None | Some(Scalar::Null) => {
+            missing.push(name);
+            Ok(None)
+        }
+        Some(Scalar::Str(s)) => Ok(Some(s.into_owned())),
+        Some(other) => Err(wrong_type(field, "a string", &other)),
+    }
+}
+
+fn integer(
+    field: &'static str,
+    v: Option<Scalar<'_>>,
+    missing: &mut Vec<&'static str>,
+    min: i64,
+) -> Result<Option<i64>, Rejection> {
+    let n = match v {
+        None | Some(Scalar::Null) => {
+            missing.push(field);
+            return Ok(None);
+        }
+        Some(Scalar::Int(n)) => n,
+        // Some producers write 87.0; an integral float is the same number.
+        Some(Scalar::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => f as i64,
+        Some(other) => return Err(wrong_type(field, "an integer", &other)),
+    };
+    if n < min || n > i64::from(i32::MAX) {
+        return Err(reject(Reason::OutOfRange, format!("{field} must be between {min} and {}", i32::MAX)));
+    }
+    Ok(Some(n))
+}
+
+fn timestamp(
+    field: &'static str,
+    v: Option<Scalar<'_>>,
+    missing: &mut Vec<&'static str>,
+) -> Result<Option<NaiveDateTime>, Rejection> {
+    match v {
+        None | Some(Scalar::Null) => {
+            missing.push(field);
+            Ok(None)
+        }
+        Some(Scalar::Str(s)) => parse_utc(&s)
+            .map(Some)
+            .ok_or_else(|| reject(Reason::InvalidTimestamp, format!("{field} is not an ISO-8601 timestamp"))),
+        Some(other) => Err(wrong_type(field, "an ISO-8601 string", &other)),
+    }
+}
+
+/// Applies the silver rules to one body. `enqueued` is the event's enqueued time (the reference
+/// clock for future admissions, so a replay gives the same row).
+pub fn refine(body: &[u8], enqueued: NaiveDateTime) -> Result<Row, Rejection> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => reject(Reason::NotAnObject, "the body is JSON but not an object"),
+            Err(e) => reject(Reason::InvalidJson, format!("not JSON ({})", json_error_kind(&e))),
+        });
+    }
+    let b: Body<'_> = serde_json::from_slice(body)
+        .map_err(|e| reject(Reason::InvalidJson, format!("not a valid JSON object ({})", json_error_kind(&e))))?;
+
+    let mut missing = Vec::new();
+    let patient_id = match b.patient_id {
+        None | Some(Scalar::Null) => return Err(reject(Reason::MissingPatientId, "patient_id is absent or null")),
+        Some(Scalar::Str(s)) if s.trim().is_empty() => {
+            return Err(reject(Reason::MissingPatientId, "patient_id is empty"));
+        }
+        Some(Scalar::Str(s)) => s.into_owned(),
+        Some(other) => return Err(wrong_type("patient_id", "a string", &other)),
+    };
+    let gender = text("gender", b.gender, &mut missing, "gender")?;
+    let age = integer("age", b.age, &mut missing, 0)?;
+    let department = text("department", b.department, &mut missing, "department")?;
+    let admission = timestamp("admission_time", b.admission_time, &mut missing)?;
+    let discharge_time = timestamp("discharge_time", b.discharge_time, &mut missing)?;
+    let bed_id = integer("bed_id", b.bed_id, &mut missing, 1)?;
+    let hospital_id = integer("hospital_id", b.hospital_id, &mut missing, 1)?;
+
+    let age_capped = age.is_some_and(|a| a > MAX_AGE);
+    let age = age.map(|a| if a > MAX_AGE { CAPPED_AGE } else { a as i32 });
+    let (admission_time, admission_imputed) = match admission {
+        Some(t) if t <= enqueued => (t, false),
+        _ => (enqueued, true),
+    };
+    let discharge_before_admission = discharge_time.is_some_and(|d| d < admission_time);
+    Ok(Row {
+        patient_id,
+        gender,
+        age,
+        department,
+        admission_time,
+        admission_time_sent: admission,
+        discharge_time,
+        bed_id: bed_id.map(|v| v as i32),
+        hospital_id: hospital_id.map(|v| v as i32),
+        age_capped,
+        admission_imputed,
+        discharge_before_admission,
+        missing_fields: (!missing.is_empty()).then(|| missing.join(",")),
+    })
+}
+
+/// serde_json's error category, without the message (which can quote the body).
+fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "ends early",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected structure",
+        serde_json::error::Category::Io => "unreadable",
+    }
+}
+
+/// Correction rules, for accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Correction {
+    /// Age over 100 set to 90.
+    AgeCapped,
+    /// Missing or future admission time set to the enqueued time.
+    AdmissionImputed,
+    /// Discharge before admission (flagged, not changed).
+    DischargeBeforeAdmission,
+}
+
+/// What one silver invocation did. Always balances: `rows_in = rows_out + quarantined + duplicates`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SilverMetrics {
+    /// The bronze file read.
+    pub bronze_file: String,
+    /// The silver file written.
+    pub silver_file: String,
+    /// Events in the bronze file.
+    pub rows_in: u64,
+    /// Rows in the silver file.
+    pub rows_out: u64,
+    /// Events quarantined, by reason code.
+    pub quarantined: BTreeMap<String, u64>,
+    /// Events dropped as duplicates within the file.
+    pub duplicates_dropped: u64,
+    /// Rows corrected or flagged, by rule.
+    pub corrected: BTreeMap<String, u64>,
+    /// Rows with at least one missing expected field.
+    pub rows_with_missing_fields: u64,
+    /// `false` when the silver file already existed (a replay): nothing was written.
+    pub created: bool,
+}
+
+impl SilverMetrics {
+    /// Total events quarantined.
+    pub fn quarantined_total(&self) -> u64 {
+        self.quarantined.values().sum()
+    }
+
+    /// Whether `rows_in = rows_out + quarantined + duplicates_dropped`.
+    pub fn balances(&self) -> bool {
+        self.rows_in == self.rows_out + self.quarantined_total() + self.duplicates_dropped
+    }
+
+    /// A one-line summary for the invocation's `Logs` (counts only, no patient data).
+    pub fn summary(&self) -> String {
+        format!(
+            "silver {}: in={} out={} quarantined={} {:?} duplicates={} corrected={:?}",
+            self.silver_file,
+            self.rows_in,
+            self.rows_out,
+            self.quarantined_total(),
+            self.quarantined,
+            self.duplicates_dropped,
+            self.corrected
+        )
+    }
+}
+
+/// Bronze columns silver needs, borrowed from a decoded bronze batch.
+struct BronzeView<'a> {
+    event_hub: &'a arrow_array::StringArray,
+    partition: &'a arrow_array::StringArray,
+    seq: &'a arrow_array::PrimitiveArray<Int64Type>,
+    enqueued: &'a arrow_array::PrimitiveArray<TimestampMicrosecondType>,
+    body: &'a arrow_array::BinaryArray,
+}
+
+fn view<'a>(key: &str, batch: &'a RecordBatch) -> Result<BronzeView<'a>> {
+    let corrupt = |what: &str| Error::Corrupt { key: key.to_string(), detail: format!("not a bronze file: {what}") };
+    let col = |name: &str, ty: &DataType| -> Result<&'a ArrayRef> {
+        let c = batch.column_by_name(name).ok_or_else(|| corrupt(&format!("no `{name}` column")))?;
+        if c.data_type() != ty {
+            return Err(corrupt(&format!("`{name}` is {}, expected {ty}", c.data_type())));
+        }
+        Ok(c)
+    };
+    Ok(BronzeView {
+        event_hub: col("event_hub", &DataType::Utf8)?.as_string::<i32>(),
+        partition: col("partition_id", &DataType::Utf8)?.as_string::<i32>(),
+        seq: col("sequence_number", &DataType::Int64)?.as_primitive::<Int64Type>(),
+        enqueued: col("enqueued_time", &crate::model::schema::TS)?.as_primitive::<TimestampMicrosecondType>(),
+        body: col("body", &DataType::Binary)?.as_binary::<i32>(),
+    })
+}
+
+struct Lineage<'a> {
+    event_hub: &'a str,
+    partition: &'a str,
+    seq: i64,
+    enqueued_us: i64,
+}
+
+/// The result of refining one bronze file in memory.
+pub struct Refined {
+    /// The silver rows (may be empty).
+    pub silver: RecordBatch,
+    /// The quarantined events (may be empty).
+    pub quarantine: RecordBatch,
+    /// Accounting.
+    pub metrics: SilverMetrics,
+}
+
+/// Refines decoded bronze batches (pure: no I/O).
+pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refined> {
+    let mut metrics = SilverMetrics { bronze_file: bronze_key.to_string(), ..Default::default() };
+    let mut rows: Vec<(Lineage<'_>, Row)> = Vec::new();
+    let mut rejected: Vec<(Lineage<'_>, Rejection, &[u8])> = Vec::new();
+    let mut seen_seq: HashSet<(&str, i64)> = HashSet::new();
+    let views = batches.iter().map(|b| view(bronze_key, b)).collect::<Result<Vec<_>>>()?;
+    for v in &views {
+        for i in 0..v.body.len() {
+            metrics.rows_in += 1;
+            let lineage = Lineage {
+                event_hub: v.event_hub.value(i),
+                partition: v.partition.value(i),
+                seq: v.seq.value(i),
+                enqueued_us: v.enqueued.value(i),
+            };
+            if !seen_seq.insert((lineage.partition, lineage.seq)) {
+                metrics.duplicates_dropped += 1;
+                continue;
+            }
+            let enqueued = from_micros(lineage.enqueued_us).ok_or_else(|| Error::Corrupt {
+                key: bronze_key.to_string(),
+                detail: "enqueued_time out of range".into(),
+            })?;
+            match refine(v.body.value(i), enqueued) {
+                Ok(row) => rows.push((lineage, row)),
+                Err(r) => rejected.push((lineage, r, v.body.value(i))),
+            }
+        }
+    }
+
+    // Same visit sent twice (or re-sent with an update): keep the latest by sequence number.
+    let mut latest: HashMap<(&str, Option<&str>, Option<i32>, Option<NaiveDateTime>), usize> =
+        HashMap::with_capacity(rows.len());
+    for (i, (lineage, row)) in rows.iter().enumerate() {
+        let key = (row.patient_id.as_str(), row.department.as_deref(), row.hospital_id, row.admission_time_sent);
+        match latest.get_mut(&key) {
+            Some(j) if rows[*j].0.seq >= lineage.seq => {}
+            Some(j) => *j = i,
+            None => {
+                latest.insert(key, i);
+            }
+        }
+    }
+    let mut keep: Vec<usize> = latest.into_values().collect();
+    keep.sort_by_key(|&i| (rows[i].0.partition, rows[i].0.seq));
+    metrics.duplicates_dropped += (rows.len() - keep.len()) as u64;
+
+    let silver = silver_batch(bronze_key, &rows, &keep, &mut metrics)?;
+    let quarantine = quarantine_batch(bronze_key, &rejected, &mut metrics)?;
+    if !metrics.balances() {
+        return Err(Error::Internal(format!("silver accounting does not balance: {}", metrics.summary())));
+    }
+    Ok(Refined { silver, quarantine, metrics })
+}
+
+fn silver_batch(
+    bronze_key: &str,
+    rows: &[(Lineage<'_>, Row)],
+    keep: &[usize],
+    m: &mut SilverMetrics,
+) -> Result<RecordBatch> {
+    let n = keep.len();
+    let mut patient = StringBuilder::with_capacity(n, n * 36);
+    let mut gender = StringBuilder::new();
+    let mut age = Int32Builder::with_capacity(n);
+    let mut dept = StringBuilder::new();
+    let mut adm = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut adm_sent = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut dis = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut bed = Int32Builder::with_capacity(n);
+    let mut hosp = Int32Builder::with_capacity(n);
+    let mut capped = BooleanBuilder::with_capacity(n);
+    let mut imputed = BooleanBuilder::with_capacity(n);
+    let mut backwards = BooleanBuilder::with_capacity(n);
+    let mut missing = StringBuilder::new();
+    let mut hub = StringBuilder::new();
+    let mut part = StringBuilder::new();
+    let mut seq = arrow_array::builder::Int64Builder::with_capacity(n);
+    let mut enq = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut file = StringBuilder::with_capacity(n, n * bronze_key.len());
+    let mut corrected: [u64; 3] = [0; 3];
+    for &i in keep {
+        let (l, r) = &rows[i];
+        patient.append_value(&r.patient_id);
+        gender.append_option(r.gender.as_deref());
+        age.append_option(r.age);
+        dept.append_option(r.department.as_deref());
+        adm.append_value(to_micros(&r.admission_time));
+        adm_sent.append_option(r.admission_time_sent.as_ref().map(to_micros));
+        dis.append_option(r.discharge_time.as_ref().map(to_micros));
+        bed.append_option(r.bed_id);
+        hosp.append_option(r.hospital_id);
+        capped.append_value(r.age_capped);
+        imputed.append_value(r.admission_imputed);
+        backwards.append_value(r.discharge_before_admission);
+        missing.append_option(r.missing_fields.as_deref());
+        hub.append_value(l.event_hub);
+        part.append_value(l.partition);
+        seq.append_value(l.seq);
+        enq.append_value(l.enqueued_us);
+        file.append_value(bronze_key);
+        corrected[0] += u64::from(r.age_capped);
+        corrected[1] += u64::from(r.admission_imputed);
+        corrected[2] += u64::from(r.discharge_before_admission);
+        m.rows_with_missing_fields += u64::from(r.missing_fields.is_some());
+    }
+    m.rows_out = n as u64;
+    for (name, count) in ["age_capped", "admission_imputed", "discharge_before_admission"].into_iter().zip(corrected) {
+        m.corrected.insert(name.to_string(), count);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(patient.finish()),
+        Arc::new(gender.finish()),
+        Arc::new(age.finish()),
+        Arc::new(dept.finish()),
+        Arc::new(adm.finish()),
+        Arc::new(adm_sent.finish()),
+        Arc::new(dis.finish()),
+        Arc::new(bed.finish()),
+        Arc::new(hosp.finish()),
+        Arc::new(capped.finish()),
+        Arc::new(imputed.finish()),
+        Arc::new(backwards.finish()),
+        Arc::new(missing.finish()),
+        Arc::new(hub.finish()),
+        Arc::new(part.finish()),
+        Arc::new(seq.finish()),
+        Arc::new(enq.finish()),
+        Arc::new(file.finish()),
+    ];
+    Ok(RecordBatch::try_new(Arc::clone(&SILVER), columns)?)
+}
+
+fn quarantine_batch(
+    bronze_key: &str,
+    rejected: &[(Lineage<'_>, Rejection, &[u8])],
+    m: &mut SilverMetrics,
+) -> Result<RecordBatch> {
+    let mut reason = StringBuilder::new();
+    let mut detail = StringBuilder::new();
+    let mut body = BinaryBuilder::new();
+    let mut hub = StringBuilder::new();
+    let mut part = StringBuilder::new();
+    let mut seq = arrow_array::builder::Int64Builder::new();
+    let mut enq = TimestampMicrosecondBuilder::new();
+    let mut file = StringBuilder::new();
+    for r in Reason::ALL {
+        m.quarantined.insert(r.code().to_string(), 0);
+    }
+    for (l, r, raw) in rejected {
+        reason.append_value(r.reason.code());
+        detail.append_value(&r.detail);
+        body.append_value(raw);
+        hub.append_value(l.event_hub);
+        part.append_value(l.partition);
+        seq.append_value(l.seq);
+        enq.append_value(l.enqueued_us);
+        file.append_value(bronze_key);
+        *m.quarantined.entry(r.reason.code().to_string()).or_default() += 1;
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(reason.finish()),
+        Arc::new(detail.finish()),
+        Arc::new(body.finish()),
+        Arc::new(hub.finish()),
+        Arc::new(part.finish()),
+        Arc::new(seq.finish()),
+        Arc::new(enq.finish()),
+        Arc::new(file.finish()),
+    ];
+    Ok(RecordBatch::try_new(Arc::clone(&QUARANTINE), columns)?)
+}
+
+/// Refines one bronze file already in memory (blob-trigger content) and writes silver and quarantine.
+/// The quarantine file is written first, so a silver file's presence means the file is done.
+pub async fn process(lake: &Lake, stem: &BatchStem, bronze: Bytes) -> Result<SilverMetrics> {
+    let key = stem.key();
+    let (_, batches) =
+        parquet::decode(bronze).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
+    let refined = refine_batches(key.as_ref(), &batches)?;
+    let mut metrics = refined.metrics;
+    metrics.silver_file = key.to_string();
+    if refined.quarantine.num_rows() > 0 {
+        let file = parquet::encode(&QUARANTINE, &[refined.quarantine])?;
+        lake.put_if_absent(Container::Quarantine, &key, file).await?;
+    }
+    let file = parquet::encode(&SILVER, &[refined.silver])?;
+    metrics.created = lake.put_if_absent(Container::Silver, &key, file).await? == PutOutcome::Created;
+    Ok(metrics)
+}
+
+/// Reads a bronze file from the lake (deferred binding: the host sent only its name) and processes it.
+pub async fn process_from_lake(lake: &Lake, stem: &BatchStem) -> Result<SilverMetrics> {
+    let bytes = lake.get(Container::Bronze, &stem.key()).await?;
+    process(lake, stem, bytes).await
+}
+
+/// Lists every silver file's key.
+pub async fn list_files(lake: &Lake) -> Result<Vec<Path>> {
+    let items = lake.list(Container::Silver, &crate::storage::keys::patient_flow_prefix()).await?;
+    Ok(items.into_iter().map(|m| m.location).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> NaiveDateTime {
+        parse_utc(s).unwrap()
+    }
+
+    const ENQ: &str = "2026-11-24T12:00:00";
+
+    fn ok(body: &str) -> Row {
+        refine(body.as_bytes(), t(ENQ)).unwrap()
+    }
+
+    fn bad(body: &[u8]) -> Reason {
+        refine(body, t(ENQ)).unwrap_err().reason
+    }
+
+    const CLEAN: &str = r#"{"patient_id":"p1","gender":"Female","age":87,"department":"Cardiology","admission_time":"2026-11-23T19:56:03.123148","discharge_time":"2026-11-24T20:56:03.123148","bed_id":63,"hospital_id":5}"#;
+
+    #[test]
+    fn a_clean_event_is_typed_as_sent() {
+        let r = ok(CLEAN);
+        assert_eq!(r.patient_id, "p1");
+        assert_eq!(r.age, Some(87));
+        assert_eq!(r.admission_time, t("2026-11-23T19:56:03.123148"));
+        assert_eq!(r.discharge_time, Some(t("2026-11-24T20:56:03.123148")));
+        assert_eq!((r.bed_id, r.hospital_id), (Some(63), Some(5)));
+        assert!(!r.age_capped && !r.admission_imputed && !r.discharge_before_admission);
+        assert_eq!(r.missing_fields, None);
+    }
+
+    #[test]
+    fn over_age_is_capped_and_future_or_missing_admission_is_imputed() {
+        let r = ok(&CLEAN.replace("87", "131"));
+        assert_eq!((r.age, r.age_capped), (Some(90), true));
+        let r = ok(&CLEAN.replace("2026-11-23T19:56:03.123148", "2026-11-25T01:00:00Z"));
+        assert_eq!((r.admission_time, r.admission_imputed), (t(ENQ), true));
+        let r = ok(r#"{"patient_id":"p1","age":40}"#);
+        assert!(r.admission_imputed);
+        assert_eq!(r.admission_time, t(ENQ));
+        assert_eq!(
+            r.missing_fields.as_deref(),
+            Some("gender,department,admission_time,discharge_time,bed_id,hospital_id")
+        );
+    }
+
+    #[test]
+    fn offsets_are_converted_and_extra_fields_ignored() {
+        let r =
+            ok(r#"{"patient_id":"p1","admission_time":"2026-11-24T10:00:00+02:00","ward":"7B","nested":{"a":[1,2]}}"#);
+        assert_eq!(r.admission_time, t("2026-11-24T08:00:00"));
+        assert!(!r.admission_imputed);
+    }
+
+    #[test]
+    fn discharge_before_admission_is_flagged() {
+        let r = ok(&CLEAN.replace("2026-11-24T20:56:03.123148", "2026-11-22T00:00:00"));
+        assert!(r.discharge_before_admission);
+    }
+
+    #[test]
+    fn what_cannot_be_a_row_gets_a_reason() {
+        assert_eq!(bad(&CLEAN.as_bytes()[..40]), Reason::InvalidJson);
+        assert_eq!(bad(b"\xff\xfe\x80"), Reason::InvalidJson);
+        assert_eq!(bad(b""), Reason::InvalidJson);
+        assert_eq!(bad(format!("[{CLEAN}]").as_bytes()), Reason::NotAnObject);
+        assert_eq!(bad(b"42"), Reason::NotAnObject);
+        assert_eq!(bad(br#"{"age":3}"#), Reason::MissingPatientId);
+        assert_eq!(bad(br#"{"patient_id":"  "}"#), Reason::MissingPatientId);
+        assert_eq!(bad(br#"{"patient_id":12}"#), Reason::WrongType);
+        assert_eq!(bad(br#"{"patient_id":"p","age":"unknown"}"#), Reason::WrongType);
+        assert_eq!(bad(br#"{"patient_id":"p","discharge_time":true}"#), Reason::WrongType);
+        assert_eq!(bad(br#"{"patient_id":"p","admission_time":"soon"}"#), Reason::InvalidTimestamp);
+        assert_eq!(bad(br#"{"patient_id":"p","bed_id":0}"#), Reason::OutOfRange);
+        assert_eq!(bad(br#"{"patient_id":"p","hospital_id":99999999999}"#), Reason::OutOfRange);
+        assert_eq!(bad(br#"{"patient_id":"p","age":-1}"#), Reason::OutOfRange);
+        assert_eq!(bad(br#"{"patient_id":"p","patient_id":"q"}"#), Reason::InvalidJson);
+    }
+
+    #[test]
+    fn details_never_quote_values() {
+        let e = refine(br#"{"patient_id":"secret-id","age":"seventy-two"}"#, t(ENQ)).unwrap_err();
+        assert!(!e.detail.contains("seventy") && !e.detail.contains("secret"), "{}", e.detail);
+        let e = refine(br#"{"patient_id":"secret-id""#, t(ENQ)).unwrap_err();
+        assert!(!e.detail.contains("secret"), "{}", e.detail);
+    }
+
+    #[test]
+    fn integral_floats_are_integers() {
+        assert_eq!(ok(r#"{"patient_id":"p","bed_id":12.0}"#).bed_id, Some(12));
+        assert_eq!(bad(br#"{"patient_id":"p","bed_id":12.5}"#), Reason::WrongType);
+    }
+}

@@ -1,0 +1,29 @@
+//! Logging. The handler logs to **stdout**: the Functions host records stdout at Information and
+//! every stderr line as an Error. Commands whose stdout is data (`simulate`) log to stderr.
+//! `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` emits JSON lines for Application Insights.
+
+use tracing_subscriber::EnvFilter;
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (the handler).
+    Stdout,
+    /// Standard error (commands that write data to stdout).
+    Stderr,
+}
+
+/// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is unset.
+pub fn init(target: LogTarget, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let result = match (target, json) {
+        (LogTarget::Stdout, false) => builder.with_writer(std::io::stdout).try_init(),
+        (LogTarget::Stdout, true) => builder.json().with_writer(std::io::stdout).try_init(),
+        (LogTarget::Stderr, false) => builder.with_writer(std::io::stderr).try_init(),
+        (LogTarget::Stderr, true) => builder.json().with_writer(std::io::stderr).try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}

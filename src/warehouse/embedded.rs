@@ -1,0 +1,193 @@
+//! The embedded warehouse: one DuckDB database file. Loading build N replaces the dimensions and the
+//! fact partitions whose gold file changed since the loaded build, then records N in `LoadLog` —
+//! all in one transaction, so a reader sees build N-1 or build N. Loading N twice changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use duckdb::Connection;
+
+use super::{Error, LoadMetrics, Result, Warehouse};
+use crate::pipeline::gold::manifest::Manifest;
+use crate::storage::{Container, Lake, parquet};
+
+/// The schema DDL.
+pub const SCHEMA: &str = include_str!("../../sql/embedded/001_schema.sql");
+
+fn db(e: duckdb::Error) -> Error {
+    Error::Database(e.to_string())
+}
+
+/// A DuckDB database file holding the star schema.
+pub struct Embedded {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Embedded {
+    /// Opens (creating if needed) the database at `path` and applies the schema.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Database(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn =
+            Connection::open(path).map_err(|e| Error::Database(format!("cannot open {}: {e}", path.display())))?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| Error::Database("the connection lock is poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Database(format!("load task failed: {e}")))?
+    }
+}
+
+struct Plan {
+    build: u64,
+    build_id: String,
+    as_of: String,
+    dims: [(&'static str, Vec<RecordBatch>); 3],
+    replace: Vec<(String, String, Vec<RecordBatch>)>,
+    drop: Vec<String>,
+}
+
+async fn read(lake: &Lake, key: &str) -> Result<Vec<RecordBatch>> {
+    let bytes =
+        lake.get(Container::Gold, &object_store::path::Path::from(key)).await.map_err(crate::pipeline::Error::from)?;
+    let (_, batches) = parquet::decode(bytes)
+        .map_err(|e| crate::pipeline::Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
+    Ok(batches)
+}
+
+fn loaded(conn: &Connection) -> Result<(Option<u64>, Vec<(String, String)>)> {
+    let build: Option<i64> = conn.query_row("SELECT max(build) FROM LoadLog", [], |r| r.get(0)).map_err(db)?;
+    let mut stmt = conn.prepare("SELECT visit_date, file FROM LoadedPartition").map_err(db)?;
+    let files = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(db)?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(db)?;
+    Ok((build.map(|b| b as u64), files))
+}
+
+#[async_trait]
+impl Warehouse for Embedded {
+    async fn load(&self, lake: &Lake, manifest: &Manifest) -> Result<LoadMetrics> {
+        let (current, files) = self.with_conn(|c| loaded(c)).await?;
+        if let Some(b) = current {
+            if b == manifest.build {
+                let total = self.fact_rows().await?;
+                return Ok(LoadMetrics { build: b, loaded: false, fact_rows_total: total, ..Default::default() });
+            }
+            if b > manifest.build {
+                return Err(Error::Newer { loaded: b, offered: manifest.build });
+            }
+        }
+        let loaded_files: std::collections::HashMap<String, String> = files.into_iter().collect();
+        let mut replace = Vec::new();
+        for (day, p) in &manifest.fact_patient_flow {
+            if loaded_files.get(day) != Some(&p.file) {
+                replace.push((day.clone(), p.file.clone(), read(lake, &p.file).await?));
+            }
+        }
+        let drop = loaded_files.keys().filter(|d| !manifest.fact_patient_flow.contains_key(*d)).cloned().collect();
+        let plan = Plan {
+            build: manifest.build,
+            build_id: manifest.build_id.clone(),
+            as_of: manifest.as_of.clone(),
+            dims: [
+                ("DimDepartment", read(lake, &manifest.dim_department).await?),
+                ("DimPatient", read(lake, &manifest.dim_patient).await?),
+                ("DimTime", read(lake, &manifest.dim_time).await?),
+            ],
+            replace,
+            drop,
+        };
+        self.with_conn(move |conn| apply(conn, plan)).await
+    }
+
+    async fn loaded_build(&self) -> Result<Option<u64>> {
+        self.with_conn(|c| loaded(c).map(|(b, _)| b)).await
+    }
+
+    async fn report(&self) -> Result<super::report::Report> {
+        self.with_conn(|c| super::report::query_embedded(c)).await
+    }
+
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+impl Embedded {
+    async fn fact_rows(&self) -> Result<u64> {
+        self.with_conn(|c| {
+            c.query_row("SELECT count(*) FROM FactPatientFlow", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db)
+        })
+        .await
+    }
+}
+
+fn apply(conn: &mut Connection, plan: Plan) -> Result<LoadMetrics> {
+    let tx = conn.transaction().map_err(db)?;
+    for (table, batches) in plan.dims {
+        tx.execute(&format!("DELETE FROM {table}"), []).map_err(db)?;
+        let mut appender = tx.appender(table).map_err(db)?;
+        for b in batches {
+            appender.append_record_batch(b).map_err(db)?;
+        }
+        appender.flush().map_err(db)?;
+    }
+    let mut written = 0;
+    let partitions = plan.replace.len() as u64;
+    for (day, file, batches) in plan.replace {
+        tx.execute("DELETE FROM FactPatientFlow WHERE visit_date = CAST(? AS DATE)", [&day]).map_err(db)?;
+        tx.execute("DELETE FROM LoadedPartition WHERE visit_date = ?", [&day]).map_err(db)?;
+        let mut appender = tx.appender("FactPatientFlow").map_err(db)?;
+        for b in batches {
+            written += b.num_rows() as u64;
+            appender.append_record_batch(b).map_err(db)?;
+        }
+        appender.flush().map_err(db)?;
+        drop(appender);
+        tx.execute("INSERT INTO LoadedPartition VALUES (?, ?)", [&day, &file]).map_err(db)?;
+    }
+    for day in plan.drop {
+        tx.execute("DELETE FROM FactPatientFlow WHERE visit_date = CAST(? AS DATE)", [&day]).map_err(db)?;
+        tx.execute("DELETE FROM LoadedPartition WHERE visit_date = ?", [&day]).map_err(db)?;
+    }
+    let total: i64 = tx.query_row("SELECT count(*) FROM FactPatientFlow", [], |r| r.get(0)).map_err(db)?;
+    let as_of = plan.as_of.trim_end_matches('Z').to_string();
+    tx.execute(
+        "INSERT INTO LoadLog VALUES (?, ?, CAST(? AS TIMESTAMP), ?)",
+        duckdb::params![plan.build as i64, plan.build_id, as_of, total],
+    )
+    .map_err(db)?;
+    tx.commit().map_err(db)?;
+    Ok(LoadMetrics {
+        build: plan.build,
+        loaded: true,
+        partitions_replaced: partitions,
+        fact_rows_written: written,
+        fact_rows_total: total as u64,
+    })
+}

@@ -1,0 +1,65 @@
+//! The warehouse seam: the gold build is loaded, idempotently per build, into a [`Warehouse`] — the
+//! embedded DuckDB database by default (feature `embedded-warehouse`), Synapse when configured.
+
+#[cfg(feature = "embedded-warehouse")]
+pub mod embedded;
+pub mod report;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::pipeline::gold::manifest::Manifest;
+use crate::storage::Lake;
+
+/// Warehouse errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The warehouse rejected a statement or could not be opened.
+    #[error("warehouse: {0}")]
+    Database(String),
+    /// Reading the gold files failed.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::Error),
+    /// The warehouse holds a newer build than the one offered.
+    #[error("warehouse already holds build {loaded}, newer than build {offered}; nothing loaded")]
+    Newer {
+        /// Build in the warehouse.
+        loaded: u64,
+        /// Build offered.
+        offered: u64,
+    },
+}
+
+/// Result alias for warehouse calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a load did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadMetrics {
+    /// The build now in the warehouse.
+    pub build: u64,
+    /// `false` when the build was already loaded (nothing changed).
+    pub loaded: bool,
+    /// Fact partitions replaced.
+    pub partitions_replaced: u64,
+    /// Fact rows written.
+    pub fact_rows_written: u64,
+    /// Fact rows in the warehouse after the load.
+    pub fact_rows_total: u64,
+}
+
+/// A star-schema warehouse that gold builds are loaded into.
+#[async_trait]
+pub trait Warehouse: Send + Sync {
+    /// Loads build `manifest.build` from the lake, in one transaction; a build already loaded is a no-op.
+    async fn load(&self, lake: &Lake, manifest: &Manifest) -> Result<LoadMetrics>;
+
+    /// The build the warehouse holds, if any.
+    async fn loaded_build(&self) -> Result<Option<u64>>;
+
+    /// The KPI report from the loaded build.
+    async fn report(&self) -> Result<report::Report>;
+
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,166 @@
+//! `patientflow report`: the KPIs hospital operations ask for, from the warehouse. The SQL lives in
+//! `sql/embedded/report/`; this module runs it and renders a readable table or JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Every report query: (name, title, SQL).
+pub const QUERIES: [(&str, &str, &str); 5] = [
+    (
+        "bed_occupancy_by_gender",
+        "Bed occupancy % by gender",
+        include_str!("../../sql/embedded/report/01_bed_occupancy_by_gender.sql"),
+    ),
+    (
+        "bed_turnover_by_gender",
+        "Bed turnover rate by gender",
+        include_str!("../../sql/embedded/report/02_bed_turnover_by_gender.sql"),
+    ),
+    (
+        "census_by_hospital_department",
+        "Current census and occupancy by hospital and department",
+        include_str!("../../sql/embedded/report/03_census_by_hospital_department.sql"),
+    ),
+    (
+        "length_of_stay_by_department",
+        "Length of stay (hours) by department",
+        include_str!("../../sql/embedded/report/04_length_of_stay_by_department.sql"),
+    ),
+    (
+        "admissions_per_hour",
+        "Admissions per hour, last 24 h",
+        include_str!("../../sql/embedded/report/05_admissions_per_hour.sql"),
+    ),
+];
+
+/// One KPI table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Section {
+    /// Stable name (the JSON key).
+    pub name: String,
+    /// Human title.
+    pub title: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, one value per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// The gold build in the warehouse.
+    pub build: Option<u64>,
+    /// The build's clock.
+    pub as_of: Option<String>,
+    /// KPI tables.
+    pub sections: Vec<Section>,
+    /// Quarantined events by reason (from the lake).
+    pub quarantine_by_reason: BTreeMap<String, u64>,
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "—".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Report {
+    /// Readable tables.
+    pub fn render(&self) -> String {
+        let mut out = match (&self.build, &self.as_of) {
+            (Some(b), Some(t)) => format!("patientflow report — gold build {b}, as of {t}\n"),
+            _ => "patientflow report — the warehouse holds no build yet (run `patientflow run` first)\n".to_string(),
+        };
+        for s in &self.sections {
+            out.push_str(&format!("\n{}\n", s.title));
+            let cells: Vec<Vec<String>> = s.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+            let widths: Vec<usize> = (0..s.columns.len())
+                .map(|i| cells.iter().map(|r| r[i].len()).chain([s.columns[i].len()]).max().unwrap_or(0))
+                .collect();
+            let line = |values: &[String]| {
+                let parts: Vec<String> = values.iter().zip(&widths).map(|(v, w)| format!("{v:>w$}")).collect();
+                format!("  {}\n", parts.join("  "))
+            };
+            out.push_str(&line(&s.columns));
+            for r in &cells {
+                out.push_str(&line(r));
+            }
+            if cells.is_empty() {
+                out.push_str("  (no rows)\n");
+            }
+        }
+        out.push_str("\nQuarantined events by reason\n");
+        let total: u64 = self.quarantine_by_reason.values().sum();
+        for (reason, n) in &self.quarantine_by_reason {
+            out.push_str(&format!("  {reason:<20} {n:>10}\n"));
+        }
+        out.push_str(&format!("  {:<20} {total:>10}\n", "total"));
+        out
+    }
+}
+
+/// Runs every report query against the embedded warehouse.
+#[cfg(feature = "embedded-warehouse")]
+pub fn query_embedded(conn: &duckdb::Connection) -> super::Result<Report> {
+    use duckdb::types::Value as D;
+    let db = |e: duckdb::Error| super::Error::Database(e.to_string());
+    let mut report = Report::default();
+    let latest: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT build, strftime(as_of, '%Y-%m-%dT%H:%M:%S.%fZ') FROM LoadLog ORDER BY build DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    report.build = latest.as_ref().map(|(b, _)| *b as u64);
+    report.as_of = latest.map(|(_, t)| t);
+    for (name, title, sql) in QUERIES {
+        let mut stmt = conn.prepare(sql).map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        let mut out = Vec::new();
+        let mut columns = Vec::new();
+        while let Some(row) = rows.next().map_err(db)? {
+            if columns.is_empty() {
+                columns = row.as_ref().column_names();
+            }
+            let mut values = Vec::with_capacity(columns.len());
+            for i in 0..columns.len() {
+                let v: D = row.get(i).map_err(db)?;
+                values.push(match v {
+                    D::Null => Value::Null,
+                    D::Boolean(b) => Value::Bool(b),
+                    D::TinyInt(n) => n.into(),
+                    D::SmallInt(n) => n.into(),
+                    D::Int(n) => n.into(),
+                    D::BigInt(n) => n.into(),
+                    D::UTinyInt(n) => n.into(),
+                    D::USmallInt(n) => n.into(),
+                    D::UInt(n) => n.into(),
+                    D::UBigInt(n) => n.into(),
+                    D::HugeInt(n) => Value::from(n as f64),
+                    D::Float(f) => Value::from(f64::from(f)),
+                    D::Double(f) => Value::from(f),
+                    D::Decimal(d) => Value::String(d.to_string()),
+                    D::Text(s) => Value::String(s),
+                    D::Date32(d) => Value::String(
+                        chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
+                            .map(|t| t.format("%Y-%m-%d").to_string())
+                            .unwrap_or_default(),
+                    ),
+                    other => Value::String(format!("{other:?}")),
+                });
+            }
+            out.push(values);
+        }
+        if columns.is_empty() {
+            columns = stmt.column_names();
+        }
+        report.sections.push(Section { name: name.into(), title: title.into(), columns, rows: out });
+    }
+    Ok(report)
+}

@@ -1,0 +1,233 @@
+//! The binary as a user runs it: simulate, serve, run, package.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NOW: &str = "2026-11-24T12:00:00";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_patientflow"))
+}
+
+fn simulate(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
+    let path = dir.join(name);
+    let out = bin().arg("simulate").args(args).arg("--output").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn simulate_is_byte_identical_for_the_same_seed_and_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--seed", "7", "--count", "100000", "--now", NOW];
+    let a = simulate(dir.path(), "a.ndjson", &args);
+    let b = simulate(dir.path(), "b.ndjson", &args);
+    assert_eq!(a.iter().filter(|&&c| c == b'\n').count(), 100_000);
+    assert!(a == b, "same seed and --now must give identical files");
+    let c = simulate(dir.path(), "c.ndjson", &["--seed", "8", "--count", "100000", "--now", NOW]);
+    assert!(a != c);
+}
+
+#[test]
+fn simulated_dirt_rates_are_within_statistical_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100_000.0;
+    let rates =
+        [("--malformed-rate", 0.03), ("--missing-rate", 0.04), ("--wrong-type-rate", 0.02), ("--duplicate-rate", 0.03)];
+    let mut args: Vec<String> =
+        vec!["--seed".into(), "99".into(), "--count".into(), "100000".into(), "--now".into(), NOW.into()];
+    for (flag, rate) in rates {
+        args.push(flag.into());
+        args.push(rate.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let data = simulate(dir.path(), "dirty.ndjson", &args);
+    let now = patientflow::model::time::parse_utc(NOW).unwrap();
+    let (mut malformed, mut missing, mut wrong, mut dup, mut old, mut future, mut typed) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut previous_clean: Option<&[u8]> = None;
+    for line in data.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(line) else {
+            malformed += 1.0;
+            continue;
+        };
+        if previous_clean == Some(line) {
+            dup += 1.0;
+            continue;
+        }
+        if o.len() < 8 {
+            missing += 1.0;
+            continue;
+        }
+        let types_ok = o["patient_id"].is_string()
+            && o["gender"].is_string()
+            && o["age"].is_i64()
+            && o["department"].is_string()
+            && o["admission_time"].is_string()
+            && o["discharge_time"].is_string()
+            && o["bed_id"].is_i64()
+            && o["hospital_id"].is_i64();
+        if !types_ok {
+            wrong += 1.0;
+            continue;
+        }
+        previous_clean = Some(line);
+        typed += 1.0;
+        old += f64::from(u8::from(o["age"].as_i64().unwrap() > 100));
+        let adm = patientflow::model::time::parse_utc(o["admission_time"].as_str().unwrap()).unwrap();
+        future += f64::from(u8::from(adm > now));
+    }
+    // Binomial standard deviation at n = 100,000 is at most 0.0007; allow five of them.
+    let close = |name: &str, got: f64, want: f64| assert!((got - want).abs() < 0.0035, "{name}: {got} vs {want}");
+    close("malformed", malformed / n, 0.03);
+    close("missing", missing / n, 0.04);
+    close("wrong type", wrong / n, 0.02);
+    close("duplicate", dup / n, 0.03);
+    close("old age", old / typed, 0.05);
+    close("future admission", future / typed, 0.05);
+}
+
+#[test]
+fn simulate_rejects_bad_rates_with_the_flag_name() {
+    let out = bin().args(["simulate", "--malformed-rate", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--malformed-rate"));
+}
+
+#[test]
+fn serve_without_a_port_says_how_to_fix_it() {
+    let out = bin()
+        .arg("serve")
+        .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .env_remove("FUNCTIONS_HTTPWORKER_PORT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FUNCTIONS_CUSTOMHANDLER_PORT") && err.contains("--port"), "{err}");
+    let out = bin().arg("serve").env("FUNCTIONS_CUSTOMHANDLER_PORT", "eighty").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a TCP port"));
+}
+
+/// Starts `patientflow serve` on a free port as the host would and waits for `GET /`.
+fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process::Child, u16, Duration) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("PATIENTFLOW_DATA_DIR", data)
+        .env_remove("LAKE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut response = String::new();
+            let _ = s.read_to_string(&mut response);
+            if response.starts_with("HTTP/1.1 200") {
+                return (child, port, started.elapsed());
+            }
+        }
+        assert!(Instant::now() < deadline, "handler never answered GET /");
+        assert!(child.try_wait().unwrap().is_none(), "handler exited early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn serve_answers_the_hosts_probe_and_logs_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _port, _ready) = start_handler(std::path::Path::new(env!("CARGO_BIN_EXE_patientflow")), dir.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stdout =
+        BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
+    assert!(stdout.contains("Handler listening"), "log lines go to stdout: {stdout}");
+}
+
+#[test]
+fn run_with_no_arguments_finishes_and_reports_its_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("run")
+        .current_dir(dir.path())
+        .env_remove("LAKE")
+        .env_remove("PATIENTFLOW_DATA_DIR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("events 100000"), "{stdout}");
+    assert!(stdout.contains("bronze files"), "{stdout}");
+    assert!(stdout.contains("silver files"), "{stdout}");
+    assert!(dir.path().join("patientflow-data/bronze/patient-flow").is_dir());
+}
+
+#[test]
+fn run_reads_an_ndjson_file_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"patient_id\":\"a\",\"age\":30}\n\nnot json\r\n{\"patient_id\":\"b\",\"age\":140}\n")
+        .unwrap();
+    let report = |data: &str| {
+        let out = bin()
+            .args(["run", "--format", "json", "--now", NOW, "--input"])
+            .arg(&input)
+            .arg("--data-dir")
+            .arg(dir.path().join(data))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("stages");
+        v
+    };
+    let a = report("a");
+    assert_eq!(a["events"], 3, "blank lines are not events");
+    assert_eq!(a["silver_rows"], 2);
+    assert_eq!(a["quarantined"]["invalid_json"], 1);
+    assert_eq!(a["corrected"]["age_capped"], 1);
+    assert_eq!(a, report("b"));
+}
+
+#[test]
+fn package_assembles_a_function_app_whose_handler_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("app");
+    let out = bin().arg("package").arg("--out").arg(&out_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let host: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("host.json")).unwrap()).unwrap();
+    let exe = host["customHandler"]["description"]["defaultExecutablePath"].as_str().unwrap();
+    let mut names = HashSet::new();
+    for entry in std::fs::read_dir(&out_dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().join("function.json").is_file() {
+            let f: Value =
+                serde_json::from_str(&std::fs::read_to_string(entry.path().join("function.json")).unwrap()).unwrap();
+            assert!(f["bindings"].is_array());
+            names.insert(entry.file_name().to_string_lossy().to_string());
+        }
+    }
+    assert_eq!(names, HashSet::from(["ingest_bronze".to_string(), "refine_silver".to_string()]));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out_dir.join(exe)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "the handler must carry its executable bit");
+    }
+    let (mut child, _, _) = start_handler(&out_dir.join(exe), &dir.path().join("data"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let again = bin().arg("package").arg("--out").arg(&out_dir).output().unwrap();
+    assert!(!again.status.success(), "refuses to overwrite a non-empty folder");
+}

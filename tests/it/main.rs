@@ -1,0 +1,7 @@
+//! The single integration-test binary (one link instead of one per file).
+
+mod cli;
+mod functions;
+mod gold;
+mod pipeline;
+mod util;

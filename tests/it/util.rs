@@ -1,0 +1,93 @@
+//! Shared fixtures: lakes (memory, temp folder, Azurite), handler calls without a socket, envelopes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::NaiveDateTime;
+use http_body_util::BodyExt;
+use patientflow::app::{self, AppState, HandlerSettings};
+use patientflow::local_host::envelopes::{self, HubEvent, HubPartition};
+use patientflow::model::time::parse_utc;
+use patientflow::storage::{Lake, StorageConfig};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// The fixed clock of every test.
+pub fn now() -> NaiveDateTime {
+    parse_utc("2026-11-24T12:00:00").unwrap()
+}
+
+/// Settings with the fixed clock.
+pub fn settings() -> HandlerSettings {
+    HandlerSettings { now: Some(now()), ..Default::default() }
+}
+
+/// An Azurite lake with containers unique to this test, or `None` (with the reason printed) when the
+/// test command did not start Azurite. Under `scripts/test` a missing Azurite is a failure.
+pub fn azurite_config(test: &str) -> Option<StorageConfig> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let Ok(conn) = std::env::var("PATIENTFLOW_TEST_AZURITE") else {
+        assert!(
+            std::env::var_os("PATIENTFLOW_REQUIRE_AZURITE").is_none(),
+            "PATIENTFLOW_REQUIRE_AZURITE is set but PATIENTFLOW_TEST_AZURITE is not"
+        );
+        eprintln!(
+            "skipping {test}: PATIENTFLOW_TEST_AZURITE is not set (run the suite with scripts/test, which starts Azurite)"
+        );
+        return None;
+    };
+    let backend = StorageConfig::from_connection_string("PATIENTFLOW_TEST_AZURITE", &conn).unwrap();
+    let suffix = format!("{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), test.replace('_', "-"));
+    let suffix: String = suffix.chars().take(40).collect::<String>().trim_end_matches('-').to_string();
+    let containers = ["bronze", "silver", "gold", "quarantine"].map(|c| format!("{c}-{suffix}"));
+    Some(StorageConfig { backend, containers })
+}
+
+/// An in-memory lake and handler state around it.
+pub async fn memory() -> (AppState, Lake) {
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    (AppState::with_lake(lake.clone(), settings()), lake)
+}
+
+/// POSTs `body` to `/<function>` on the router, without a socket.
+pub async fn call_raw(state: &AppState, function: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let request = Request::post(format!("/{function}"))
+        .header("content-type", "application/json")
+        .header("x-azure-functions-invocationid", "test-invocation")
+        .body(Body::from(body))
+        .unwrap();
+    let response = app::router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+/// POSTs an envelope.
+pub async fn call(state: &AppState, function: &str, envelope: &Value) -> (StatusCode, Value) {
+    call_raw(state, function, serde_json::to_vec(envelope).unwrap()).await
+}
+
+/// An Event Hubs batch envelope for `bodies` on partition `p`, sequence numbers from `first_seq`,
+/// enqueued one millisecond apart from [`now`].
+pub fn batch(p: &str, first_seq: i64, bodies: &[Vec<u8>]) -> Value {
+    let events: Vec<HubEvent> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| HubEvent {
+            body: b.clone(),
+            sequence_number: first_seq + i as i64,
+            offset: 1000 * (first_seq + i as i64),
+            enqueued_time: now() + chrono::Duration::milliseconds(i as i64),
+            partition_key: None,
+        })
+        .collect();
+    let hub = HubPartition {
+        namespace: "ns.servicebus.windows.net",
+        event_hub: "patient-flow",
+        consumer_group: "$Default",
+        partition_id: p,
+    };
+    envelopes::event_hub_batch(&hub, &events, &now(), "guid")
+}
