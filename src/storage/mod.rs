@@ -25,7 +25,7 @@ use tracing::instrument;
 pub const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's documented well-known development key (public; not a secret).
 pub const EMULATOR_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UWJOqyswEV6bcOMBSKXyntXN8Sx4K2ZvfSg==";
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const EMULATOR_BLOB_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
 
 /// Storage errors. `Unavailable` means retry later; `Config` means fix the settings.
