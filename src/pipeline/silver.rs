@@ -441,6 +441,9 @@ pub struct Refined {
     pub metrics: SilverMetrics,
 }
 
+/// A visit's natural key: patient, department, hospital and admission time as sent.
+type NaturalKey<'a> = (&'a str, Option<&'a str>, Option<i32>, Option<NaiveDateTime>);
+
 /// Refines decoded bronze batches (pure: no I/O).
 pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refined> {
     let mut metrics = SilverMetrics { bronze_file: bronze_key.to_string(), ..Default::default() };
@@ -473,8 +476,7 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
     }
 
     // Same visit sent twice (or re-sent with an update): keep the latest by sequence number.
-    let mut latest: HashMap<(&str, Option<&str>, Option<i32>, Option<NaiveDateTime>), usize> =
-        HashMap::with_capacity(rows.len());
+    let mut latest: HashMap<NaturalKey<'_>, usize> = HashMap::with_capacity(rows.len());
     for (i, (lineage, row)) in rows.iter().enumerate() {
         let key = (row.patient_id.as_str(), row.department.as_deref(), row.hospital_id, row.admission_time_sent);
         match latest.get_mut(&key) {

@@ -76,7 +76,10 @@ async fn read(lake: &Lake, key: &str) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
-fn loaded(conn: &Connection) -> Result<(Option<u64>, Vec<(String, String)>)> {
+/// The loaded build and the gold file of each loaded fact partition (visit date, file).
+type LoadedState = (Option<u64>, Vec<(String, String)>);
+
+fn loaded(conn: &Connection) -> Result<LoadedState> {
     let build: Option<i64> = conn.query_row("SELECT max(build) FROM LoadLog", [], |r| r.get(0)).map_err(db)?;
     let mut stmt = conn.prepare("SELECT visit_date, file FROM LoadedPartition").map_err(db)?;
     let files = stmt

@@ -382,6 +382,8 @@ async fn the_seed_kpis_match_values_computed_independently() {
     let (state, lake) = util::memory().await;
     let data = [
         ("F1", "Female", "ICU", 1, 1, "2026-11-24T01:00:00", None),
+        // Same bed as F1 (the seed's generator assigns beds at random): census 2, one occupied bed.
+        ("F4", "Female", "ICU", 1, 1, "2026-11-24T04:00:00", None),
         ("F2", "Female", "ICU", 1, 2, "2026-11-23T20:00:00", Some("2026-11-24T18:00:00")),
         ("F3", "Female", "Surgery", 2, 1, "2026-11-22T10:00:00", Some("2026-11-23T10:00:00")),
         ("M1", "Male", "Surgery", 2, 2, "2026-11-24T03:00:00", Some("2026-11-24T05:30:00")),
@@ -409,10 +411,13 @@ async fn the_seed_kpis_match_values_computed_independently() {
     let turnover = section("bed_turnover_by_gender");
     for gender in ["Female", "Male"] {
         let census = data.iter().filter(|r| r.1 == gender && admitted(r)).count() as f64;
-        let pct = (100.0 * census / beds.len() as f64 * 100.0).round() / 100.0;
+        let occupied: std::collections::HashSet<(i64, i64)> =
+            data.iter().filter(|r| r.1 == gender && admitted(r)).map(|r| (r.3, r.4)).collect();
+        let pct = (100.0 * occupied.len() as f64 / beds.len() as f64 * 100.0).round() / 100.0;
         let row = occupancy.rows.iter().find(|r| r[0] == json!(gender)).unwrap();
         assert_eq!(row[1].as_f64().unwrap(), census, "{gender} census");
-        assert_eq!(row[3].as_f64().unwrap(), pct, "{gender} occupancy %");
+        assert_eq!(row[2].as_f64().unwrap(), occupied.len() as f64, "{gender} occupied beds");
+        assert_eq!(row[4].as_f64().unwrap(), pct, "{gender} occupancy %");
         let out = data.iter().filter(|r| r.1 == gender && discharged(r)).count() as f64;
         let rate = (out / beds.len() as f64 * 10_000.0).round() / 10_000.0;
         let row = turnover.rows.iter().find(|r| r[0] == json!(gender)).unwrap();
@@ -423,17 +428,17 @@ async fn the_seed_kpis_match_values_computed_independently() {
     let los = section("length_of_stay_by_department");
     let surgery = los.rows.iter().find(|r| r[0] == json!("Surgery")).unwrap();
     assert_eq!(surgery[2].as_f64().unwrap(), 13.25);
-    // Admissions in the 24 h up to the clock: F2 (20:00 the day before), F1, M1, M4 and M2.
+    // Admissions in the 24 h up to the clock: F2 (20:00 the day before), F1, M1, F4, M4 and M2.
     let per_hour = section("admissions_per_hour");
     let total: f64 = per_hour.rows.iter().map(|r| r[2].as_f64().unwrap()).sum();
-    assert_eq!(total, 5.0);
+    assert_eq!(total, 6.0);
     assert_eq!(report.build, Some(1));
 
     // Loading the same build again changes nothing; the warehouse refuses to go backwards.
     let m = manifest::latest(&lake).await.unwrap().unwrap();
     let again = warehouse.load(&lake, &m).await.unwrap();
     assert!(!again.loaded);
-    assert_eq!(again.fact_rows_total, 7);
+    assert_eq!(again.fact_rows_total, 8);
     assert_eq!(warehouse.report().await.unwrap(), report);
     let mut older = m.clone();
     older.build = 0;

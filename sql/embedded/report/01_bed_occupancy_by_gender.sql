@@ -1,5 +1,5 @@
--- The seed's KPI: bed occupancy % by gender — patients currently admitted, as a share of the
--- network's beds (distinct hospital/bed pairs seen), as of the loaded build's clock.
+-- The seed's KPI: bed occupancy % by gender — beds occupied by patients currently admitted, as a
+-- share of the network's beds (distinct hospital/bed pairs seen), as of the loaded build's clock.
 WITH beds AS (
     SELECT count(DISTINCT (hospital_id, bed_id)) AS total
     FROM FactPatientFlow
@@ -7,8 +7,10 @@ WITH beds AS (
 )
 SELECT coalesce(p.gender, 'Unknown') AS gender,
        count(*) AS currently_admitted,
+       count(DISTINCT (f.hospital_id, f.bed_id)) FILTER (WHERE f.bed_id IS NOT NULL) AS occupied_beds,
        beds.total AS total_beds,
-       round(100.0 * count(*) / nullif(beds.total, 0), 2) AS bed_occupancy_pct
+       round(100.0 * count(DISTINCT (f.hospital_id, f.bed_id)) FILTER (WHERE f.bed_id IS NOT NULL)
+             / nullif(beds.total, 0), 2) AS bed_occupancy_pct
 FROM FactPatientFlow f
 JOIN DimPatient p ON p.patient_sk = f.patient_sk
 CROSS JOIN beds

@@ -35,9 +35,7 @@ pub fn add_departments(departments: &mut Departments, visits: &[Visit]) -> usize
     let before = departments.len();
     for v in visits {
         let (d, h) = department_of(v);
-        if !departments.contains_key(&(d.to_string(), h)) {
-            departments.insert((d.to_string(), h), keys::department_sk(d, h));
-        }
+        departments.entry((d.to_string(), h)).or_insert_with(|| keys::department_sk(d, h));
     }
     departments.len() - before
 }
