@@ -44,11 +44,17 @@ pub struct GoldSettings {
     pub min_new_files: usize,
     /// How long superseded gold build files are kept.
     pub retention: Duration,
+    /// Where Data Factory callbacks may go.
+    pub adf_callbacks: crate::adf::CallbackPolicy,
 }
 
 impl Default for GoldSettings {
     fn default() -> Self {
-        Self { min_new_files: 5, retention: Duration::from_secs(7 * 24 * 3600) }
+        Self {
+            min_new_files: 5,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            adf_callbacks: crate::adf::CallbackPolicy::default(),
+        }
     }
 }
 

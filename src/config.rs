@@ -187,6 +187,12 @@ pub struct GoldArgs {
     /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
     pub warehouse_path: Option<PathBuf>,
+    /// Hosts Data Factory callbacks may go to (comma-separated; `*.` for subdomains); https only.
+    #[arg(long, env = "PATIENTFLOW_ADF_CALLBACK_HOSTS", default_value = crate::adf::DEFAULT_CALLBACK_HOSTS)]
+    pub adf_callback_hosts: String,
+    /// Also allow http callbacks to loopback addresses (local development only).
+    #[arg(long, env = "PATIENTFLOW_ADF_ALLOW_HTTP_LOOPBACK", default_value_t = false)]
+    pub adf_allow_http_loopback: bool,
 }
 
 impl GoldArgs {
@@ -198,9 +204,16 @@ impl GoldArgs {
                     .into(),
             ));
         }
+        let adf_callbacks = crate::adf::CallbackPolicy::parse(&self.adf_callback_hosts, self.adf_allow_http_loopback);
+        if adf_callbacks.hosts.is_empty() {
+            return Err(ConfigError(
+                "PATIENTFLOW_ADF_CALLBACK_HOSTS is empty; list the hosts Data Factory callbacks may go to, e.g. *.clouddatahub.net".into(),
+            ));
+        }
         Ok(GoldSettings {
             min_new_files: self.gold_min_new_files,
             retention: Duration::from_secs(self.gold_retention_hours * 3600),
+            adf_callbacks,
         })
     }
 

@@ -1,6 +1,8 @@
 //! patientflow: a real-time patient-flow pipeline (Event Hubs → bronze → silver → gold → warehouse)
 //! that runs as an Azure Functions custom handler, plus its simulator and local runner.
 
+/// Azure Data Factory webhook callbacks.
+pub mod adf;
 /// The HTTP application: state, router, serving.
 pub mod app;
 /// The command line.

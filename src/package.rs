@@ -16,10 +16,12 @@ pub const LOCAL_SETTINGS: &str = include_str!("../local.settings.json");
 pub const HANDLER: &str = "patientflow";
 
 /// Every function: (name, function.json).
-pub const FUNCTION_JSON: [(&str, &str); 3] = [
+pub const FUNCTION_JSON: [(&str, &str); 5] = [
     ("ingest_bronze", include_str!("../functions/ingest_bronze/function.json")),
     ("refine_silver", include_str!("../functions/refine_silver/function.json")),
     ("build_gold", include_str!("../functions/build_gold/function.json")),
+    ("gold_webhook", include_str!("../functions/gold_webhook/function.json")),
+    ("gold_job", include_str!("../functions/gold_job/function.json")),
 ];
 
 /// Writes the package into `out` (created; must be empty if it exists) and returns a summary.

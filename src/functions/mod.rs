@@ -2,6 +2,8 @@
 //! envelope, calls the pipeline core, and encodes the response; only this layer knows HTTP.
 
 pub mod build_gold;
+pub mod gold_job;
+pub mod gold_webhook;
 pub mod ingest_bronze;
 pub mod invocation;
 pub mod refine_silver;
@@ -16,7 +18,8 @@ use crate::app::AppState;
 use crate::pipeline;
 
 /// Function names: folder under `functions/`, module name and route are the same word.
-pub const FUNCTIONS: [&str; 3] = [ingest_bronze::NAME, refine_silver::NAME, build_gold::NAME];
+pub const FUNCTIONS: [&str; 5] =
+    [ingest_bronze::NAME, refine_silver::NAME, build_gold::NAME, gold_webhook::NAME, gold_job::NAME];
 
 /// All function routes.
 pub fn router() -> axum::Router<AppState> {
@@ -24,6 +27,8 @@ pub fn router() -> axum::Router<AppState> {
         .route(&format!("/{}", ingest_bronze::NAME), post(ingest_bronze::handle))
         .route(&format!("/{}", refine_silver::NAME), post(refine_silver::handle))
         .route(&format!("/{}", build_gold::NAME), post(build_gold::handle))
+        .route(&format!("/{}", gold_webhook::NAME), post(gold_webhook::handle))
+        .route(&format!("/{}", gold_job::NAME), post(gold_job::handle))
 }
 
 /// Why an invocation failed. Any non-2xx fails the invocation, so the host retries (Event Hubs and

@@ -13,56 +13,16 @@ use patientflow::app::{AppState, GoldSettings, WarehouseConfig};
 use patientflow::local_host::envelopes;
 use patientflow::model::time::{format_naive, parse_utc, to_micros};
 use patientflow::pipeline::gold::{self, BuildOutcome, GoldOptions, keys, manifest};
-use patientflow::storage::keys::BatchStem;
 use patientflow::storage::{Container, Lake, StorageConfig};
 use serde_json::{Value, json};
 
-use crate::util::{self, batch, call};
+use crate::util::{self, call, event, land};
 
 fn t(s: &str) -> NaiveDateTime {
     parse_utc(s).unwrap()
 }
 
 const NOW: &str = "2026-11-24T12:00:00";
-
-#[allow(clippy::too_many_arguments)]
-fn event(
-    id: &str,
-    gender: &str,
-    age: i64,
-    dept: &str,
-    hospital: i64,
-    bed: i64,
-    admission: &str,
-    discharge: Option<&str>,
-) -> Vec<u8> {
-    let mut v = json!({
-        "patient_id": id, "gender": gender, "age": age, "department": dept,
-        "admission_time": admission, "bed_id": bed, "hospital_id": hospital,
-    });
-    if let Some(d) = discharge {
-        v["discharge_time"] = json!(d);
-    }
-    serde_json::to_vec(&v).unwrap()
-}
-
-/// Lands bodies as one bronze file and refines it, as the host would.
-async fn land(state: &AppState, lake: &Lake, partition: &str, first_seq: i64, bodies: &[Vec<u8>]) -> BatchStem {
-    let (status, response) = call(state, "ingest_bronze", &batch(partition, first_seq, bodies)).await;
-    assert_eq!(status, StatusCode::OK, "{response}");
-    let stem = BatchStem::parse_key(response["ReturnValue"]["key"].as_str().unwrap()).unwrap();
-    let bronze = lake.get(Container::Bronze, &stem.key()).await.unwrap();
-    let envelope = envelopes::blob_trigger(
-        &lake.uri(Container::Bronze, &stem.key()),
-        &stem.name(),
-        Some(&bronze),
-        &util::now(),
-        "g",
-    );
-    let (status, response) = call(state, "refine_silver", &envelope).await;
-    assert_eq!(status, StatusCode::OK, "{response}");
-    stem
-}
 
 fn options(now: &str) -> GoldOptions {
     GoldOptions { now: t(now), retention: Duration::from_secs(3600) }
@@ -340,7 +300,7 @@ fn timer_state(lake: &Lake, warehouse: WarehouseConfig, min_new_files: usize) ->
         Some(lake.clone()),
         util::settings(),
         warehouse,
-        GoldSettings { min_new_files, retention: Duration::from_secs(3600) },
+        GoldSettings { min_new_files, retention: Duration::from_secs(3600), ..Default::default() },
     )
 }
 

@@ -1,5 +1,6 @@
 //! The single integration-test binary (one link instead of one per file).
 
+mod adf;
 mod cli;
 mod functions;
 mod gold;

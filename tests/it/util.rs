@@ -9,8 +9,9 @@ use http_body_util::BodyExt;
 use patientflow::app::{self, AppState, HandlerSettings};
 use patientflow::local_host::envelopes::{self, HubEvent, HubPartition};
 use patientflow::model::time::parse_utc;
-use patientflow::storage::{Lake, StorageConfig};
-use serde_json::Value;
+use patientflow::storage::keys::BatchStem;
+use patientflow::storage::{Container, Lake, StorageConfig};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 /// The fixed clock of every test.
@@ -90,4 +91,38 @@ pub fn batch(p: &str, first_seq: i64, bodies: &[Vec<u8>]) -> Value {
         partition_id: p,
     };
     envelopes::event_hub_batch(&hub, &events, &now(), "guid")
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    id: &str,
+    gender: &str,
+    age: i64,
+    dept: &str,
+    hospital: i64,
+    bed: i64,
+    admission: &str,
+    discharge: Option<&str>,
+) -> Vec<u8> {
+    let mut v = json!({
+        "patient_id": id, "gender": gender, "age": age, "department": dept,
+        "admission_time": admission, "bed_id": bed, "hospital_id": hospital,
+    });
+    if let Some(d) = discharge {
+        v["discharge_time"] = json!(d);
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Lands bodies as one bronze file and refines it, as the host would.
+pub async fn land(state: &AppState, lake: &Lake, partition: &str, first_seq: i64, bodies: &[Vec<u8>]) -> BatchStem {
+    let (status, response) = call(state, "ingest_bronze", &batch(partition, first_seq, bodies)).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let stem = BatchStem::parse_key(response["ReturnValue"]["key"].as_str().unwrap()).unwrap();
+    let bronze = lake.get(Container::Bronze, &stem.key()).await.unwrap();
+    let envelope =
+        envelopes::blob_trigger(&lake.uri(Container::Bronze, &stem.key()), &stem.name(), Some(&bronze), &now(), "g");
+    let (status, response) = call(state, "refine_silver", &envelope).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    stem
 }
