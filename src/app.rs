@@ -65,6 +65,8 @@ pub enum WarehouseConfig {
     None,
     /// The embedded DuckDB database at this path.
     Embedded(std::path::PathBuf),
+    /// An Azure Synapse dedicated SQL pool.
+    Synapse(Arc<crate::warehouse::synapse::SynapseConfig>),
 }
 
 struct Inner {
@@ -123,6 +125,10 @@ impl AppState {
                             .await
                             .map_err(|e| FunctionError::Internal(e.to_string()))?
                             .map_err(|e| FunctionError::Unavailable(e.to_string()))?;
+                        Ok(Some(Arc::new(w) as Arc<dyn Warehouse>))
+                    }
+                    WarehouseConfig::Synapse(config) => {
+                        let w = crate::warehouse::synapse::Synapse::new(Arc::clone(config)).map_err(|e| FunctionError::Unavailable(e.to_string()))?;
                         Ok(Some(Arc::new(w) as Arc<dyn Warehouse>))
                     }
                     #[cfg(not(feature = "embedded-warehouse"))]

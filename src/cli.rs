@@ -42,6 +42,38 @@ enum Command {
     Report(ReportArgs),
     /// Time the whole pipeline over N generated events in a temporary folder; prints JSON.
     Bench(BenchArgs),
+    /// Manage the warehouse: apply its DDL, load the latest gold build, show the Synapse load SQL.
+    #[command(subcommand)]
+    Warehouse(WarehouseCommand),
+}
+
+#[derive(Subcommand)]
+enum WarehouseCommand {
+    /// Apply the star-schema DDL to the configured warehouse (idempotent).
+    Init(WarehouseArgs),
+    /// Load the latest gold build into the configured warehouse (a build already loaded is a no-op).
+    Load(WarehouseArgs),
+    /// Print the Synapse SQL that loads a gold build (for review; nothing is executed).
+    Sql {
+        /// The build (default: the latest).
+        #[arg(long)]
+        build: Option<u64>,
+        /// Diff fact days against this build, as if the pool held it (default: an empty pool).
+        #[arg(long)]
+        since: Option<u64>,
+        #[command(flatten)]
+        args: WarehouseArgs,
+    },
+    /// Get an Entra ID token for Synapse with the configured sign-in (prints its length, never the token).
+    Token(WarehouseArgs),
+}
+
+#[derive(Args)]
+struct WarehouseArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    gold: GoldArgs,
 }
 
 #[derive(Args)]
@@ -270,6 +302,10 @@ pub fn main() -> anyhow::Result<()> {
             telemetry::init(LogTarget::Stderr, "warn");
             runtime()?.block_on(bench(args))
         }
+        Command::Warehouse(command) => {
+            telemetry::init(LogTarget::Stderr, "warn");
+            runtime()?.block_on(warehouse(command))
+        }
     }
 }
 
@@ -400,6 +436,77 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         Format::Text => print!("{}", kpis.render()),
     }
     Ok(())
+}
+
+async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
+    use crate::app::WarehouseConfig;
+    use crate::pipeline::gold::manifest;
+    use crate::warehouse::synapse;
+    match command {
+        WarehouseCommand::Token(args) => {
+            let config = args.gold.synapse.config()?;
+            let token = synapse::access_token(&config.auth).await?;
+            println!(
+                "token acquired for {} ({} characters)",
+                synapse::SQL_SCOPE,
+                secrecy::ExposeSecret::expose_secret(&token).len()
+            );
+            Ok(())
+        }
+        WarehouseCommand::Init(args) => match args.gold.warehouse_config(&args.lake.data_dir)? {
+            WarehouseConfig::Synapse(config) => {
+                synapse::Synapse::new(config)?.init().await?;
+                println!("synapse schema applied");
+                Ok(())
+            }
+            #[cfg(feature = "embedded-warehouse")]
+            WarehouseConfig::Embedded(path) => {
+                crate::warehouse::embedded::Embedded::open(&path)?;
+                println!("embedded schema applied to {}", path.display());
+                Ok(())
+            }
+            _ => bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE)"),
+        },
+        WarehouseCommand::Load(args) => {
+            let storage = args.lake.storage_config()?;
+            let lake = Lake::open(&storage).await?;
+            let Some(latest) = manifest::latest(&lake).await? else {
+                bail!("gold has no build yet; run the pipeline first")
+            };
+            let state = crate::app::AppState::build(
+                crate::storage::StorageConfig::memory(),
+                Some(lake.clone()),
+                Default::default(),
+                args.gold.warehouse_config(&args.lake.data_dir)?,
+                args.gold.gold_settings()?,
+            );
+            let Some(w) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? else {
+                bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE=none)");
+            };
+            let m = w.load(&lake, &latest).await?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(())
+        }
+        WarehouseCommand::Sql { build, since, args } => {
+            let storage = args.lake.storage_config()?;
+            let lake = Lake::open(&storage).await?;
+            let m = match build {
+                Some(n) => manifest::read(&lake, n).await?,
+                None => manifest::latest(&lake).await?.ok_or_else(|| anyhow::anyhow!("gold has no build yet"))?,
+            };
+            let loaded = match since {
+                Some(n) => {
+                    manifest::read(&lake, n).await?.fact_patient_flow.into_iter().map(|(d, p)| (d, p.file)).collect()
+                }
+                None => Default::default(),
+            };
+            let gold_url = args.gold.synapse.synapse_gold_url.clone().ok_or_else(|| {
+                anyhow::anyhow!("set SYNAPSE_GOLD_URL (e.g. https://mylake.dfs.core.windows.net/gold)")
+            })?;
+            print!("{}", synapse::load_sql(&gold_url, &m, &synapse::fact_changes(&m, &loaded))?);
+            Ok(())
+        }
+    }
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.

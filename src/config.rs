@@ -181,12 +181,15 @@ pub struct GoldArgs {
     /// Hours superseded gold build files are kept before cleanup.
     #[arg(long, env = "PATIENTFLOW_GOLD_RETENTION_HOURS", default_value_t = 168)]
     pub gold_retention_hours: u64,
-    /// Warehouse gold is loaded into: `embedded` (a DuckDB file) or `none`.
+    /// Warehouse gold is loaded into: `embedded` (a DuckDB file), `synapse` or `none`.
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE", default_value = "embedded")]
     pub warehouse: String,
     /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
     pub warehouse_path: Option<PathBuf>,
+    /// Synapse settings.
+    #[command(flatten)]
+    pub synapse: SynapseArgs,
     /// Hosts Data Factory callbacks may go to (comma-separated; `*.` for subdomains); https only.
     #[arg(long, env = "PATIENTFLOW_ADF_CALLBACK_HOSTS", default_value = crate::adf::DEFAULT_CALLBACK_HOSTS)]
     pub adf_callback_hosts: String,
@@ -228,6 +231,76 @@ impl GoldArgs {
                 "PATIENTFLOW_WAREHOUSE={other:?} is not a warehouse; use `embedded` or `none`"
             ))),
         }
+    }
+}
+
+/// Azure Synapse dedicated SQL pool settings (used when `PATIENTFLOW_WAREHOUSE=synapse`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Synapse")]
+pub struct SynapseArgs {
+    /// The workspace's SQL endpoint, e.g. `myws.sql.azuresynapse.net`.
+    #[arg(long, env = "SYNAPSE_SERVER")]
+    pub synapse_server: Option<String>,
+    /// The dedicated SQL pool (database) name.
+    #[arg(long, env = "SYNAPSE_DATABASE")]
+    pub synapse_database: Option<String>,
+    /// Sign-in: `managedidentity` (default), `developer` (Azure CLI / azd) or `sql`.
+    #[arg(long, env = "SYNAPSE_AUTH", default_value = "managedidentity")]
+    pub synapse_auth: String,
+    /// Client id of a user-assigned managed identity.
+    #[arg(long, env = "SYNAPSE_CLIENT_ID")]
+    pub synapse_client_id: Option<String>,
+    /// SQL user (with SYNAPSE_AUTH=sql).
+    #[arg(long, env = "SYNAPSE_USER")]
+    pub synapse_user: Option<String>,
+    /// SQL password (with SYNAPSE_AUTH=sql).
+    #[arg(long, env = "SYNAPSE_PASSWORD", hide_env_values = true)]
+    synapse_password: Option<RedactedString>,
+    /// Where COPY INTO reads gold: `https://<account>.dfs.core.windows.net/<gold container>`.
+    #[arg(long, env = "SYNAPSE_GOLD_URL")]
+    pub synapse_gold_url: Option<String>,
+    /// Seconds one load batch may run (COPY INTO of a large build takes minutes).
+    #[arg(long, env = "SYNAPSE_COMMAND_TIMEOUT_SECS", default_value_t = 1800)]
+    pub synapse_command_timeout_secs: u64,
+}
+
+impl SynapseArgs {
+    /// Validates into a [`crate::warehouse::synapse::SynapseConfig`].
+    pub fn config(&self) -> Result<crate::warehouse::synapse::SynapseConfig, ConfigError> {
+        use crate::warehouse::synapse::{SynapseAuth, SynapseConfig};
+        let need = |v: &Option<String>, name: &str, example: &str| {
+            v.clone().ok_or_else(|| ConfigError(format!("PATIENTFLOW_WAREHOUSE=synapse needs {name} (e.g. {example})")))
+        };
+        let server = need(&self.synapse_server, "SYNAPSE_SERVER", "myworkspace.sql.azuresynapse.net")?;
+        let database = need(&self.synapse_database, "SYNAPSE_DATABASE", "patientflow")?;
+        let gold_url = need(&self.synapse_gold_url, "SYNAPSE_GOLD_URL", "https://mylake.dfs.core.windows.net/gold")?;
+        let auth = match self.synapse_auth.to_ascii_lowercase().as_str() {
+            "managedidentity" => SynapseAuth::ManagedIdentity { client_id: self.synapse_client_id.clone() },
+            "developer" => SynapseAuth::Developer,
+            "sql" => SynapseAuth::Sql {
+                user: need(&self.synapse_user, "SYNAPSE_USER", "loader")?,
+                password: self
+                    .synapse_password
+                    .as_ref()
+                    .map(|p| p.0.clone())
+                    .ok_or_else(|| ConfigError("SYNAPSE_AUTH=sql needs SYNAPSE_PASSWORD".into()))?,
+            },
+            other => {
+                return Err(ConfigError(format!(
+                    "SYNAPSE_AUTH={other:?} is not supported; use managedidentity, developer or sql"
+                )));
+            }
+        };
+        if self.synapse_command_timeout_secs == 0 {
+            return Err(ConfigError("SYNAPSE_COMMAND_TIMEOUT_SECS must be at least 1".into()));
+        }
+        Ok(SynapseConfig {
+            server,
+            database,
+            auth,
+            gold_url,
+            command_timeout: Duration::from_secs(self.synapse_command_timeout_secs),
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 #[cfg(feature = "embedded-warehouse")]
 pub mod embedded;
 pub mod report;
+pub mod synapse;
 
 use async_trait::async_trait;
 use serde::Serialize;

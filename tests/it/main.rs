@@ -5,4 +5,5 @@ mod cli;
 mod functions;
 mod gold;
 mod pipeline;
+mod synapse;
 mod util;
