@@ -167,6 +167,27 @@ struct SimulateArgs {
     /// Output file (default: standard output).
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Where to send: `file` (NDJSON to --output or stdout) or `eventhubs` (EH__fullyQualifiedNamespace + EH_NAME).
+    #[arg(long, value_enum, default_value = "file")]
+    to: Destination,
+    /// Event Hubs namespace, e.g. myns.servicebus.windows.net (identity-based, Entra ID).
+    #[arg(long, env = "EH__fullyQualifiedNamespace")]
+    eventhubs_namespace: Option<String>,
+    /// The Functions `EH` setting; a SAS connection string is refused with the fix.
+    #[arg(long, env = "EH", hide_env_values = true)]
+    eventhubs_connection: Option<String>,
+    /// Event hub name.
+    #[arg(long, env = "EH_NAME", default_value = "patient-flow")]
+    event_hub: String,
+    /// Client id of a user-assigned managed identity.
+    #[arg(long, env = "EH__clientId")]
+    eventhubs_client_id: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Destination {
+    File,
+    Eventhubs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -336,6 +357,30 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         && !(rate > 0.0 && rate.is_finite())
     {
         bail!("--rate must be a positive number of events per second");
+    }
+    if let Destination::Eventhubs = args.to {
+        let target = crate::eventhubs::EventHubsTarget::from_settings(
+            args.eventhubs_namespace.as_deref(),
+            args.eventhubs_connection.as_deref(),
+            &args.event_hub,
+            args.eventhubs_client_id.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let started = Instant::now();
+        let sim = Simulator::new(config);
+        let events = sim.take(args.count as usize).map(|e| (e.partition_key, e.body));
+        let report =
+            runtime()?.block_on(crate::eventhubs::send(&target, events, args.rate)).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "sent {} events in {} batches to {}/{} ({} partitions) in {:.2} s",
+            report.events,
+            report.batches,
+            target.namespace,
+            target.event_hub,
+            report.partitions,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
     }
     let (mut out, bar): (Box<dyn Write>, _) = match &args.output {
         Some(path) => {

@@ -9,6 +9,8 @@ pub mod app;
 pub mod cli;
 /// Settings from flags and app settings.
 pub mod config;
+/// Sending simulated events to Azure Event Hubs.
+pub mod eventhubs;
 /// The Functions: thin handlers over the pipeline.
 pub mod functions;
 /// A local stand-in for the Functions host (used by `run`, `bench` and tests).

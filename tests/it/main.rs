@@ -2,6 +2,7 @@
 
 mod adf;
 mod cli;
+mod eventhubs;
 mod functions;
 mod gold;
 mod pipeline;
