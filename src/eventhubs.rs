@@ -143,18 +143,18 @@ pub async fn send(
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64((i + 1) as f64 / rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
-                for p in 0..pending.len() {
-                    if !pending[p].is_empty() {
-                        report.batches += flush(p, std::mem::take(&mut pending[p])).await?;
+                for (p, bodies) in pending.iter_mut().enumerate() {
+                    if !bodies.is_empty() {
+                        report.batches += flush(p, std::mem::take(bodies)).await?;
                     }
                 }
                 tokio::time::sleep(wait).await;
             }
         }
     }
-    for p in 0..pending.len() {
-        if !pending[p].is_empty() {
-            report.batches += flush(p, std::mem::take(&mut pending[p])).await?;
+    for (p, bodies) in pending.iter_mut().enumerate() {
+        if !bodies.is_empty() {
+            report.batches += flush(p, std::mem::take(bodies)).await?;
         }
     }
     let _ = producer.close().await;
