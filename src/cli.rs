@@ -268,6 +268,9 @@ struct PackageArgs {
     /// Handler binary to ship (default: this executable).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Also write `<out>.zip`, ready for `az functionapp deployment source config-zip` / zip deploy.
+    #[arg(long)]
+    zip: bool,
 }
 
 #[derive(Args)]
@@ -309,6 +312,11 @@ pub fn main() -> anyhow::Result<()> {
             };
             let report = crate::package::package(&args.out, &binary)?;
             println!("{report}");
+            if args.zip {
+                let zip = args.out.with_extension("zip");
+                let size = crate::package::zip_folder(&args.out, &zip)?;
+                println!("zipped into {} ({:.1} MB)", zip.display(), size as f64 / 1e6);
+            }
             Ok(())
         }
         Command::Quarantine(args) => {

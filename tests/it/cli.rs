@@ -207,8 +207,20 @@ fn run_reads_an_ndjson_file_and_is_deterministic() {
 fn package_assembles_a_function_app_whose_handler_answers() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("app");
-    let out = bin().arg("package").arg("--out").arg(&out_dir).output().unwrap();
+    let out = bin().arg("package").arg("--out").arg(&out_dir).arg("--zip").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("dynamically linked") && said.contains("x86_64-unknown-linux-musl"),
+        "says how to get a static binary: {said}"
+    );
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(dir.path().join("app.zip")).unwrap()).unwrap();
+    let names: HashSet<String> = zip.file_names().map(|n| n.unwrap().to_string()).collect();
+    assert!(
+        names.contains("host.json") && names.contains("ingest_bronze/function.json") && names.contains("patientflow"),
+        "{names:?}"
+    );
+    assert_eq!(zip.by_name("patientflow").unwrap().unix_mode().unwrap() & 0o777, 0o755);
     let host: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("host.json")).unwrap()).unwrap();
     let exe = host["customHandler"]["description"]["defaultExecutablePath"].as_str().unwrap();
     let mut names = HashSet::new();
