@@ -183,7 +183,7 @@ fn produce(
             partition_id: &ids[p],
         };
         let guid = format!("{p}-{}", buffer[0].sequence_number);
-        let body = serde_json::to_vec(&envelopes::event_hub_batch(&hub, buffer, &last, &guid))?;
+        let body = envelopes::event_hub_batch_bytes(&hub, buffer, &last, &guid);
         let events = buffer.len();
         buffer.clear();
         senders[p]

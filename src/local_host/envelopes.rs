@@ -95,6 +95,69 @@ pub fn event_hub_batch(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDat
     })
 }
 
+/// [`event_hub_batch`] serialized straight to bytes, without building a JSON tree: the same
+/// document (tested), at a fraction of the cost, for `run` and `bench` where the envelope is built
+/// for every thousand events.
+pub fn event_hub_batch_bytes(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDateTime, guid: &str) -> Vec<u8> {
+    use base64::Engine;
+    use std::fmt::Write as _;
+    let body_len: usize = events.iter().map(|e| e.body.len()).sum();
+    let mut out = String::with_capacity(body_len * 4 / 3 + events.len() * 400 + 1024);
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    // The host double-encodes arrays: each is a JSON string holding the array's JSON text. Inner
+    // strings here (base64, digits, timestamps, ids) need no escaping inside the outer string
+    // except their quotes, which become \".
+    let mut bodies = String::with_capacity(body_len * 4 / 3 + events.len() * 4);
+    let mut offsets = String::new();
+    let mut seqs = String::new();
+    let mut times = String::new();
+    let mut keys = String::new();
+    let mut props = String::new();
+    let mut system = String::new();
+    for (i, e) in events.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let t = e.enqueued_time.format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+        bodies.push_str(sep);
+        bodies.push_str("\\\"");
+        base64::engine::general_purpose::STANDARD.encode_string(&e.body, &mut bodies);
+        bodies.push_str("\\\"");
+        let _ = write!(offsets, "{sep}\\\"{}\\\"", e.offset);
+        let _ = write!(seqs, "{sep}{}", e.sequence_number);
+        let _ = write!(times, "{sep}\\\"{t}\\\"");
+        let key_json = match &e.partition_key {
+            Some(k) => serde_json::to_string(k).unwrap_or_default(),
+            None => "null".to_string(),
+        };
+        // The key's JSON text is itself escaped once more inside the outer string.
+        let key_inner = q(&key_json);
+        let key_inner = &key_inner[1..key_inner.len() - 1];
+        let _ = write!(keys, "{sep}{key_inner}");
+        let _ = write!(props, "{sep}{{}}");
+        let _ = write!(
+            system,
+            "{sep}{{\\\"x-opt-sequence-number\\\":{s},\\\"x-opt-offset\\\":\\\"{o}\\\",\\\"x-opt-enqueued-time\\\":\\\"{t}\\\",\\\"SequenceNumber\\\":{s},\\\"Offset\\\":{o},\\\"OffsetString\\\":\\\"{o}\\\",\\\"PartitionKey\\\":{key_inner},\\\"EnqueuedTimeUtc\\\":\\\"{t}\\\"}}",
+            s = e.sequence_number,
+            o = e.offset,
+        );
+    }
+    let context = format!(
+        "{{\"IsCheckpointingAfterInvocation\":true,\"FullyQualifiedNamespace\":{},\"EventHubName\":{},\"ConsumerGroup\":{},\"PartitionId\":{}}}",
+        q(p.namespace),
+        q(p.event_hub),
+        q(p.consumer_group),
+        q(p.partition_id)
+    );
+    let _ = write!(
+        out,
+        "{{\"Data\":{{\"events\":\"[{bodies}]\"}},\"Metadata\":{{\"TriggerPartitionContext\":{context},\"PartitionContext\":{context},\
+\"PartitionKeyArray\":\"[{keys}]\",\"OffsetArray\":\"[{offsets}]\",\"OffsetStringArray\":\"[{offsets}]\",\
+\"SequenceNumberArray\":\"[{seqs}]\",\"EnqueuedTimeUtcArray\":\"[{times}]\",\"PropertiesArray\":\"[{props}]\",\
+\"SystemPropertiesArray\":\"[{system}]\",\"sys\":{}}}}}",
+        sys("ingest_bronze", now, guid)
+    );
+    out.into_bytes()
+}
+
 /// The envelope of a blob-trigger invocation. `content` is `None` for deferred binding (the host
 /// then sends a descriptor instead of the bytes).
 pub fn blob_trigger(uri: &str, name: &str, content: Option<&[u8]>, now: &NaiveDateTime, guid: &str) -> Value {
@@ -130,4 +193,48 @@ pub fn timer(method: &str, now: &NaiveDateTime, past_due: bool, guid: &str) -> V
         "Data": { "timer": { "Schedule": { "AdjustForDST": true }, "ScheduleStatus": null, "IsPastDue": past_due } },
         "Metadata": { "sys": sys(method, now, guid) }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::time::parse_utc;
+
+    #[test]
+    fn the_fast_batch_writer_produces_the_same_document() {
+        let now = parse_utc("2026-11-24T12:00:00.123456").unwrap();
+        let events: Vec<HubEvent> = (0..5)
+            .map(|i| HubEvent {
+                body: if i == 2 {
+                    vec![0xff, b'"', b'\\', b'\n']
+                } else {
+                    format!("{{\"patient_id\":\"p{i}\"}}").into_bytes()
+                },
+                sequence_number: 100 + i,
+                offset: 4096 * i,
+                enqueued_time: now + chrono::Duration::milliseconds(i),
+                partition_key: (i != 3).then(|| format!("key \"{i}\" \\ x")),
+            })
+            .collect();
+        let p = HubPartition {
+            namespace: "ns.servicebus.windows.net",
+            event_hub: "hub",
+            consumer_group: "$Default",
+            partition_id: "3",
+        };
+        let slow = event_hub_batch(&p, &events, &now, "g");
+        let fast: Value = serde_json::from_slice(&event_hub_batch_bytes(&p, &events, &now, "g")).unwrap();
+        // Compare after undoing the double encoding, so formatting differences cannot hide.
+        let unwrap = |v: &Value| -> Value {
+            let mut v = v.clone();
+            for (_, x) in v["Metadata"].as_object_mut().unwrap().iter_mut() {
+                if let Value::String(s) = x {
+                    *x = serde_json::from_str(s).unwrap();
+                }
+            }
+            v["Data"]["events"] = serde_json::from_str(v["Data"]["events"].as_str().unwrap()).unwrap();
+            v
+        };
+        assert_eq!(unwrap(&fast), unwrap(&slow));
+    }
 }
