@@ -160,6 +160,7 @@ struct Envelope {
 
 /// Produces batch envelopes on a blocking thread: simulate or read, partition by key, number, batch.
 fn produce(
+    start: Vec<(i64, i64)>,
     options: RunOptions,
     senders: Vec<mpsc::Sender<Envelope>>,
     progress: indicatif::ProgressBar,
@@ -167,8 +168,8 @@ fn produce(
     let partitions = senders.len();
     let ids: Vec<String> = (0..partitions).map(|p| p.to_string()).collect();
     let mut buffers: Vec<Vec<HubEvent>> = (0..partitions).map(|_| Vec::with_capacity(options.batch_size)).collect();
-    let mut next_seq = vec![0i64; partitions];
-    let mut next_offset = vec![0i64; partitions];
+    let mut next_seq: Vec<i64> = start.iter().map(|p| p.0).collect();
+    let mut next_offset: Vec<i64> = start.iter().map(|p| p.1).collect();
     let mut count: u64 = 0;
     let now = options.now;
     let flush = |p: usize, buffer: &mut Vec<HubEvent>| -> anyhow::Result<()> {
@@ -270,8 +271,48 @@ fn progress_bar(options: &RunOptions) -> indicatif::ProgressBar {
     bar
 }
 
+/// Where each local partition continues: (next sequence number, next offset). A lake that already
+/// holds bronze files is a hub that has already delivered events, so a second `run` appends after
+/// them instead of reusing sequence numbers (which bronze would rightly treat as replays).
+pub async fn hub_positions(lake: &Lake, partitions: usize) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut last: Vec<Option<BatchStem>> = vec![None; partitions];
+    for meta in lake.list(Container::Bronze, &patient_flow_prefix()).await? {
+        let Some(stem) = BatchStem::parse_key(meta.location.as_ref()) else { continue };
+        let Ok(p) = stem.partition.parse::<usize>() else { continue };
+        if p < partitions && last[p].as_ref().is_none_or(|s| s.last_seq < stem.last_seq) {
+            last[p] = Some(stem);
+        }
+    }
+    let mut positions = Vec::with_capacity(partitions);
+    for stem in last {
+        let Some(stem) = stem else {
+            positions.push((0, 0));
+            continue;
+        };
+        let bytes = lake.get(Container::Bronze, &stem.key()).await?;
+        let (_, batches) = crate::storage::parquet::decode(bytes)?;
+        let next_offset = batches
+            .last()
+            .filter(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                use arrow_array::cast::AsArray;
+                let i = b.num_rows() - 1;
+                let offset = b.column_by_name("offset")?.as_string::<i32>().value(i).parse::<i64>().ok()?;
+                Some(offset + b.column_by_name("body")?.as_binary::<i32>().value(i).len() as i64)
+            })
+            .unwrap_or(0);
+        positions.push((stem.last_seq + 1, next_offset));
+    }
+    Ok(positions)
+}
+
 /// Runs the bronze stage: every event through `POST /ingest_bronze`.
-pub async fn bronze_stage(host: &Arc<LocalHost>, options: &RunOptions, report: &mut RunReport) -> anyhow::Result<()> {
+pub async fn bronze_stage(
+    host: &Arc<LocalHost>,
+    lake: &Lake,
+    options: &RunOptions,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let partitions = options.partitions.max(1) as usize;
     let mut senders = Vec::with_capacity(partitions);
@@ -299,7 +340,8 @@ pub async fn bronze_stage(host: &Arc<LocalHost>, options: &RunOptions, report: &
     }
     let producer_options = options.clone();
     let bar = progress_bar(options);
-    let producer = tokio::task::spawn_blocking(move || produce(producer_options, senders, bar));
+    let start = hub_positions(lake, partitions).await?;
+    let producer = tokio::task::spawn_blocking(move || produce(start, producer_options, senders, bar));
     let mut failure = None;
     for w in workers {
         match w.await? {
@@ -413,7 +455,7 @@ pub async fn run(
     let host = Arc::new(LocalHost::start(state.clone()).await.context("cannot start the handler on a loopback port")?);
     let mut report = RunReport::default();
     let result = async {
-        bronze_stage(&host, &options, &mut report).await?;
+        bronze_stage(&host, &lake, &options, &mut report).await?;
         silver_stage(&host, &lake, &options, &mut report).await?;
         gold_stage(&host, &options, &mut report).await?;
         let started = Instant::now();

@@ -249,3 +249,37 @@ fn package_assembles_a_function_app_whose_handler_answers() {
     let again = bin().arg("package").arg("--out").arg(&out_dir).output().unwrap();
     assert!(!again.status.success(), "refuses to overwrite a non-empty folder");
 }
+
+#[test]
+fn running_the_same_events_again_appends_to_the_hub_and_changes_no_visit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let sim = bin()
+        .args(["simulate", "--seed", "3", "--count", "3000", "--now", NOW, "--duplicate-rate", "0.02"])
+        .output()
+        .unwrap();
+    std::fs::write(&input, &sim.stdout).unwrap();
+    let run = || {
+        let out = bin()
+            .args(["run", "--format", "json", "--now", NOW, "--batch-size", "500", "--input"])
+            .arg(&input)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    let second = run();
+    // The local hub continues its sequence numbers: new bronze files, not replays.
+    assert_eq!(second["bronze_replays"], 0);
+    assert_eq!(second["bronze_files_created"], first["bronze_files_created"]);
+    // Gold sees the same visits again: nothing inserted, nothing updated, the same KPIs.
+    let build = &second["gold"]["build"];
+    assert_eq!(build["build"], 2);
+    assert_eq!((build["facts_inserted"].as_u64(), build["facts_updated"].as_u64()), (Some(0), Some(0)), "{build}");
+    assert_eq!(first["gold"]["load"]["fact_rows_total"], second["gold"]["load"]["fact_rows_total"]);
+    let sections = |v: &Value| v["report"]["sections"].clone();
+    assert_eq!(sections(&first), sections(&second));
+}

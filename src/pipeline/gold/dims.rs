@@ -132,7 +132,12 @@ pub fn apply_scd2(patients: &mut Patients, visits: &[Visit]) -> ScdStats {
                     continue;
                 }
                 if v.admission_us < current.effective_from {
-                    stats.late_changes_ignored += 1;
+                    // Older than the current version: a change only if it disagrees with the
+                    // version valid then (a re-sent record agrees and is no news at all).
+                    let i = versions.partition_point(|x| x.effective_from <= v.admission_us).saturating_sub(1);
+                    if versions[i].attr_hash != hash {
+                        stats.late_changes_ignored += 1;
+                    }
                     continue;
                 }
                 current.effective_to = Some(v.admission_us);

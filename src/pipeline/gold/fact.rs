@@ -72,6 +72,19 @@ impl FactRow {
         [Some(self.admission_us), self.discharge_us].into_iter().flatten().filter(|&t| t > as_of).min()
     }
 
+    /// Whether two rows describe the visit identically (everything but lineage and ingestion time).
+    pub fn same_visit_content(&self, other: &FactRow) -> bool {
+        (self.patient_sk, self.department_sk, self.admission_us, self.discharge_us, self.bed_id, self.hospital_id)
+            == (
+                other.patient_sk,
+                other.department_sk,
+                other.admission_us,
+                other.discharge_us,
+                other.bed_id,
+                other.hospital_id,
+            )
+    }
+
     /// Which of two rows for one visit wins: the later event.
     pub fn wins_over(&self, other: &FactRow) -> bool {
         (self.enqueued_us, &*self.partition_id, self.sequence_number)
@@ -88,10 +101,10 @@ pub fn upsert(existing: &mut HashMap<i64, FactRow>, new: Vec<FactRow>) -> (u64, 
                 inserted += 1;
                 existing.insert(row.fact_id, row);
             }
-            Some(old) if row.wins_over(old) => {
-                if row != *old {
-                    updated += 1;
-                }
+            // A later event with the same content is a re-delivery: the row, lineage included,
+            // stays as first written, so replays change nothing.
+            Some(old) if row.wins_over(old) && !row.same_visit_content(old) => {
+                updated += 1;
                 // The first ingestion time is kept: it says when gold first knew the visit.
                 let first = old.ingested_us.min(row.ingested_us);
                 *old = FactRow { ingested_us: first, ..row };
@@ -243,6 +256,8 @@ mod tests {
         let snapshot = part.clone();
         assert_eq!(upsert(&mut part, vec![row(1, 20, Some(500)), row(1, 10, None)]), (0, 0));
         assert_eq!(part, snapshot, "replays and older events change nothing");
+        assert_eq!(upsert(&mut part, vec![row(1, 30, Some(500))]), (0, 0));
+        assert_eq!(part, snapshot, "a later re-delivery of the same content keeps the first lineage");
     }
 
     #[test]
