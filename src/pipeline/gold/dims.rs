@@ -11,7 +11,7 @@ use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use chrono::{Datelike, Timelike};
 
-use super::input::Visit;
+use super::input::{Interner, Visit};
 use super::keys::{self, UNKNOWN_DEPARTMENT, UNKNOWN_HOSPITAL};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME};
 use crate::pipeline::{Error, Result};
@@ -73,7 +73,7 @@ pub struct PatientVersion {
     /// Surrogate key of this version.
     pub patient_sk: i64,
     /// Gender.
-    pub gender: Option<String>,
+    pub gender: Option<Arc<str>>,
     /// Age.
     pub age: Option<i32>,
     /// Hash of the tracked attributes.
@@ -85,7 +85,7 @@ pub struct PatientVersion {
 }
 
 /// DimPatient: every patient's versions, oldest first. The last version is the current one.
-pub type Patients = HashMap<String, Vec<PatientVersion>>;
+pub type Patients = HashMap<Arc<str>, Vec<PatientVersion>>;
 
 /// What an SCD2 pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -105,11 +105,7 @@ pub fn apply_scd2(patients: &mut Patients, visits: &[Visit]) -> ScdStats {
     let mut stats = ScdStats::default();
     let mut order: Vec<&Visit> = visits.iter().collect();
     order.sort_by(|a, b| {
-        (a.patient_id.as_str(), a.admission_us, a.order_key()).cmp(&(
-            b.patient_id.as_str(),
-            b.admission_us,
-            b.order_key(),
-        ))
+        (&*a.patient_id, a.admission_us, a.order_key()).cmp(&(&*b.patient_id, b.admission_us, b.order_key()))
     });
     for v in order {
         let hash = keys::attr_hash(v.gender.as_deref(), v.age);
@@ -121,10 +117,10 @@ pub fn apply_scd2(patients: &mut Patients, visits: &[Visit]) -> ScdStats {
             effective_from: from,
             effective_to: None,
         };
-        match patients.get_mut(v.patient_id.as_str()) {
+        match patients.get_mut(&*v.patient_id) {
             None => {
                 stats.new_patients += 1;
-                patients.insert(v.patient_id.clone(), vec![open(v.admission_us)]);
+                patients.insert(Arc::clone(&v.patient_id), vec![open(v.admission_us)]);
             }
             Some(versions) => {
                 let Some(current) = versions.last_mut() else { continue };
@@ -157,7 +153,7 @@ pub fn patient_sk_at(versions: &[PatientVersion], t: i64) -> Option<i64> {
 
 /// Encodes DimPatient, ordered by patient id then version.
 pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
-    let mut ids: Vec<&String> = patients.keys().collect();
+    let mut ids: Vec<&Arc<str>> = patients.keys().collect();
     ids.sort_unstable();
     let n: usize = patients.values().map(Vec::len).sum();
     let mut sk = Int64Builder::with_capacity(n);
@@ -171,7 +167,7 @@ pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
     for pid in ids {
         for v in &patients[pid] {
             sk.append_value(v.patient_sk);
-            id.append_value(pid);
+            id.append_value(&**pid);
             gender.append_option(v.gender.as_deref());
             age.append_option(v.age);
             hash.append_value(v.attr_hash);
@@ -194,7 +190,7 @@ pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
 }
 
 /// Decodes DimPatient.
-pub fn read_patients(batches: &[RecordBatch], into: &mut Patients) -> Result<()> {
+pub fn read_patients(batches: &[RecordBatch], into: &mut Patients, strings: &mut Interner) -> Result<()> {
     for b in batches {
         let sk = column(b, "patient_sk")?.as_primitive::<Int64Type>();
         let id = column(b, "patient_id")?.as_string::<i32>();
@@ -204,9 +200,9 @@ pub fn read_patients(batches: &[RecordBatch], into: &mut Patients) -> Result<()>
         let from = column(b, "effective_from")?.as_primitive::<TimestampMicrosecondType>();
         let to = column(b, "effective_to")?.as_primitive::<TimestampMicrosecondType>();
         for i in 0..b.num_rows() {
-            into.entry(id.value(i).to_string()).or_default().push(PatientVersion {
+            into.entry(strings.get(id.value(i))).or_default().push(PatientVersion {
                 patient_sk: sk.value(i),
-                gender: (!gender.is_null(i)).then(|| gender.value(i).to_string()),
+                gender: (!gender.is_null(i)).then(|| strings.get(gender.value(i))),
                 age: (!age.is_null(i)).then(|| age.value(i)),
                 attr_hash: hash.value(i),
                 effective_from: from.value(i),
@@ -281,10 +277,10 @@ mod tests {
 
     fn visit(id: &str, at: i64, age: i32) -> Visit {
         Visit {
-            patient_id: id.into(),
-            gender: Some("Female".into()),
+            patient_id: Arc::from(id),
+            gender: Some(Arc::from("Female")),
             age: Some(age),
-            department: Some("ICU".into()),
+            department: Some(Arc::from("ICU")),
             admission_us: at,
             admission_sent_us: Some(at),
             discharge_us: None,
@@ -329,7 +325,7 @@ mod tests {
         assert_eq!(p1, p2);
         let batch = patients_batch(&p1).unwrap();
         let mut back = Patients::new();
-        read_patients(&[batch], &mut back).unwrap();
+        read_patients(&[batch], &mut back, &mut Interner::default()).unwrap();
         assert_eq!(back, p1);
     }
 

@@ -1,5 +1,6 @@
 //! Reads silver files into visits, the gold build's input rows.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -8,17 +9,36 @@ use arrow_array::{Array, RecordBatch};
 
 use crate::pipeline::{Error, Result};
 
+/// Shares one allocation per distinct string (patient ids, genders, departments, partitions, file
+/// names): a build holds a million visits of far fewer distinct values.
+#[derive(Debug, Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        match self.0.get(s) {
+            Some(a) => Arc::clone(a),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                self.0.insert(Arc::clone(&a));
+                a
+            }
+        }
+    }
+}
+
 /// One silver row, as the gold build needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Visit {
     /// Patient id.
-    pub patient_id: String,
+    pub patient_id: Arc<str>,
     /// Gender.
-    pub gender: Option<String>,
+    pub gender: Option<Arc<str>>,
     /// Age (capped).
     pub age: Option<i32>,
     /// Department.
-    pub department: Option<String>,
+    pub department: Option<Arc<str>>,
     /// Admission time (imputed when missing or future), µs.
     pub admission_us: i64,
     /// Admission time as sent, µs (part of the visit's natural key).
@@ -48,7 +68,7 @@ impl Visit {
 }
 
 /// Converts silver record batches into visits.
-pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>) -> Result<()> {
+pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>, strings: &mut Interner) -> Result<()> {
     for batch in batches {
         let col = |name: &str| {
             batch.column_by_name(name).ok_or_else(|| Error::Corrupt {
@@ -68,26 +88,22 @@ pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>) -> Resul
         let partition = col("partition_id")?.as_string::<i32>();
         let seq = col("sequence_number")?.as_primitive::<Int64Type>();
         let enqueued = col("enqueued_time")?.as_primitive::<TimestampMicrosecondType>();
-        let file: Arc<str> = Arc::from(key);
-        let mut last_partition: Arc<str> = Arc::from("");
+        let file = strings.get(key);
         out.reserve(batch.num_rows());
         for i in 0..batch.num_rows() {
-            let opt_str = |a: &arrow_array::StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
-            let p = partition.value(i);
-            if *last_partition != *p {
-                last_partition = Arc::from(p);
-            }
+            let gender = (!gender.is_null(i)).then(|| strings.get(gender.value(i)));
+            let department = (!department.is_null(i)).then(|| strings.get(department.value(i)));
             out.push(Visit {
-                patient_id: patient.value(i).to_string(),
-                gender: opt_str(gender),
+                patient_id: strings.get(patient.value(i)),
+                gender,
                 age: (!age.is_null(i)).then(|| age.value(i)),
-                department: opt_str(department),
+                department,
                 admission_us: admission.value(i),
                 admission_sent_us: (!admission_sent.is_null(i)).then(|| admission_sent.value(i)),
                 discharge_us: (!discharge.is_null(i)).then(|| discharge.value(i)),
                 bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
                 hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
-                partition_id: Arc::clone(&last_partition),
+                partition_id: strings.get(partition.value(i)),
                 sequence_number: seq.value(i),
                 enqueued_us: enqueued.value(i),
                 bronze_file: Arc::clone(&file),

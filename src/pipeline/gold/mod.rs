@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use self::dims::{Departments, Hours, Patients};
 use self::fact::FactRow;
-use self::input::Visit;
+use self::input::{Interner, Visit};
 use self::manifest::{BUILDS, FactPartition, Manifest};
 use super::{Error, Result};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
@@ -109,20 +109,20 @@ async fn write_table(
     Ok(rows)
 }
 
-async fn read_silver(lake: &Lake, files: &[Path]) -> Result<Vec<Visit>> {
-    let decoded: Vec<(String, Vec<arrow_array::RecordBatch>)> = futures::stream::iter(files.iter().cloned())
+/// Reads silver files a few at a time, turning each into visits as it arrives, so the decoded
+/// columns of only a handful of files are in memory at once.
+async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Result<Vec<Visit>> {
+    let mut decoded = futures::stream::iter(files.iter().cloned())
         .map(|key| async move {
             let bytes = lake.get(Container::Silver, &key).await?;
             let (_, batches) =
                 parquet::decode(bytes).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
             Ok::<_, Error>((key.to_string(), batches))
         })
-        .buffered(8)
-        .try_collect()
-        .await?;
+        .buffered(4);
     let mut visits = Vec::new();
-    for (key, batches) in &decoded {
-        input::visits(key, batches, &mut visits)?;
+    while let Some((key, batches)) = decoded.try_next().await? {
+        input::visits(&key, &batches, &mut visits, strings)?;
     }
     Ok(visits)
 }
@@ -143,7 +143,8 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         return Ok(BuildOutcome::NothingNew { build: previous.map(|m| m.build) });
     }
 
-    let visits = read_silver(lake, &new_files).await?;
+    let mut strings = Interner::default();
+    let visits = read_silver(lake, &new_files, &mut strings).await?;
     let build = prev.build + 1;
     let mut silver_files: BTreeSet<String> = prev.silver_files.iter().cloned().collect();
     silver_files.extend(new_files.iter().map(ToString::to_string));
@@ -159,7 +160,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut hours = Hours::new();
     if previous.is_some() {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
-        dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients)?;
+        dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients, &mut strings)?;
         dims::read_hours(&read_table(lake, &prev.dim_time).await?, &mut hours)?;
     }
     metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
@@ -169,7 +170,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut by_day: BTreeMap<i32, Vec<FactRow>> = BTreeMap::new();
     for v in &visits {
         let (department, hospital) = dims::department_of(v);
-        let versions = patients.get(v.patient_id.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let versions = patients.get(&*v.patient_id).map(Vec::as_slice).unwrap_or_default();
         let patient_sk = dims::patient_sk_at(versions, v.admission_us)
             .ok_or_else(|| Error::Internal("a visit's patient has no DimPatient version".into()))?;
         hours.insert(keys::time_key(v.admission_us));
