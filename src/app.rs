@@ -46,6 +46,8 @@ pub struct GoldSettings {
     pub retention: Duration,
     /// Where Data Factory callbacks may go.
     pub adf_callbacks: crate::adf::CallbackPolicy,
+    /// Silver files folded into one gold build at most (bounds a build's memory).
+    pub max_files_per_build: usize,
 }
 
 impl Default for GoldSettings {
@@ -54,6 +56,7 @@ impl Default for GoldSettings {
             min_new_files: 5,
             retention: Duration::from_secs(7 * 24 * 3600),
             adf_callbacks: crate::adf::CallbackPolicy::default(),
+            max_files_per_build: 256,
         }
     }
 }

@@ -562,14 +562,6 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), in bytes.
-fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir().context("cannot create a temporary folder")?;
     let dir = args.keep.clone().unwrap_or_else(|| temp.path().to_path_buf());
@@ -612,7 +604,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "stages": report.stages,
         "total_seconds": total,
         "events_per_second": args.events as f64 / total,
-        "peak_memory_bytes": peak_memory_bytes(),
+        "peak_memory_bytes": crate::run::peak_memory_bytes(),
         "silver_rows": report.silver_rows,
         "fact_rows": report.gold.as_ref().and_then(|g| g["load"]["fact_rows_total"].as_u64()),
     });

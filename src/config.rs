@@ -178,6 +178,10 @@ pub struct GoldArgs {
     /// The build_gold timer builds only when more than this many silver files are new.
     #[arg(long, env = "PATIENTFLOW_GOLD_MIN_NEW_FILES", default_value_t = 5)]
     pub gold_min_new_files: usize,
+    /// Silver files folded into one gold build at most; more waiting means more builds in a run
+    /// (a build's memory is bounded by this, not by the backlog).
+    #[arg(long, env = "PATIENTFLOW_GOLD_MAX_FILES_PER_BUILD", default_value_t = 256)]
+    pub gold_max_files_per_build: usize,
     /// Hours superseded gold build files are kept before cleanup.
     #[arg(long, env = "PATIENTFLOW_GOLD_RETENTION_HOURS", default_value_t = 168)]
     pub gold_retention_hours: u64,
@@ -213,7 +217,11 @@ impl GoldArgs {
                 "PATIENTFLOW_ADF_CALLBACK_HOSTS is empty; list the hosts Data Factory callbacks may go to, e.g. *.clouddatahub.net".into(),
             ));
         }
+        if self.gold_max_files_per_build == 0 {
+            return Err(ConfigError("PATIENTFLOW_GOLD_MAX_FILES_PER_BUILD must be at least 1".into()));
+        }
         Ok(GoldSettings {
+            max_files_per_build: self.gold_max_files_per_build,
             min_new_files: self.gold_min_new_files,
             retention: Duration::from_secs(self.gold_retention_hours * 3600),
             adf_callbacks,

@@ -67,13 +67,29 @@ pub struct StageReport {
     pub rows: u64,
     /// Rows per second.
     pub rows_per_second: f64,
+    /// The process's peak resident memory (Linux `VmHWM`) when the stage ended, in bytes.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 impl StageReport {
     fn new(stage: &'static str, elapsed: Duration, rows: u64) -> Self {
         let seconds = elapsed.as_secs_f64();
-        Self { stage, seconds, rows, rows_per_second: if seconds > 0.0 { rows as f64 / seconds } else { 0.0 } }
+        Self {
+            stage,
+            seconds,
+            rows,
+            rows_per_second: if seconds > 0.0 { rows as f64 / seconds } else { 0.0 },
+            peak_memory_bytes: peak_memory_bytes(),
+        }
     }
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// What a run did.

@@ -63,13 +63,16 @@ pub async fn gold_job(
     {
         report.summary = format!("{} new silver files, not more than the threshold of {t}: no build", pending.len());
     } else {
-        let options = GoldOptions { now, retention: state.gold().retention };
-        let (outcome, took) = gold::build_with_retry(lake, &options).await?;
+        let options = GoldOptions {
+            max_files_per_build: state.gold().max_files_per_build,
+            ..GoldOptions::new(now, state.gold().retention)
+        };
+        let (outcome, took) = gold::build_all(lake, &options).await?;
         report.build_seconds = took.as_secs_f64();
         report.summary = match &outcome {
             BuildOutcome::Built(m) => format!(
-                "gold build {} folded {} silver files: {} visits new, {} updated, {} days written",
-                m.build, m.silver_files, m.facts_inserted, m.facts_updated, m.partitions_written
+                "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
+                m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
             ),
             BuildOutcome::NothingNew { .. } => "nothing new for gold".to_string(),
         };

@@ -63,9 +63,11 @@ struct Plan {
     build: u64,
     build_id: String,
     as_of: String,
-    dims: [(&'static str, Vec<RecordBatch>); 3],
-    replace: Vec<(String, String, Vec<RecordBatch>)>,
+    dims: [(&'static str, String); 3],
+    /// (visit date, gold file) of each fact day to replace.
+    replace: Vec<(String, String)>,
     drop: Vec<String>,
+    lake: Lake,
 }
 
 async fn read(lake: &Lake, key: &str) -> Result<Vec<RecordBatch>> {
@@ -104,26 +106,28 @@ impl Warehouse for Embedded {
             }
         }
         let loaded_files: std::collections::HashMap<String, String> = files.into_iter().collect();
-        let mut replace = Vec::new();
-        for (day, p) in &manifest.fact_patient_flow {
-            if loaded_files.get(day) != Some(&p.file) {
-                replace.push((day.clone(), p.file.clone(), read(lake, &p.file).await?));
-            }
-        }
+        let replace = manifest
+            .fact_patient_flow
+            .iter()
+            .filter(|(day, p)| loaded_files.get(*day) != Some(&p.file))
+            .map(|(day, p)| (day.clone(), p.file.clone()))
+            .collect();
         let drop = loaded_files.keys().filter(|d| !manifest.fact_patient_flow.contains_key(*d)).cloned().collect();
         let plan = Plan {
             build: manifest.build,
             build_id: manifest.build_id.clone(),
             as_of: manifest.as_of.clone(),
             dims: [
-                ("DimDepartment", read(lake, &manifest.dim_department).await?),
-                ("DimPatient", read(lake, &manifest.dim_patient).await?),
-                ("DimTime", read(lake, &manifest.dim_time).await?),
+                ("DimDepartment", manifest.dim_department.clone()),
+                ("DimPatient", manifest.dim_patient.clone()),
+                ("DimTime", manifest.dim_time.clone()),
             ],
             replace,
             drop,
+            lake: lake.clone(),
         };
-        self.with_conn(move |conn| apply(conn, plan)).await
+        let handle = tokio::runtime::Handle::current();
+        self.with_conn(move |conn| apply(conn, plan, &handle)).await
     }
 
     async fn loaded_build(&self) -> Result<Option<u64>> {
@@ -150,9 +154,12 @@ impl Embedded {
     }
 }
 
-fn apply(conn: &mut Connection, plan: Plan) -> Result<LoadMetrics> {
+/// Applies a load in one transaction. Gold files are read one at a time (on this blocking thread,
+/// through the runtime), so memory holds one fact day, not the whole build.
+fn apply(conn: &mut Connection, plan: Plan, rt: &tokio::runtime::Handle) -> Result<LoadMetrics> {
     let tx = conn.transaction().map_err(db)?;
-    for (table, batches) in plan.dims {
+    for (table, file) in plan.dims {
+        let batches = rt.block_on(read(&plan.lake, &file))?;
         tx.execute(&format!("DELETE FROM {table}"), []).map_err(db)?;
         let mut appender = tx.appender(table).map_err(db)?;
         for b in batches {
@@ -162,7 +169,8 @@ fn apply(conn: &mut Connection, plan: Plan) -> Result<LoadMetrics> {
     }
     let mut written = 0;
     let partitions = plan.replace.len() as u64;
-    for (day, file, batches) in plan.replace {
+    for (day, file) in plan.replace {
+        let batches = rt.block_on(read(&plan.lake, &file))?;
         tx.execute("DELETE FROM FactPatientFlow WHERE visit_date = CAST(? AS DATE)", [&day]).map_err(db)?;
         tx.execute("DELETE FROM LoadedPartition WHERE visit_date = ?", [&day]).map_err(db)?;
         let mut appender = tx.appender("FactPatientFlow").map_err(db)?;

@@ -40,6 +40,7 @@ fn state(lake: &Lake, warehouse: WarehouseConfig) -> AppState {
         min_new_files: 5,
         retention: Duration::from_secs(3600),
         adf_callbacks: CallbackPolicy::parse("127.0.0.1", true),
+        ..Default::default()
     };
     AppState::build(StorageConfig::memory(), Some(lake.clone()), util::settings(), warehouse, gold)
 }

@@ -55,9 +55,8 @@ fn both_ddls_match_the_gold_schemas_column_for_column() {
 #[tokio::test]
 async fn the_generated_load_sql_matches_the_golden_file() {
     let (state, lake) = util::memory().await;
-    let opts = |now: &str| GoldOptions {
-        now: patientflow::model::time::parse_utc(now).unwrap(),
-        retention: std::time::Duration::from_secs(3600),
+    let opts = |now: &str| {
+        GoldOptions::new(patientflow::model::time::parse_utc(now).unwrap(), std::time::Duration::from_secs(3600))
     };
     land(
         &state,
@@ -208,7 +207,7 @@ async fn live_synapse_load_is_idempotent() {
         &[event("live", "Female", 40, "ICU", 1, 5, "2026-11-23T02:00:00", None)],
     )
     .await;
-    let opts = GoldOptions { now: util::now(), retention: std::time::Duration::from_secs(3600) };
+    let opts = GoldOptions::new(util::now(), std::time::Duration::from_secs(3600));
     gold::build(&lake, &opts).await.unwrap();
     let latest = manifest::latest(&lake).await.unwrap().unwrap();
     let pool = synapse::Synapse::new(Arc::new(config)).unwrap();

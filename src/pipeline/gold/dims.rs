@@ -31,7 +31,7 @@ pub fn department_of(v: &Visit) -> (&str, i32) {
 }
 
 /// Adds the departments of `visits`; returns how many were new.
-pub fn add_departments(departments: &mut Departments, visits: &[Visit]) -> usize {
+pub fn add_departments<'a>(departments: &mut Departments, visits: impl IntoIterator<Item = &'a Visit>) -> usize {
     let before = departments.len();
     for v in visits {
         let (d, h) = department_of(v);
@@ -101,9 +101,9 @@ pub struct ScdStats {
 
 /// Folds visits into DimPatient, SCD type 2: per patient, in order of admission time, a changed
 /// attribute hash closes the current version and opens a new one with its own surrogate key.
-pub fn apply_scd2(patients: &mut Patients, visits: &[Visit]) -> ScdStats {
+pub fn apply_scd2<'a>(patients: &mut Patients, visits: impl IntoIterator<Item = &'a Visit>) -> ScdStats {
     let mut stats = ScdStats::default();
-    let mut order: Vec<&Visit> = visits.iter().collect();
+    let mut order: Vec<&Visit> = visits.into_iter().collect();
     order.sort_by(|a, b| {
         (&*a.patient_id, a.admission_us, a.order_key()).cmp(&(&*b.patient_id, b.admission_us, b.order_key()))
     });
@@ -317,11 +317,11 @@ mod tests {
     fn scd2_within_a_build_does_not_depend_on_arrival_order() {
         let visits = [visit("a", 10, 40), visit("a", 30, 41), visit("b", 5, 7), visit("a", 20, 40)];
         let mut p1 = Patients::new();
-        apply_scd2(&mut p1, &visits);
+        apply_scd2(&mut p1, &visits[..]);
         let mut reversed = visits.to_vec();
         reversed.reverse();
         let mut p2 = Patients::new();
-        apply_scd2(&mut p2, &reversed);
+        apply_scd2(&mut p2, &reversed[..]);
         assert_eq!(p1, p2);
         let batch = patients_batch(&p1).unwrap();
         let mut back = Patients::new();

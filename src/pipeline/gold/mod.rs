@@ -43,6 +43,16 @@ pub struct GoldOptions {
     pub now: NaiveDateTime,
     /// How long superseded build files are kept (readers of an older build finish first).
     pub retention: Duration,
+    /// At most this many silver files are folded into one build, so a build's memory is bounded
+    /// by this, not by how much silver waits; [`build_all`] commits as many builds as needed.
+    pub max_files_per_build: usize,
+}
+
+impl GoldOptions {
+    /// Options with the default of 256 silver files per build.
+    pub fn new(now: NaiveDateTime, retention: Duration) -> Self {
+        Self { now, retention, max_files_per_build: 256 }
+    }
 }
 
 /// What a build did.
@@ -68,6 +78,26 @@ pub struct GoldMetrics {
     pub rows: BTreeMap<String, u64>,
     /// Superseded files deleted.
     pub files_cleaned: u64,
+    /// Builds committed (more than one when more silver waited than one build takes).
+    pub builds: u64,
+}
+
+impl GoldMetrics {
+    fn absorb(&mut self, next: GoldMetrics) {
+        self.build = next.build;
+        self.silver_files += next.silver_files;
+        self.rows_in += next.rows_in;
+        self.facts_inserted += next.facts_inserted;
+        self.facts_updated += next.facts_updated;
+        self.partitions_written += next.partitions_written;
+        self.departments_added += next.departments_added;
+        self.patients.new_patients += next.patients.new_patients;
+        self.patients.versions_closed += next.patients.versions_closed;
+        self.patients.late_changes_ignored += next.patients.late_changes_ignored;
+        self.rows = next.rows;
+        self.files_cleaned += next.files_cleaned;
+        self.builds += next.builds;
+    }
 }
 
 /// The outcome of a build request.
@@ -110,8 +140,9 @@ async fn write_table(
 }
 
 /// Reads silver files a few at a time, turning each into visits as it arrives, so the decoded
-/// columns of only a handful of files are in memory at once.
-async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Result<Vec<Visit>> {
+/// columns of only a handful of files are in memory at once. One vector per file: no reallocation
+/// of one huge vector.
+async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Result<Vec<Vec<Visit>>> {
     let mut decoded = futures::stream::iter(files.iter().cloned())
         .map(|key| async move {
             let bytes = lake.get(Container::Silver, &key).await?;
@@ -122,7 +153,9 @@ async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Res
         .buffered(4);
     let mut visits = Vec::new();
     while let Some((key, batches)) = decoded.try_next().await? {
-        input::visits(&key, &batches, &mut visits, strings)?;
+        let mut file = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+        input::visits(&key, &batches, &mut file, strings)?;
+        visits.push(file);
     }
     Ok(visits)
 }
@@ -130,7 +163,8 @@ async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Res
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
 /// nothing) when there is nothing new.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
-    let (previous, new_files) = pending(lake).await?;
+    let (previous, mut new_files) = pending(lake).await?;
+    new_files.truncate(options.max_files_per_build.max(1));
     let as_of = to_micros(&options.now);
     let prev = previous.clone().unwrap_or_default();
     let due: Vec<String> = prev
@@ -151,8 +185,13 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     // Deterministic per input: the same silver files and clock give the same build id and bytes.
     let build_id = format!("{build:010}-{:016x}", keys::build_nonce(silver_files.iter().map(String::as_str), as_of));
     let dir = format!("{BUILDS}/{build_id}");
-    let mut metrics =
-        GoldMetrics { build, silver_files: new_files.len() as u64, rows_in: visits.len() as u64, ..Default::default() };
+    let mut metrics = GoldMetrics {
+        build,
+        builds: 1,
+        silver_files: new_files.len() as u64,
+        rows_in: visits.iter().map(Vec::len).sum::<usize>() as u64,
+        ..Default::default()
+    };
 
     // Dimensions.
     let mut departments = Departments::new();
@@ -163,12 +202,12 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients, &mut strings)?;
         dims::read_hours(&read_table(lake, &prev.dim_time).await?, &mut hours)?;
     }
-    metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
-    metrics.patients = dims::apply_scd2(&mut patients, &visits);
+    metrics.departments_added = dims::add_departments(&mut departments, visits.iter().flatten()) as u64;
+    metrics.patients = dims::apply_scd2(&mut patients, visits.iter().flatten());
 
     // Facts, grouped by visit date.
     let mut by_day: BTreeMap<i32, Vec<FactRow>> = BTreeMap::new();
-    for v in &visits {
+    for v in visits.iter().flatten() {
         let (department, hospital) = dims::department_of(v);
         let versions = patients.get(&*v.patient_id).map(Vec::as_slice).unwrap_or_default();
         let patient_sk = dims::patient_sk_at(versions, v.admission_us)
@@ -256,14 +295,32 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
 }
 
 /// Builds, retrying once from the new state if another builder committed first.
-pub async fn build_with_retry(lake: &Lake, options: &GoldOptions) -> Result<(BuildOutcome, Duration)> {
-    let started = Instant::now();
+pub async fn build_with_retry(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     match build(lake, options).await {
         Err(Error::Conflict(first)) => {
             tracing::warn!(conflict = %first, "Another gold build committed first; rebuilding on top of it.");
-            build(lake, options).await.map(|o| (o, started.elapsed()))
+            build(lake, options).await
         }
-        other => other.map(|o| (o, started.elapsed())),
+        other => other,
+    }
+}
+
+/// Builds until nothing new is left (each build takes at most `max_files_per_build` silver
+/// files), and reports the builds together.
+pub async fn build_all(lake: &Lake, options: &GoldOptions) -> Result<(BuildOutcome, Duration)> {
+    let started = Instant::now();
+    let mut total: Option<GoldMetrics> = None;
+    loop {
+        match build_with_retry(lake, options).await? {
+            BuildOutcome::Built(m) => match &mut total {
+                Some(t) => t.absorb(m),
+                None => total = Some(m),
+            },
+            nothing @ BuildOutcome::NothingNew { .. } => {
+                let outcome = total.map_or(nothing, BuildOutcome::Built);
+                return Ok((outcome, started.elapsed()));
+            }
+        }
     }
 }
 
