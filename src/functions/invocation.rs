@@ -59,7 +59,8 @@ impl InvokeRequest {
             ));
         }
         serde_json::from_value(value)
-            .map_err(|e| FunctionError::BadRequest(format!("the envelope's Data and Metadata must be objects ({e})")))
+            // serde's message can quote the offending value, which may be event content.
+            .map_err(|_| FunctionError::BadRequest("the envelope's Data and Metadata must be JSON objects".into()))
     }
 
     /// A `Data` entry, or a 400 naming the binding.
@@ -158,7 +159,9 @@ mod tests {
         let e = InvokeRequest::from_slice(b"[1]").unwrap_err().to_string();
         assert!(e.contains("not a JSON object"), "{e}");
         let e = InvokeRequest::from_slice(br#"{"Data": 3}"#).unwrap_err().to_string();
-        assert!(e.contains("must be objects"), "{e}");
+        assert!(e.contains("must be JSON objects"), "{e}");
+        let e = InvokeRequest::from_slice(br#"{"Data": "patient p-123 age 71"}"#).unwrap_err().to_string();
+        assert!(!e.contains("p-123"), "never echo content: {e}");
         let req = InvokeRequest::from_slice(br#"{"Data": {"x": 1}}"#).unwrap();
         let e = req.binding("events").unwrap_err().to_string();
         assert!(e.contains("`events`") && e.contains("\"x\""), "{e}");

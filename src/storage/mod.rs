@@ -435,6 +435,10 @@ async fn ensure_container(store: &MicrosoftAzure, account: &str, endpoint: &str,
     if status.is_success() || status == reqwest::StatusCode::CONFLICT {
         return Ok(());
     }
+    // An identity or SAS that may use a container but not create one: fine if it already exists.
+    if store.list_with_delimiter(None).await.is_ok() {
+        return Ok(());
+    }
     let code = response.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     Err(fail(format!(
         "HTTP {status} {code}; create it yourself (`az storage container create -n {container}`) or grant the identity `Storage Blob Data Contributor`"
