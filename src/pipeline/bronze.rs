@@ -118,7 +118,7 @@ pub async fn ingest(lake: &Lake, batch: &EventBatch) -> Result<BronzeMetrics> {
     let key = stem.key();
     let body_bytes = batch.events.iter().map(|e| e.body.len()).sum();
     let record_batch = to_record_batch(batch)?;
-    let file = parquet::encode(&BRONZE, &[record_batch])?;
+    let file = parquet::encode_ingest(&BRONZE, &[record_batch])?;
     let file_bytes = file.len();
     let outcome = lake.put_if_absent(Container::Bronze, &key, file).await?;
     Ok(BronzeMetrics {

@@ -627,10 +627,10 @@ pub async fn process(lake: &Lake, stem: &BatchStem, bronze: Bytes) -> Result<Sil
     let mut metrics = refined.metrics;
     metrics.silver_file = key.to_string();
     if refined.quarantine.num_rows() > 0 {
-        let file = parquet::encode(&QUARANTINE, &[refined.quarantine])?;
+        let file = parquet::encode_ingest(&QUARANTINE, &[refined.quarantine])?;
         lake.put_if_absent(Container::Quarantine, &key, file).await?;
     }
-    let file = parquet::encode(&SILVER, &[refined.silver])?;
+    let file = parquet::encode_ingest(&SILVER, &[refined.silver])?;
     metrics.created = lake.put_if_absent(Container::Silver, &key, file).await? == PutOutcome::Created;
     Ok(metrics)
 }
