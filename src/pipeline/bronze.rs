@@ -13,6 +13,7 @@ use super::{Error, Result};
 use crate::model::schema::BRONZE;
 use crate::model::time::to_micros;
 use crate::storage::keys::BatchStem;
+use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
 
 /// One event as Event Hubs delivered it.
@@ -118,7 +119,7 @@ pub async fn ingest(lake: &Lake, batch: &EventBatch) -> Result<BronzeMetrics> {
     let key = stem.key();
     let body_bytes = batch.events.iter().map(|e| e.body.len()).sum();
     let record_batch = to_record_batch(batch)?;
-    let file = parquet::encode_ingest(&BRONZE, &[record_batch])?;
+    let file = parquet::encode(&BRONZE, &[record_batch], Codec::Archive)?;
     let file_bytes = file.len();
     let outcome = lake.put_if_absent(Container::Bronze, &key, file).await?;
     Ok(BronzeMetrics {

@@ -9,7 +9,7 @@
 //! `rows_in = rows_out + quarantined + duplicates_dropped`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use arrow_schema::DataType;
 use bytes::Bytes;
 use chrono::NaiveDateTime;
 use object_store::path::Path;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Error, Result};
@@ -28,6 +29,7 @@ use crate::model::event::{CAPPED_AGE, MAX_AGE};
 use crate::model::schema::{QUARANTINE, SILVER};
 use crate::model::time::{from_micros, parse_utc, to_micros};
 use crate::storage::keys::BatchStem;
+use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
 
 /// Why an event went to quarantine. A closed set: dashboards and alerts key on these codes.
@@ -449,7 +451,7 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
     let mut metrics = SilverMetrics { bronze_file: bronze_key.to_string(), ..Default::default() };
     let mut rows: Vec<(Lineage<'_>, Row)> = Vec::new();
     let mut rejected: Vec<(Lineage<'_>, Rejection, &[u8])> = Vec::new();
-    let mut seen_seq: HashSet<(&str, i64)> = HashSet::new();
+    let mut seen_seq: FxHashSet<(&str, i64)> = FxHashSet::default();
     let views = batches.iter().map(|b| view(bronze_key, b)).collect::<Result<Vec<_>>>()?;
     for v in &views {
         for i in 0..v.body.len() {
@@ -476,7 +478,8 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
     }
 
     // Same visit sent twice (or re-sent with an update): keep the latest by sequence number.
-    let mut latest: HashMap<NaturalKey<'_>, usize> = HashMap::with_capacity(rows.len());
+    let mut latest: FxHashMap<NaturalKey<'_>, usize> = FxHashMap::default();
+    latest.reserve(rows.len());
     for (i, (lineage, row)) in rows.iter().enumerate() {
         let key = (row.patient_id.as_str(), row.department.as_deref(), row.hospital_id, row.admission_time_sent);
         match latest.get_mut(&key) {
@@ -627,10 +630,10 @@ pub async fn process(lake: &Lake, stem: &BatchStem, bronze: Bytes) -> Result<Sil
     let mut metrics = refined.metrics;
     metrics.silver_file = key.to_string();
     if refined.quarantine.num_rows() > 0 {
-        let file = parquet::encode_ingest(&QUARANTINE, &[refined.quarantine])?;
+        let file = parquet::encode(&QUARANTINE, &[refined.quarantine], Codec::Fast)?;
         lake.put_if_absent(Container::Quarantine, &key, file).await?;
     }
-    let file = parquet::encode_ingest(&SILVER, &[refined.silver])?;
+    let file = parquet::encode(&SILVER, &[refined.silver], Codec::Fast)?;
     metrics.created = lake.put_if_absent(Container::Silver, &key, file).await? == PutOutcome::Created;
     Ok(metrics)
 }

@@ -16,35 +16,35 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 #[error("parquet: {0}")]
 pub struct ParquetError(String);
 
-/// zstd level of the hot ingest path (bronze, silver, quarantine): written once per invocation,
-/// read once or twice; level 1 compresses JSON bodies about as well at twice the speed of 3.
-pub const INGEST_ZSTD_LEVEL: i32 = 1;
-/// zstd level of gold, which warehouses and analysts read many times.
-pub const GOLD_ZSTD_LEVEL: i32 = 3;
+/// How a layer's files are compressed (parquet's default is *uncompressed*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// zstd level 1: bronze, the raw archive — the best ratio on JSON bodies, written once.
+    Archive,
+    /// Snappy: silver and gold. Cheap to write and read (parquet-rs sets up a zstd context per
+    /// page, which dominates small files), and what Synapse's `COPY INTO` reads (it takes Snappy
+    /// or GZIP parquet, not zstd).
+    Fast,
+}
 
-/// The writer settings of every lake file: zstd (parquet's default is *uncompressed*) at `level`,
-/// page statistics for pruning, and no `created_by` drift beyond the library version.
-pub fn writer_properties(level: i32) -> WriterProperties {
+/// The writer settings of every lake file: the layer's codec, page statistics for pruning, and
+/// no `created_by` drift beyond the library version.
+pub fn writer_properties(codec: Codec) -> WriterProperties {
+    let compression = match codec {
+        Codec::Archive => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+        Codec::Fast => Compression::SNAPPY,
+    };
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()))
+        .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
         .build()
 }
 
-/// Encodes batches (all of `schema`) into one parquet file in memory, at the gold level.
-pub fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
-    encode_with(schema, batches, GOLD_ZSTD_LEVEL)
-}
-
-/// Encodes at the ingest level.
-pub fn encode_ingest(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
-    encode_with(schema, batches, INGEST_ZSTD_LEVEL)
-}
-
-fn encode_with(schema: &SchemaRef, batches: &[RecordBatch], level: i32) -> Result<Bytes, ParquetError> {
+/// Encodes batches (all of `schema`) into one parquet file in memory.
+pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Result<Bytes, ParquetError> {
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(writer_properties(level)))
+    let mut writer = ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(writer_properties(codec)))
         .map_err(|e| ParquetError(e.to_string()))?;
     for batch in batches {
         writer.write(batch).map_err(|e| ParquetError(e.to_string()))?;
@@ -69,22 +69,22 @@ mod tests {
     use arrow_schema::{DataType, Field, Schema};
 
     #[test]
-    fn files_are_zstd_compressed_and_round_trip() {
+    fn files_are_compressed_and_round_trip() {
         let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let batch =
             RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..1000))]).unwrap();
-        let bytes = encode(&schema, std::slice::from_ref(&batch)).unwrap();
+        let bytes = encode(&schema, std::slice::from_ref(&batch), Codec::Archive).unwrap();
         let meta = parquet::file::reader::SerializedFileReader::new(bytes.clone()).unwrap();
         use parquet::file::reader::FileReader;
         let codec = meta.metadata().row_group(0).column(0).compression();
         assert!(matches!(codec, Compression::ZSTD(_)), "{codec:?}");
-        let fast = encode_ingest(&schema, std::slice::from_ref(&batch)).unwrap();
+        let fast = encode(&schema, std::slice::from_ref(&batch), Codec::Fast).unwrap();
         let meta = parquet::file::reader::SerializedFileReader::new(fast.clone()).unwrap();
-        assert!(matches!(meta.metadata().row_group(0).column(0).compression(), Compression::ZSTD(_)));
+        assert_eq!(meta.metadata().row_group(0).column(0).compression(), Compression::SNAPPY);
         assert_eq!(decode(fast).unwrap().1, vec![batch.clone()]);
         let (_, back) = decode(bytes.clone()).unwrap();
         assert_eq!(back, vec![batch.clone()]);
-        assert_eq!(encode(&schema, &[batch]).unwrap(), bytes, "encoding is deterministic");
+        assert_eq!(encode(&schema, &[batch], Codec::Archive).unwrap(), bytes, "encoding is deterministic");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The dimensions: DimDepartment, DimPatient (SCD type 2) and DimTime, with their parquet encoding.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -85,7 +87,7 @@ pub struct PatientVersion {
 }
 
 /// DimPatient: every patient's versions, oldest first. The last version is the current one.
-pub type Patients = HashMap<Arc<str>, Vec<PatientVersion>>;
+pub type Patients = FxHashMap<Arc<str>, Vec<PatientVersion>>;
 
 /// What an SCD2 pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -295,7 +297,7 @@ mod tests {
 
     #[test]
     fn scd2_opens_a_version_per_change_with_its_own_key() {
-        let mut p = Patients::new();
+        let mut p = Patients::default();
         let s = apply_scd2(&mut p, &[visit("a", 10, 40), visit("a", 20, 40), visit("a", 30, 41)]);
         assert_eq!(s, ScdStats { new_patients: 1, versions_closed: 1, late_changes_ignored: 0 });
         let v = &p["a"];
@@ -316,15 +318,15 @@ mod tests {
     #[test]
     fn scd2_within_a_build_does_not_depend_on_arrival_order() {
         let visits = [visit("a", 10, 40), visit("a", 30, 41), visit("b", 5, 7), visit("a", 20, 40)];
-        let mut p1 = Patients::new();
+        let mut p1 = Patients::default();
         apply_scd2(&mut p1, &visits[..]);
         let mut reversed = visits.to_vec();
         reversed.reverse();
-        let mut p2 = Patients::new();
+        let mut p2 = Patients::default();
         apply_scd2(&mut p2, &reversed[..]);
         assert_eq!(p1, p2);
         let batch = patients_batch(&p1).unwrap();
-        let mut back = Patients::new();
+        let mut back = Patients::default();
         read_patients(&[batch], &mut back, &mut Interner::default()).unwrap();
         assert_eq!(back, p1);
     }

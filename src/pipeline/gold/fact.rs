@@ -1,7 +1,7 @@
 //! FactPatientFlow: one row per visit, upserted on `fact_id` (a later event for the same visit
 //! replaces the earlier row), partitioned by visit date so a build rewrites only the days it touches.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -93,7 +93,7 @@ impl FactRow {
 }
 
 /// Upserts `new` rows into `existing` (one partition); returns (inserted, updated).
-pub fn upsert(existing: &mut HashMap<i64, FactRow>, new: Vec<FactRow>) -> (u64, u64) {
+pub fn upsert(existing: &mut FxHashMap<i64, FactRow>, new: Vec<FactRow>) -> (u64, u64) {
     let (mut inserted, mut updated) = (0, 0);
     for row in new {
         match existing.get_mut(&row.fact_id) {
@@ -181,7 +181,7 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
 }
 
 /// Decodes a partition file.
-pub fn decode(key: &str, batches: &[RecordBatch], into: &mut HashMap<i64, FactRow>) -> Result<()> {
+pub fn decode(key: &str, batches: &[RecordBatch], into: &mut FxHashMap<i64, FactRow>) -> Result<()> {
     for b in batches {
         let col = |name: &str| {
             b.column_by_name(name)
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_later_event_replaces_the_row_and_a_replay_changes_nothing() {
-        let mut part = HashMap::new();
+        let mut part = FxHashMap::default();
         assert_eq!(upsert(&mut part, vec![row(1, 10, None)]), (1, 0));
         assert_eq!(upsert(&mut part, vec![row(1, 20, Some(500))]), (0, 1));
         assert_eq!(part[&1].discharge_us, Some(500));
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(r.next_change(100 + 7_200_000_000), None);
         let mut rows = vec![r];
         let b = encode(&mut rows, 200).unwrap();
-        let mut back = HashMap::new();
+        let mut back = FxHashMap::default();
         decode("k", &[b], &mut back).unwrap();
         assert_eq!(back[&1], rows[0]);
     }

@@ -1,6 +1,6 @@
 //! Reads silver files into visits, the gold build's input rows.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -12,7 +12,7 @@ use crate::pipeline::{Error, Result};
 /// Shares one allocation per distinct string (patient ids, genders, departments, partitions, file
 /// names): a build holds a million visits of far fewer distinct values.
 #[derive(Debug, Default)]
-pub struct Interner(HashSet<Arc<str>>);
+pub struct Interner(FxHashSet<Arc<str>>);
 
 impl Interner {
     /// The shared copy of `s`.

@@ -18,7 +18,9 @@ pub mod input;
 pub mod keys;
 pub mod manifest;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -34,6 +36,7 @@ use super::{Error, Result};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
 use crate::model::time::{rfc3339, to_micros};
 use crate::storage::keys::patient_flow_prefix;
+use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, parquet};
 
 /// How to build.
@@ -134,7 +137,7 @@ async fn write_table(
     batch: arrow_array::RecordBatch,
 ) -> Result<u64> {
     let rows = batch.num_rows() as u64;
-    let bytes = parquet::encode(schema, &[batch])?;
+    let bytes = parquet::encode(schema, &[batch], Codec::Fast)?;
     lake.put(Container::Gold, &Path::from(key), bytes).await?;
     Ok(rows)
 }
@@ -195,45 +198,56 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
 
     // Dimensions.
     let mut departments = Departments::new();
-    let mut patients = Patients::new();
+    let mut patients = Patients::default();
     let mut hours = Hours::new();
     if previous.is_some() {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
         dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients, &mut strings)?;
         dims::read_hours(&read_table(lake, &prev.dim_time).await?, &mut hours)?;
     }
+    // Every string is shared by now; the lookup table itself is no longer needed.
+    drop(strings);
     metrics.departments_added = dims::add_departments(&mut departments, visits.iter().flatten()) as u64;
     metrics.patients = dims::apply_scd2(&mut patients, visits.iter().flatten());
 
-    // Facts, grouped by visit date.
-    let mut by_day: BTreeMap<i32, Vec<FactRow>> = BTreeMap::new();
+    // Facts, grouped by visit date. Each day's vector is sized exactly, and each file's visits are
+    // freed as soon as they become facts: visits and facts are never both whole in memory.
+    let visit_date = |v: &Visit| keys::epoch_days(v.admission_sent_us.unwrap_or(v.admission_us));
+    let mut day_sizes: BTreeMap<i32, usize> = BTreeMap::new();
     for v in visits.iter().flatten() {
-        let (department, hospital) = dims::department_of(v);
-        let versions = patients.get(&*v.patient_id).map(Vec::as_slice).unwrap_or_default();
-        let patient_sk = dims::patient_sk_at(versions, v.admission_us)
-            .ok_or_else(|| Error::Internal("a visit's patient has no DimPatient version".into()))?;
-        hours.insert(keys::time_key(v.admission_us));
-        if let Some(d) = v.discharge_us {
-            hours.insert(keys::time_key(d));
-        }
-        let visit_date = keys::epoch_days(v.admission_sent_us.unwrap_or(v.admission_us));
-        by_day.entry(visit_date).or_default().push(FactRow {
-            fact_id: keys::fact_id(&v.patient_id, department, hospital, v.admission_sent_us),
-            patient_sk,
-            department_sk: keys::department_sk(department, hospital),
-            admission_us: v.admission_us,
-            discharge_us: v.discharge_us,
-            bed_id: v.bed_id,
-            hospital_id: v.hospital_id,
-            partition_id: v.partition_id.clone(),
-            sequence_number: v.sequence_number,
-            enqueued_us: v.enqueued_us,
-            bronze_file: v.bronze_file.clone(),
-            ingested_us: as_of,
-            visit_date,
-        });
+        *day_sizes.entry(visit_date(v)).or_default() += 1;
     }
-    drop(visits);
+    let mut by_day: BTreeMap<i32, Vec<FactRow>> =
+        day_sizes.into_iter().map(|(d, n)| (d, Vec::with_capacity(n))).collect();
+    for file in visits {
+        for v in file {
+            let (department, hospital) = dims::department_of(&v);
+            let versions = patients.get(&*v.patient_id).map(Vec::as_slice).unwrap_or_default();
+            let patient_sk = dims::patient_sk_at(versions, v.admission_us)
+                .ok_or_else(|| Error::Internal("a visit's patient has no DimPatient version".into()))?;
+            hours.insert(keys::time_key(v.admission_us));
+            if let Some(d) = v.discharge_us {
+                hours.insert(keys::time_key(d));
+            }
+            let day = visit_date(&v);
+            let row = FactRow {
+                fact_id: keys::fact_id(&v.patient_id, department, hospital, v.admission_sent_us),
+                patient_sk,
+                department_sk: keys::department_sk(department, hospital),
+                admission_us: v.admission_us,
+                discharge_us: v.discharge_us,
+                bed_id: v.bed_id,
+                hospital_id: v.hospital_id,
+                partition_id: v.partition_id,
+                sequence_number: v.sequence_number,
+                enqueued_us: v.enqueued_us,
+                bronze_file: v.bronze_file,
+                ingested_us: as_of,
+                visit_date: day,
+            };
+            by_day.entry(day).or_default().push(row);
+        }
+    }
     for day in &due {
         if let Some(d) = day_number(day) {
             by_day.entry(d).or_default();
@@ -243,7 +257,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut partitions = prev.fact_patient_flow.clone();
     for (day, new_rows) in by_day {
         let name = day_name(day);
-        let mut rows: HashMap<i64, FactRow> = HashMap::new();
+        let mut rows: FxHashMap<i64, FactRow> = FxHashMap::default();
         if let Some(old) = prev.fact_patient_flow.get(&name) {
             fact::decode(&old.file, &read_table(lake, &old.file).await?, &mut rows)?;
         }
