@@ -56,7 +56,7 @@ impl Default for GoldSettings {
             min_new_files: 5,
             retention: Duration::from_secs(7 * 24 * 3600),
             adf_callbacks: crate::adf::CallbackPolicy::default(),
-            max_files_per_build: 256,
+            max_files_per_build: 1024,
         }
     }
 }

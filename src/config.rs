@@ -180,7 +180,7 @@ pub struct GoldArgs {
     pub gold_min_new_files: usize,
     /// Silver files folded into one gold build at most; more waiting means more builds in a run
     /// (a build's memory is bounded by this, not by the backlog).
-    #[arg(long, env = "PATIENTFLOW_GOLD_MAX_FILES_PER_BUILD", default_value_t = 256)]
+    #[arg(long, env = "PATIENTFLOW_GOLD_MAX_FILES_PER_BUILD", default_value_t = 1024)]
     pub gold_max_files_per_build: usize,
     /// Hours superseded gold build files are kept before cleanup.
     #[arg(long, env = "PATIENTFLOW_GOLD_RETENTION_HOURS", default_value_t = 168)]

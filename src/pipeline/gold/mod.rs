@@ -52,9 +52,9 @@ pub struct GoldOptions {
 }
 
 impl GoldOptions {
-    /// Options with the default of 256 silver files per build.
+    /// Options with the default of 1,024 silver files per build.
     pub fn new(now: NaiveDateTime, retention: Duration) -> Self {
-        Self { now, retention, max_files_per_build: 256 }
+        Self { now, retention, max_files_per_build: 1024 }
     }
 }
 
