@@ -36,6 +36,25 @@ pub struct HubPartition<'a> {
     pub partition_id: &'a str,
 }
 
+/// A timestamp as the host writes `EnqueuedTimeUtc`: no zone suffix, fraction only when non-zero
+/// (chrono's `%.f`), formatted without strftime's per-call pattern parsing (a hot path in `run`).
+fn host_time(t: &NaiveDateTime) -> String {
+    use chrono::{Datelike, Timelike};
+    let mut s =
+        format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
+    let nanos = t.nanosecond() % 1_000_000_000;
+    if nanos != 0 {
+        if nanos % 1_000_000 == 0 {
+            s.push_str(&format!(".{:03}", nanos / 1_000_000));
+        } else if nanos % 1_000 == 0 {
+            s.push_str(&format!(".{:06}", nanos / 1_000));
+        } else {
+            s.push_str(&format!(".{nanos:09}"));
+        }
+    }
+    s
+}
+
 fn sys(method: &str, now: &NaiveDateTime, guid: &str) -> Value {
     json!({ "MethodName": method, "UtcNow": rfc3339(now), "RandGuid": guid })
 }
@@ -58,8 +77,7 @@ pub fn event_hub_batch(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDat
     let offsets: Vec<Value> = events.iter().map(|e| Value::String(e.offset.to_string())).collect();
     let seqs: Vec<Value> = events.iter().map(|e| json!(e.sequence_number)).collect();
     // The host writes EnqueuedTimeUtc without a zone suffix (reference §2.4a).
-    let enqueued: Vec<Value> =
-        events.iter().map(|e| Value::String(e.enqueued_time.format("%Y-%m-%dT%H:%M:%S%.f").to_string())).collect();
+    let enqueued: Vec<Value> = events.iter().map(|e| Value::String(host_time(&e.enqueued_time))).collect();
     let keys: Vec<Value> = events.iter().map(|e| e.partition_key.clone().map_or(Value::Null, Value::String)).collect();
     let props: Vec<Value> = events.iter().map(|_| json!({})).collect();
     let system: Vec<Value> = events
@@ -116,7 +134,7 @@ pub fn event_hub_batch_bytes(p: &HubPartition<'_>, events: &[HubEvent], now: &Na
     let mut system = String::new();
     for (i, e) in events.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let t = e.enqueued_time.format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+        let t = host_time(&e.enqueued_time);
         bodies.push_str(sep);
         bodies.push_str("\\\"");
         base64::engine::general_purpose::STANDARD.encode_string(&e.body, &mut bodies);
@@ -199,6 +217,19 @@ pub fn timer(method: &str, now: &NaiveDateTime, past_due: bool, guid: &str) -> V
 mod tests {
     use super::*;
     use crate::model::time::parse_utc;
+
+    #[test]
+    fn host_times_match_chrono() {
+        for t in [
+            "2026-11-24T12:00:00",
+            "2026-11-24T12:00:00.250",
+            "2026-11-24T12:00:00.123456",
+            "2024-02-29T23:59:59.000001",
+        ] {
+            let t = parse_utc(t).unwrap();
+            assert_eq!(host_time(&t), t.format("%Y-%m-%dT%H:%M:%S%.f").to_string());
+        }
+    }
 
     #[test]
     fn the_fast_batch_writer_produces_the_same_document() {

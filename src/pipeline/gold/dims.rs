@@ -106,7 +106,8 @@ pub struct ScdStats {
 pub fn apply_scd2<'a>(patients: &mut Patients, visits: impl IntoIterator<Item = &'a Visit>) -> ScdStats {
     let mut stats = ScdStats::default();
     let mut order: Vec<&Visit> = visits.into_iter().collect();
-    order.sort_by(|a, b| {
+    // The key ends in (partition, sequence number), unique per event: an unstable sort is deterministic.
+    order.sort_unstable_by(|a, b| {
         (&*a.patient_id, a.admission_us, a.order_key()).cmp(&(&*b.patient_id, b.admission_us, b.order_key()))
     });
     for v in order {
