@@ -44,9 +44,9 @@ fn host_time(t: &NaiveDateTime) -> String {
         format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
     let nanos = t.nanosecond() % 1_000_000_000;
     if nanos != 0 {
-        if nanos % 1_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000) {
             s.push_str(&format!(".{:03}", nanos / 1_000_000));
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             s.push_str(&format!(".{:06}", nanos / 1_000));
         } else {
             s.push_str(&format!(".{nanos:09}"));
