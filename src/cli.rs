@@ -469,19 +469,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let storage = args.lake.storage_config()?;
-    let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
+/// The warehouse the settings name, opened the way the handler opens it.
+async fn configured_warehouse(
+    lake: &Lake,
+    lake_args: &LakeArgs,
+    gold: &GoldArgs,
+) -> anyhow::Result<std::sync::Arc<dyn crate::warehouse::Warehouse>> {
     let state = crate::app::AppState::build(
         crate::storage::StorageConfig::memory(),
         Some(lake.clone()),
         Default::default(),
-        args.gold.warehouse_config(&args.lake.data_dir)?,
-        args.gold.gold_settings()?,
+        gold.warehouse_config(&lake_args.data_dir)?,
+        gold.gold_settings()?,
     );
-    let Some(warehouse) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? else {
-        bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE=none); the report reads the warehouse");
-    };
+    match state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? {
+        Some(w) => Ok(w),
+        None => bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE=none); set it to embedded or synapse"),
+    }
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let storage = args.lake.storage_config()?;
+    let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
+    let warehouse = configured_warehouse(&lake, &args.lake, &args.gold).await?;
     let mut kpis = warehouse.report().await?;
     kpis.quarantine_by_reason = crate::pipeline::quarantine::list(&lake, None, 0).await?.by_reason;
     match args.format {
@@ -526,16 +536,7 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
             let Some(latest) = manifest::latest(&lake).await? else {
                 bail!("gold has no build yet; run the pipeline first")
             };
-            let state = crate::app::AppState::build(
-                crate::storage::StorageConfig::memory(),
-                Some(lake.clone()),
-                Default::default(),
-                args.gold.warehouse_config(&args.lake.data_dir)?,
-                args.gold.gold_settings()?,
-            );
-            let Some(w) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? else {
-                bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE=none)");
-            };
+            let w = configured_warehouse(&lake, &args.lake, &args.gold).await?;
             let m = w.load(&lake, &latest).await?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(())

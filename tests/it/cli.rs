@@ -283,3 +283,51 @@ fn running_the_same_events_again_appends_to_the_hub_and_changes_no_visit() {
     let sections = |v: &Value| v["report"]["sections"].clone();
     assert_eq!(sections(&first), sections(&second));
 }
+
+#[test]
+fn report_and_quarantine_read_what_run_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = bin()
+        .args([
+            "run",
+            "--format",
+            "json",
+            "--count",
+            "2000",
+            "--now",
+            NOW,
+            "--malformed-rate",
+            "0.05",
+            "--wrong-type-rate",
+            "0.02",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let ran: Value = serde_json::from_slice(&run.stdout).unwrap();
+
+    let report = bin().args(["report", "--format", "json"]).arg("--data-dir").arg(&data).output().unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report, ran["report"], "the report command reads the same warehouse state run reported");
+
+    let q = bin()
+        .args(["quarantine", "--format", "json", "--reason", "wrong_type"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let q: Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(q["by_reason"], report["quarantine_by_reason"]);
+    let entries = q["entries"].as_array().unwrap();
+    assert!(!entries.is_empty() && entries.iter().all(|e| e["reason"] == "wrong_type"));
+    assert!(entries.iter().all(|e| e.get("body").is_none()), "never the content");
+
+    let bad = bin().args(["quarantine", "--reason", "nonsense"]).arg("--data-dir").arg(&data).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid_json"), "lists the valid reasons");
+}
