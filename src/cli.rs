@@ -32,7 +32,7 @@ enum Command {
     Serve(ServeArgs),
     /// Generate hospital admission/discharge events as NDJSON.
     Simulate(SimulateArgs),
-    /// Run the whole pipeline locally: simulate (or --input) → bronze → silver, through the real handler.
+    /// Run the whole pipeline locally through the real handler: simulate (or --input) → bronze → silver → gold → warehouse → KPI report.
     Run(RunArgs),
     /// Assemble a deployable Function App folder (host.json, functions, handler binary).
     Package(PackageArgs),

@@ -1,6 +1,7 @@
 //! `patientflow run`: the whole pipeline on this machine. Simulates a hospital network (or reads an
 //! NDJSON file), then plays the Functions host: Event Hubs batches per partition to `ingest_bronze`,
-//! one blob-trigger call per new bronze file to `refine_silver`. Each stage is timed.
+//! one blob-trigger call per new bronze file to `refine_silver`, one timer call to `build_gold`
+//! (gold and the warehouse load), then reads the KPI report. Each stage is timed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
