@@ -171,7 +171,6 @@ impl RunReport {
 
 struct Envelope {
     partition: usize,
-    events: usize,
     body: Vec<u8>,
 }
 
@@ -202,11 +201,8 @@ fn produce(
         };
         let guid = format!("{p}-{}", buffer[0].sequence_number);
         let body = envelopes::event_hub_batch_bytes(&hub, buffer, &last, &guid);
-        let events = buffer.len();
         buffer.clear();
-        senders[p]
-            .blocking_send(Envelope { partition: p, events, body })
-            .context("the handler stopped accepting batches")
+        senders[p].blocking_send(Envelope { partition: p, body }).context("the handler stopped accepting batches")
     };
     let mut push = |body: Vec<u8>, key: Option<String>, buffers: &mut Vec<Vec<HubEvent>>| -> anyhow::Result<()> {
         let p = match &key {
@@ -350,7 +346,6 @@ pub async fn bronze_stage(
                     Some(true) => created += 1,
                     _ => replays += 1,
                 }
-                let _ = env.events;
             }
             anyhow::Ok((batches, created, replays))
         }));

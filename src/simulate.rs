@@ -12,7 +12,6 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
 use crate::model::event::{DEPARTMENTS, FIELDS, GENDERS, PatientEvent};
-use crate::model::time::format_naive;
 
 /// How many distinct returning patients the simulator remembers (bounds its memory).
 const PATIENT_POOL: usize = 20_000;
@@ -371,11 +370,6 @@ fn wrong_value(i: usize) -> Value {
         "bed_id" => json!("B-12"),
         _ => json!("H5"),
     }
-}
-
-/// Formats a timestamp as the seed did (exposed for tests and fixtures).
-pub fn seed_timestamp(t: &NaiveDateTime) -> String {
-    format_naive(t)
 }
 
 #[cfg(test)]

@@ -65,13 +65,6 @@ impl LocalHost {
         })
     }
 
-    /// A client for a handler already listening at `base` (e.g. `http://127.0.0.1:3000`).
-    pub fn connect(base: &str) -> Self {
-        let base = base.trim_end_matches('/').to_string();
-        let addr = base.trim_start_matches("http://").parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-        Self { client: Self::client(), base, addr, stop: None, server: None }
-    }
-
     fn client() -> reqwest::Client {
         reqwest::Client::builder()
             .pool_max_idle_per_host(16)
