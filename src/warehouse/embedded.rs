@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use duckdb::Connection;
 
 use super::{Error, LoadMetrics, Result, Warehouse};
 use crate::pipeline::gold::manifest::Manifest;
-use crate::storage::{Container, Lake, parquet};
+use crate::storage::Lake;
 
 /// The schema DDL.
 pub const SCHEMA: &str = include_str!("../../sql/embedded/001_schema.sql");
@@ -70,14 +69,6 @@ struct Plan {
     lake: Lake,
 }
 
-async fn read(lake: &Lake, key: &str) -> Result<Vec<RecordBatch>> {
-    let bytes =
-        lake.get(Container::Gold, &object_store::path::Path::from(key)).await.map_err(crate::pipeline::Error::from)?;
-    let (_, batches) = parquet::decode(bytes)
-        .map_err(|e| crate::pipeline::Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
-    Ok(batches)
-}
-
 /// The loaded build and the gold file of each loaded fact partition (visit date, file).
 type LoadedState = (Option<u64>, Vec<(String, String)>);
 
@@ -105,14 +96,7 @@ impl Warehouse for Embedded {
                 return Err(Error::Newer { loaded: b, offered: manifest.build });
             }
         }
-        let loaded_files: std::collections::HashMap<String, String> = files.into_iter().collect();
-        let replace = manifest
-            .fact_patient_flow
-            .iter()
-            .filter(|(day, p)| loaded_files.get(*day) != Some(&p.file))
-            .map(|(day, p)| (day.clone(), p.file.clone()))
-            .collect();
-        let drop = loaded_files.keys().filter(|d| !manifest.fact_patient_flow.contains_key(*d)).cloned().collect();
+        let changes = super::fact_changes(manifest, &files.into_iter().collect());
         let plan = Plan {
             build: manifest.build,
             build_id: manifest.build_id.clone(),
@@ -122,8 +106,8 @@ impl Warehouse for Embedded {
                 ("DimPatient", manifest.dim_patient.clone()),
                 ("DimTime", manifest.dim_time.clone()),
             ],
-            replace,
-            drop,
+            replace: changes.replace,
+            drop: changes.remove,
             lake: lake.clone(),
         };
         let handle = tokio::runtime::Handle::current();
@@ -159,7 +143,7 @@ impl Embedded {
 fn apply(conn: &mut Connection, plan: Plan, rt: &tokio::runtime::Handle) -> Result<LoadMetrics> {
     let tx = conn.transaction().map_err(db)?;
     for (table, file) in plan.dims {
-        let batches = rt.block_on(read(&plan.lake, &file))?;
+        let batches = rt.block_on(crate::pipeline::gold::read_table(&plan.lake, &file))?;
         tx.execute(&format!("DELETE FROM {table}"), []).map_err(db)?;
         let mut appender = tx.appender(table).map_err(db)?;
         for b in batches {
@@ -170,7 +154,7 @@ fn apply(conn: &mut Connection, plan: Plan, rt: &tokio::runtime::Handle) -> Resu
     let mut written = 0;
     let partitions = plan.replace.len() as u64;
     for (day, file) in plan.replace {
-        let batches = rt.block_on(read(&plan.lake, &file))?;
+        let batches = rt.block_on(crate::pipeline::gold::read_table(&plan.lake, &file))?;
         tx.execute("DELETE FROM FactPatientFlow WHERE visit_date = CAST(? AS DATE)", [&day]).map_err(db)?;
         tx.execute("DELETE FROM LoadedPartition WHERE visit_date = ?", [&day]).map_err(db)?;
         let mut appender = tx.appender("FactPatientFlow").map_err(db)?;

@@ -6,6 +6,8 @@ pub mod embedded;
 pub mod report;
 pub mod synapse;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -47,6 +49,28 @@ pub struct LoadMetrics {
     pub fact_rows_written: u64,
     /// Fact rows in the warehouse after the load.
     pub fact_rows_total: u64,
+}
+
+/// What the load of one build does to fact days.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactChanges {
+    /// Days (YYYY-MM-DD) whose gold file differs from the one loaded, with the new file.
+    pub replace: Vec<(String, String)>,
+    /// Days loaded before that the build no longer has.
+    pub remove: Vec<String>,
+}
+
+/// Compares a build's fact days with the gold file each day was last loaded from (the
+/// warehouse's `LoadedPartition`): both loaders replace only what changed.
+pub fn fact_changes(manifest: &Manifest, loaded: &BTreeMap<String, String>) -> FactChanges {
+    let replace = manifest
+        .fact_patient_flow
+        .iter()
+        .filter(|(day, p)| loaded.get(*day) != Some(&p.file))
+        .map(|(day, p)| (day.clone(), p.file.clone()))
+        .collect();
+    let remove = loaded.keys().filter(|d| !manifest.fact_patient_flow.contains_key(*d)).cloned().collect();
+    FactChanges { replace, remove }
 }
 
 /// A star-schema warehouse that gold builds are loaded into.

@@ -15,7 +15,7 @@ use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::{Error, LoadMetrics, Result, Warehouse};
+use super::{Error, FactChanges, LoadMetrics, Result, Warehouse, fact_changes};
 use crate::pipeline::gold::manifest::Manifest;
 use crate::storage::Lake;
 
@@ -95,27 +95,6 @@ fn lit(s: &str) -> String {
 /// A T-SQL string literal (COPY INTO takes plain literals for its locations).
 fn plain_lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
-}
-
-/// What the load of one build does to fact days.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FactChanges {
-    /// Days (YYYY-MM-DD) whose gold file differs from the one loaded, with the new file.
-    pub replace: Vec<(String, String)>,
-    /// Days loaded before that the build no longer has.
-    pub remove: Vec<String>,
-}
-
-/// Compares a build's fact days with what the pool holds (`dbo.LoadedPartition`).
-pub fn fact_changes(manifest: &Manifest, loaded: &BTreeMap<String, String>) -> FactChanges {
-    let replace = manifest
-        .fact_patient_flow
-        .iter()
-        .filter(|(day, p)| loaded.get(*day) != Some(&p.file))
-        .map(|(day, p)| (day.clone(), p.file.clone()))
-        .collect();
-    let remove = loaded.keys().filter(|d| !manifest.fact_patient_flow.contains_key(*d)).cloned().collect();
-    FactChanges { replace, remove }
 }
 
 const COPY_OPTIONS: &str = "WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'))";

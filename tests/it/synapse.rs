@@ -9,7 +9,8 @@ use axum::extract::{Query, Request};
 use axum::routing::get;
 use patientflow::model::schema;
 use patientflow::pipeline::gold::{self, GoldOptions, manifest};
-use patientflow::warehouse::synapse::{self, FactChanges};
+use patientflow::warehouse::synapse;
+use patientflow::warehouse::{FactChanges, fact_changes};
 
 use crate::util::{self, event, land};
 
@@ -72,7 +73,7 @@ async fn the_generated_load_sql_matches_the_golden_file() {
     let first = manifest::read(&lake, 1).await.unwrap();
     let second = manifest::read(&lake, 2).await.unwrap();
     let loaded = first.fact_patient_flow.iter().map(|(d, p)| (d.clone(), p.file.clone())).collect();
-    let changes = synapse::fact_changes(&second, &loaded);
+    let changes = fact_changes(&second, &loaded);
     assert_eq!(changes.replace.len(), 1, "only the new day is copied: {changes:?}");
     assert!(changes.remove.is_empty());
     let sql = synapse::load_sql("https://mylake.dfs.core.windows.net/gold", &second, &changes).unwrap();

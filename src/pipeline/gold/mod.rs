@@ -125,7 +125,8 @@ pub async fn pending(lake: &Lake) -> Result<(Option<Manifest>, Vec<Path>)> {
     Ok((latest, new))
 }
 
-async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::RecordBatch>> {
+/// Reads one gold table file (for the build itself and for warehouse loaders).
+pub async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::RecordBatch>> {
     let bytes = lake.get(Container::Gold, &Path::from(key)).await?;
     parquet::decode(bytes).map(|(_, b)| b).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
 }
