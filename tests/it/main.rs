@@ -3,6 +3,7 @@
 mod adf;
 mod cli;
 mod eventhubs;
+mod exactly_once;
 mod functions;
 mod gold;
 mod pipeline;
