@@ -7,5 +7,6 @@ mod exactly_once;
 mod functions;
 mod gold;
 mod pipeline;
+mod run_clock;
 mod synapse;
 mod util;
