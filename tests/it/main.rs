@@ -8,5 +8,6 @@ mod functions;
 mod gold;
 mod pipeline;
 mod run_clock;
+mod seed_kpis;
 mod synapse;
 mod util;
