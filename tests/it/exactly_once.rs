@@ -208,3 +208,22 @@ async fn a_9999_discharge_is_quarantined_and_every_later_build_succeeds() {
     assert!(details.iter().any(|d| d.starts_with("admission_time must be between 1900")), "{details:?}");
     assert!(details.iter().any(|d| d.contains("discharge_time is more than 365 days")), "{details:?}");
 }
+
+#[tokio::test]
+async fn redeliveries_are_recognised_on_azurite_too() {
+    let Some(config) = util::azurite_config("redeliver") else { return };
+    let bodies = bodies();
+    let state = AppState::new(config, util::settings());
+    let lake = state.lake().await.unwrap().clone();
+    land(&state, &lake, "1", 100, &bodies).await;
+    let one = silver_rows(&lake).await;
+    // The same sequence numbers in another partition are other events.
+    land(&state, &lake, "0", 100, &bodies).await;
+    let before = silver_rows(&lake).await;
+    assert_eq!(before, 2 * one);
+    land(&state, &lake, "0", 100, &bodies[..50]).await;
+    land(&state, &lake, "0", 150, &bodies[50..]).await;
+    assert_eq!(silver_rows(&lake).await, before, "the re-delivered batches add no silver rows");
+    assert_eq!(lake.list(Container::Bronze, &patient_flow_prefix()).await.unwrap().len(), 4);
+    assert_eq!(quarantine::list(&lake, None, 0).await.unwrap().files, 2, "no quarantine file for the re-deliveries");
+}
