@@ -5,7 +5,8 @@
 //! `admission_time` becomes the event's enqueued time (so a replay gives the same row), flagged; an
 //! age over 100 becomes 90, flagged; missing fields become null and are listed; unknown fields are
 //! ignored; discharge before admission is flagged; duplicates within the file (same sequence number,
-//! or same natural key) are kept once — the latest by sequence number. Events that another silver
+//! or same natural key) are kept once — the latest by sequence number; a visit sent without an
+//! admission time has no natural key and is never merged with another. Events that another silver
 //! file of the same partition already covers (the host re-delivered them in a batch with other
 //! boundaries) are dropped as `redelivered`, so each (partition, sequence number) reaches silver and
 //! quarantine once. Every invocation balances:
@@ -548,10 +549,18 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
         }
     }
 
-    // Same visit sent twice (or re-sent with an update): keep the latest by sequence number.
+    // Same visit sent twice (or re-sent with an update): keep the latest by sequence number. A
+    // visit sent without an admission time has no natural key to match on (two such visits of one
+    // patient in one department are two visits): each is kept; a re-delivery of the same event is
+    // still caught by its sequence number above.
     let mut latest: FxHashMap<NaturalKey<'_>, usize> = FxHashMap::default();
     latest.reserve(rows.len());
+    let mut keep: Vec<usize> = Vec::new();
     for (i, (lineage, row)) in rows.iter().enumerate() {
+        if row.admission_time_sent.is_none() {
+            keep.push(i);
+            continue;
+        }
         let key = (row.patient_id.as_str(), row.department.as_deref(), row.hospital_id, row.admission_time_sent);
         match latest.get_mut(&key) {
             Some(j) if rows[*j].0.seq >= lineage.seq => {}
@@ -561,7 +570,7 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
             }
         }
     }
-    let mut keep: Vec<usize> = latest.into_values().collect();
+    keep.extend(latest.into_values());
     keep.sort_by_key(|&i| (rows[i].0.partition, rows[i].0.seq));
     metrics.duplicates_dropped += (rows.len() - keep.len()) as u64;
 
@@ -839,6 +848,53 @@ mod tests {
         let e = stay("2027-01-01T00:00:00.000001").unwrap_err();
         assert_eq!(e.reason, Reason::OutOfRange);
         assert!(e.detail.contains("discharge_time") && e.detail.contains("365"), "{}", e.detail);
+    }
+
+    fn bronze(first_seq: i64, bodies: &[&str]) -> RecordBatch {
+        use crate::pipeline::bronze::{EventBatch, RawEvent, to_record_batch};
+        let batch = EventBatch {
+            event_hub: "patient-flow".into(),
+            partition_id: "3".into(),
+            ingested_at: t(ENQ),
+            events: bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| RawEvent {
+                    body: Bytes::copy_from_slice(b.as_bytes()),
+                    sequence_number: first_seq + i as i64,
+                    offset: None,
+                    enqueued_time: t(ENQ),
+                    partition_key: None,
+                    properties: None,
+                })
+                .collect(),
+        };
+        to_record_batch(&batch).unwrap()
+    }
+
+    #[test]
+    fn visits_without_an_admission_time_are_never_merged_but_resent_visits_are() {
+        let no_admission = r#"{"patient_id":"p","department":"ICU","hospital_id":1,"bed_id":2}"#;
+        let with = r#"{"patient_id":"p","department":"ICU","hospital_id":1,"admission_time":"2026-11-24T01:00:00"}"#;
+        let update = r#"{"patient_id":"p","department":"ICU","hospital_id":1,"admission_time":"2026-11-24T01:00:00","discharge_time":"2026-11-24T05:00:00"}"#;
+        let r = refine_batches("k", &[bronze(0, &[no_admission, no_admission, with, update])]).unwrap();
+        assert_eq!((r.metrics.rows_out, r.metrics.duplicates_dropped), (3, 1), "{:?}", r.metrics);
+        let seqs = r.silver.column_by_name("sequence_number").unwrap().as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(seqs, [0, 1, 3], "both admission-less visits, and the update over its original");
+    }
+
+    #[test]
+    fn events_other_files_cover_are_counted_as_redelivered() {
+        let body = r#"{"patient_id":"p","admission_time":"2026-11-24T01:00:00"}"#;
+        let bodies: Vec<String> = (0..10).map(|i| body.replace("\"p\"", &format!("\"p{i}\""))).collect();
+        let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        let covered = Covered { partition: "3".into(), ranges: vec![(95, 102), (108, 200)] };
+        let r = refine_batches_excluding("k", &[bronze(100, &bodies)], &covered).unwrap();
+        assert_eq!((r.metrics.rows_in, r.metrics.rows_out, r.metrics.redelivered), (10, 5, 5));
+        assert!(r.metrics.balances());
+        let other_partition = Covered { partition: "4".into(), ranges: vec![(0, 1000)] };
+        let r = refine_batches_excluding("k", &[bronze(100, &bodies)], &other_partition).unwrap();
+        assert_eq!((r.metrics.rows_out, r.metrics.redelivered), (10, 0));
     }
 
     #[test]
