@@ -49,7 +49,10 @@ pub struct RunOptions {
     pub batch_size: usize,
     /// Event hub name recorded in bronze.
     pub event_hub: String,
-    /// The clock: enqueued times start here, one millisecond per event.
+    /// The clock, kept in the host's order: events are enqueued one millisecond apart with the last
+    /// one at `now`, and the blob triggers and the gold timer fire at `now` (so no event is enqueued
+    /// after the build that folds it in). The simulator generates its events at the first enqueued
+    /// time.
     pub now: NaiveDateTime,
     /// `refine_silver` invocations in flight (`extensions.blobs.maxDegreeOfParallelism`).
     pub silver_concurrency: usize,
@@ -112,6 +115,8 @@ pub struct RunReport {
     pub quarantined: BTreeMap<String, u64>,
     /// Duplicates dropped in silver.
     pub duplicates_dropped: u64,
+    /// Events silver dropped because another silver file already held them (re-deliveries).
+    pub redelivered: u64,
     /// Rows corrected, by rule.
     pub corrected: BTreeMap<String, u64>,
     /// Per-stage timings.
@@ -129,6 +134,7 @@ impl RunReport {
         self.silver_files += 1;
         self.silver_rows += m.rows_out;
         self.duplicates_dropped += m.duplicates_dropped;
+        self.redelivered += m.redelivered;
         for (k, v) in &m.quarantined {
             *self.quarantined.entry(k.clone()).or_default() += v;
         }
@@ -146,8 +152,8 @@ impl RunReport {
             self.events, self.batches, self.bronze_files_created, self.bronze_replays
         ));
         out.push_str(&format!(
-            "silver files {}  rows {}  quarantined {}  duplicates dropped {}\n",
-            self.silver_files, self.silver_rows, q, self.duplicates_dropped
+            "silver files {}  rows {}  quarantined {}  duplicates dropped {}  redelivered {}\n",
+            self.silver_files, self.silver_rows, q, self.duplicates_dropped, self.redelivered
         ));
         let reasons: Vec<String> =
             self.quarantined.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
@@ -188,6 +194,12 @@ fn produce(
     let mut next_offset: Vec<i64> = start.iter().map(|p| p.1).collect();
     let mut count: u64 = 0;
     let now = options.now;
+    // Enqueued times end at `now`: event i of n is enqueued at now - (n - 1 - i) ms.
+    let total = match &options.source {
+        Source::Simulate { count: n, .. } => *n,
+        Source::File(path) => count_events(path)?,
+    };
+    let first_enqueued = first_enqueued(now, total)?;
     let flush = |p: usize, buffer: &mut Vec<HubEvent>| -> anyhow::Result<()> {
         if buffer.is_empty() {
             return Ok(());
@@ -214,7 +226,7 @@ fn produce(
             body,
             sequence_number: next_seq[p],
             offset: next_offset[p],
-            enqueued_time: now + chrono::Duration::milliseconds(count as i64),
+            enqueued_time: first_enqueued + chrono::Duration::milliseconds(count as i64),
             partition_key: key,
         });
         next_seq[p] += 1;
@@ -229,7 +241,9 @@ fn produce(
     };
     let tally = match &options.source {
         Source::Simulate { config, count: n } => {
-            let mut sim = Simulator::new(config.clone());
+            // The producer makes each event before the hub enqueues it: generated at the first
+            // enqueued time, no clean admission lies after its own enqueued time.
+            let mut sim = Simulator::new(SimulationConfig { now: first_enqueued, ..config.clone() });
             for e in sim.by_ref().take(*n as usize) {
                 push(e.body, Some(e.partition_key), &mut buffers)?;
             }
@@ -255,7 +269,30 @@ fn produce(
         flush(p, buffer)?;
     }
     progress.finish_and_clear();
+    if count != total {
+        bail!("{count} events were read but {total} were counted first; was the --input file changed during the run?");
+    }
     Ok((count, tally))
+}
+
+/// The enqueued time of the first of `total` events one millisecond apart, the last at `now`.
+pub fn first_enqueued(now: NaiveDateTime, total: u64) -> anyhow::Result<NaiveDateTime> {
+    i64::try_from(total.saturating_sub(1))
+        .ok()
+        .and_then(chrono::Duration::try_milliseconds)
+        .and_then(|span| now.checked_sub_signed(span))
+        .with_context(|| format!("{total} events one millisecond apart cannot end at --now {now}; send fewer events"))
+}
+
+/// Events in an NDJSON file: its lines that are not blank (what `run` sends).
+fn count_events(path: &std::path::Path) -> anyhow::Result<u64> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open --input {}", path.display()))?;
+    let mut n = 0;
+    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        n += u64::from(!line.iter().all(u8::is_ascii_whitespace));
+    }
+    Ok(n)
 }
 
 /// The producer's partition key for a raw line: its `patient_id`, when it has a plain one.

@@ -19,6 +19,19 @@ pub const MAX_AGE: i64 = 100;
 /// What an over-age record is corrected to (the seed's rule).
 pub const CAPPED_AGE: i32 = 90;
 
+/// The earliest timestamp silver accepts (inclusive): 1900-01-01T00:00:00. Older values are data-entry
+/// errors or placeholders (`0001-01-01`) and go to quarantine as `out_of_range`.
+pub const MIN_TIMESTAMP_YEAR: i32 = 1900;
+
+/// The latest year silver accepts: timestamps from 2101-01-01T00:00:00 on are placeholders such as
+/// `9999-12-31` ("still admitted") and go to quarantine as `out_of_range`.
+pub const MAX_TIMESTAMP_YEAR: i32 = 2100;
+
+/// The longest stay silver accepts, in days (discharge minus the corrected admission). A longer stay
+/// is almost surely a placeholder or a typo in the year; the event goes to quarantine as
+/// `out_of_range` on `discharge_time` rather than skewing every length-of-stay figure.
+pub const MAX_STAY_DAYS: i64 = 365;
+
 /// The eight fields of a patient-flow event, in the seed's order.
 pub const FIELDS: [&str; 8] =
     ["patient_id", "gender", "age", "department", "admission_time", "discharge_time", "bed_id", "hospital_id"];

@@ -1,7 +1,10 @@
 //! Reading quarantine back: counts by reason over every quarantine file, and a listing of events
 //! with their lineage and reason — never their content (it is health data; `detail` names fields only).
+//!
+//! Each (event hub, partition, sequence number) counts once: two refines of overlapping re-delivered
+//! batches racing can both quarantine the same event, and it must not count twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
@@ -37,7 +40,7 @@ pub struct Entry {
 pub struct Listing {
     /// Quarantine files read.
     pub files: usize,
-    /// Events per reason code (all files).
+    /// Distinct events (event hub, partition, sequence number) per reason code, over all files.
     pub by_reason: BTreeMap<String, u64>,
     /// Up to `limit` entries.
     pub entries: Vec<Entry>,
@@ -67,7 +70,7 @@ impl Listing {
     }
 }
 
-fn entries(key: &str, batch: &RecordBatch) -> Result<Vec<Entry>> {
+fn entries(key: &str, batch: &RecordBatch) -> Result<Vec<(String, Entry)>> {
     let col = |name: &str| {
         batch
             .column_by_name(name)
@@ -80,15 +83,21 @@ fn entries(key: &str, batch: &RecordBatch) -> Result<Vec<Entry>> {
     let seq = col("sequence_number")?.as_primitive::<Int64Type>();
     let enq = col("enqueued_time")?.as_primitive::<TimestampMicrosecondType>();
     let file = col("bronze_file")?.as_string::<i32>();
+    let hub = col("event_hub")?.as_string::<i32>();
     Ok((0..batch.num_rows())
-        .map(|i| Entry {
-            reason: reason.value(i).to_string(),
-            detail: detail.value(i).to_string(),
-            partition_id: part.value(i).to_string(),
-            sequence_number: seq.value(i),
-            enqueued_time: from_micros(enq.value(i)).map(|t| rfc3339(&t)).unwrap_or_default(),
-            body_bytes: body.value(i).len(),
-            bronze_file: file.value(i).to_string(),
+        .map(|i| {
+            (
+                hub.value(i).to_string(),
+                Entry {
+                    reason: reason.value(i).to_string(),
+                    detail: detail.value(i).to_string(),
+                    partition_id: part.value(i).to_string(),
+                    sequence_number: seq.value(i),
+                    enqueued_time: from_micros(enq.value(i)).map(|t| rfc3339(&t)).unwrap_or_default(),
+                    body_bytes: body.value(i).len(),
+                    bronze_file: file.value(i).to_string(),
+                },
+            )
         })
         .collect())
 }
@@ -102,6 +111,7 @@ pub async fn list(lake: &Lake, reason: Option<&str>, limit: usize) -> Result<Lis
         return Err(Error::InvalidInput(format!("unknown reason {r:?}; reasons are {}", codes.join(", "))));
     }
     let mut listing = Listing::default();
+    let mut seen: HashSet<(String, String, i64)> = HashSet::new();
     for meta in lake.list(Container::Quarantine, &patient_flow_prefix()).await? {
         let key = meta.location.to_string();
         let bytes = lake.get(Container::Quarantine, &meta.location).await?;
@@ -109,7 +119,10 @@ pub async fn list(lake: &Lake, reason: Option<&str>, limit: usize) -> Result<Lis
             parquet::decode(bytes).map_err(|e| Error::Corrupt { key: key.clone(), detail: e.to_string() })?;
         listing.files += 1;
         for batch in &batches {
-            for e in entries(&key, batch)? {
+            for (hub, e) in entries(&key, batch)? {
+                if !seen.insert((hub, e.partition_id.clone(), e.sequence_number)) {
+                    continue;
+                }
                 *listing.by_reason.entry(e.reason.clone()).or_default() += 1;
                 if listing.entries.len() < limit && reason.is_none_or(|r| r == e.reason) {
                     listing.entries.push(e);

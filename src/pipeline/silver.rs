@@ -5,8 +5,12 @@
 //! `admission_time` becomes the event's enqueued time (so a replay gives the same row), flagged; an
 //! age over 100 becomes 90, flagged; missing fields become null and are listed; unknown fields are
 //! ignored; discharge before admission is flagged; duplicates within the file (same sequence number,
-//! or same natural key) are kept once — the latest by sequence number. Every invocation balances:
-//! `rows_in = rows_out + quarantined + duplicates_dropped`.
+//! or same natural key) are kept once — the latest by sequence number; a visit sent without an
+//! admission time has no natural key and is never merged with another. Events that another silver
+//! file of the same partition already covers (the host re-delivered them in a batch with other
+//! boundaries) are dropped as `redelivered`, so each (partition, sequence number) reaches silver and
+//! quarantine once. Every invocation balances:
+//! `rows_in = rows_out + quarantined + duplicates_dropped + redelivered`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -25,10 +29,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Error, Result};
-use crate::model::event::{CAPPED_AGE, MAX_AGE};
+use crate::model::event::{CAPPED_AGE, MAX_AGE, MAX_STAY_DAYS, MAX_TIMESTAMP_YEAR, MIN_TIMESTAMP_YEAR};
 use crate::model::schema::{QUARANTINE, SILVER};
 use crate::model::time::{from_micros, parse_utc, to_micros};
-use crate::storage::keys::BatchStem;
+use crate::storage::keys::{BatchStem, PATIENT_FLOW_PREFIX};
 use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
 
@@ -45,7 +49,8 @@ pub enum Reason {
     WrongType,
     /// A timestamp field is a string that is not an ISO-8601 timestamp.
     InvalidTimestamp,
-    /// A number is outside its domain (negative age, bed or hospital id below 1 or above 2^31).
+    /// A value is outside its domain: a negative age, a bed or hospital id below 1 or above 2^31, a
+    /// timestamp before 1900 or after 2100, or a stay longer than [`MAX_STAY_DAYS`].
     OutOfRange,
 }
 
@@ -268,9 +273,17 @@ fn timestamp(
             missing.push(field);
             Ok(None)
         }
-        Some(Scalar::Str(s)) => parse_utc(&s)
-            .map(Some)
-            .ok_or_else(|| reject(Reason::InvalidTimestamp, format!("{field} is not an ISO-8601 timestamp"))),
+        Some(Scalar::Str(s)) => {
+            let t = parse_utc(&s)
+                .ok_or_else(|| reject(Reason::InvalidTimestamp, format!("{field} is not an ISO-8601 timestamp")))?;
+            if !(MIN_TIMESTAMP_YEAR..=MAX_TIMESTAMP_YEAR).contains(&chrono::Datelike::year(&t)) {
+                return Err(reject(
+                    Reason::OutOfRange,
+                    format!("{field} must be between {MIN_TIMESTAMP_YEAR}-01-01 and {MAX_TIMESTAMP_YEAR}-12-31"),
+                ));
+            }
+            Ok(Some(t))
+        }
         Some(other) => Err(wrong_type(field, "an ISO-8601 string", &other)),
     }
 }
@@ -311,6 +324,12 @@ pub fn refine(body: &[u8], enqueued: NaiveDateTime) -> Result<Row, Rejection> {
         Some(t) if t <= enqueued => (t, false),
         _ => (enqueued, true),
     };
+    if discharge_time.is_some_and(|d| d - admission_time > chrono::Duration::days(MAX_STAY_DAYS)) {
+        return Err(reject(
+            Reason::OutOfRange,
+            format!("discharge_time is more than {MAX_STAY_DAYS} days after admission_time"),
+        ));
+    }
     let discharge_before_admission = discharge_time.is_some_and(|d| d < admission_time);
     Ok(Row {
         patient_id,
@@ -350,7 +369,8 @@ pub enum Correction {
     DischargeBeforeAdmission,
 }
 
-/// What one silver invocation did. Always balances: `rows_in = rows_out + quarantined + duplicates`.
+/// What one silver invocation did. Always balances:
+/// `rows_in = rows_out + quarantined + duplicates_dropped + redelivered`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SilverMetrics {
     /// The bronze file read.
@@ -365,6 +385,10 @@ pub struct SilverMetrics {
     pub quarantined: BTreeMap<String, u64>,
     /// Events dropped as duplicates within the file.
     pub duplicates_dropped: u64,
+    /// Events dropped because another silver file of the same partition already covers their
+    /// sequence number (a re-delivery with other batch boundaries).
+    #[serde(default)]
+    pub redelivered: u64,
     /// Rows corrected or flagged, by rule.
     pub corrected: BTreeMap<String, u64>,
     /// Rows with at least one missing expected field.
@@ -379,21 +403,22 @@ impl SilverMetrics {
         self.quarantined.values().sum()
     }
 
-    /// Whether `rows_in = rows_out + quarantined + duplicates_dropped`.
+    /// Whether `rows_in = rows_out + quarantined + duplicates_dropped + redelivered`.
     pub fn balances(&self) -> bool {
-        self.rows_in == self.rows_out + self.quarantined_total() + self.duplicates_dropped
+        self.rows_in == self.rows_out + self.quarantined_total() + self.duplicates_dropped + self.redelivered
     }
 
     /// A one-line summary for the invocation's `Logs` (counts only, no patient data).
     pub fn summary(&self) -> String {
         format!(
-            "silver {}: in={} out={} quarantined={} {:?} duplicates={} corrected={:?}",
+            "silver {}: in={} out={} quarantined={} {:?} duplicates={} redelivered={} corrected={:?}",
             self.silver_file,
             self.rows_in,
             self.rows_out,
             self.quarantined_total(),
             self.quarantined,
             self.duplicates_dropped,
+            self.redelivered,
             self.corrected
         )
     }
@@ -446,8 +471,51 @@ pub struct Refined {
 /// A visit's natural key: patient, department, hospital and admission time as sent.
 type NaturalKey<'a> = (&'a str, Option<&'a str>, Option<i32>, Option<NaiveDateTime>);
 
+/// Sequence numbers of one partition that other silver files already cover: their names carry
+/// (partition, first, last), and a silver file exists only once its bronze file was fully refined.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Covered {
+    /// The partition the ranges belong to.
+    pub partition: String,
+    /// Inclusive (first, last) sequence-number ranges.
+    pub ranges: Vec<(i64, i64)>,
+}
+
+impl Covered {
+    /// Whether another file already holds `(partition, seq)`.
+    pub fn contains(&self, partition: &str, seq: i64) -> bool {
+        partition == self.partition && self.ranges.iter().any(|&(first, last)| first <= seq && seq <= last)
+    }
+
+    /// The ranges of the silver files of `stem`'s partition, other than `stem`'s own, that overlap
+    /// its sequence numbers. One listing of the partition's prefix.
+    pub async fn for_stem(lake: &Lake, stem: &BatchStem) -> Result<Self> {
+        let prefix = Path::from(format!("{PATIENT_FLOW_PREFIX}/partition={}", stem.partition));
+        let mut ranges: Vec<(i64, i64)> = lake
+            .list(Container::Silver, &prefix)
+            .await?
+            .iter()
+            .filter_map(|m| BatchStem::parse_key(m.location.as_ref()))
+            .filter(|other| {
+                other.partition == stem.partition
+                    && other != stem
+                    && other.first_seq <= stem.last_seq
+                    && other.last_seq >= stem.first_seq
+            })
+            .map(|other| (other.first_seq, other.last_seq))
+            .collect();
+        ranges.sort_unstable();
+        Ok(Self { partition: stem.partition.clone(), ranges })
+    }
+}
+
 /// Refines decoded bronze batches (pure: no I/O).
 pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refined> {
+    refine_batches_excluding(bronze_key, batches, &Covered::default())
+}
+
+/// Refines decoded bronze batches, dropping events `covered` by other silver files (pure: no I/O).
+pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], covered: &Covered) -> Result<Refined> {
     let mut metrics = SilverMetrics { bronze_file: bronze_key.to_string(), ..Default::default() };
     let mut rows: Vec<(Lineage<'_>, Row)> = Vec::new();
     let mut rejected: Vec<(Lineage<'_>, Rejection, &[u8])> = Vec::new();
@@ -466,6 +534,10 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
                 metrics.duplicates_dropped += 1;
                 continue;
             }
+            if covered.contains(lineage.partition, lineage.seq) {
+                metrics.redelivered += 1;
+                continue;
+            }
             let enqueued = from_micros(lineage.enqueued_us).ok_or_else(|| Error::Corrupt {
                 key: bronze_key.to_string(),
                 detail: "enqueued_time out of range".into(),
@@ -477,10 +549,18 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
         }
     }
 
-    // Same visit sent twice (or re-sent with an update): keep the latest by sequence number.
+    // Same visit sent twice (or re-sent with an update): keep the latest by sequence number. A
+    // visit sent without an admission time has no natural key to match on (two such visits of one
+    // patient in one department are two visits): each is kept; a re-delivery of the same event is
+    // still caught by its sequence number above.
     let mut latest: FxHashMap<NaturalKey<'_>, usize> = FxHashMap::default();
     latest.reserve(rows.len());
+    let mut keep: Vec<usize> = Vec::new();
     for (i, (lineage, row)) in rows.iter().enumerate() {
+        if row.admission_time_sent.is_none() {
+            keep.push(i);
+            continue;
+        }
         let key = (row.patient_id.as_str(), row.department.as_deref(), row.hospital_id, row.admission_time_sent);
         match latest.get_mut(&key) {
             Some(j) if rows[*j].0.seq >= lineage.seq => {}
@@ -490,7 +570,7 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
             }
         }
     }
-    let mut keep: Vec<usize> = latest.into_values().collect();
+    keep.extend(latest.into_values());
     keep.sort_by_key(|&i| (rows[i].0.partition, rows[i].0.seq));
     metrics.duplicates_dropped += (rows.len() - keep.len()) as u64;
 
@@ -622,11 +702,19 @@ fn quarantine_batch(
 
 /// Refines one bronze file already in memory (blob-trigger content) and writes silver and quarantine.
 /// The quarantine file is written first, so a silver file's presence means the file is done.
+///
+/// Events whose (partition, sequence number) another finished silver file covers are dropped as
+/// `redelivered` (counted, so the accounting balances): the host re-delivers after a restart or a
+/// rebalance with other batch boundaries, which makes a new bronze file (bronze is the archive of
+/// what was delivered) but must not make new silver rows. Two refines of overlapping files racing
+/// can both keep an event; gold (upsert on its keys) and the quarantine counts (distinct
+/// partition and sequence number) still count it once.
 pub async fn process(lake: &Lake, stem: &BatchStem, bronze: Bytes) -> Result<SilverMetrics> {
     let key = stem.key();
     let (_, batches) =
         parquet::decode(bronze).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
-    let refined = refine_batches(key.as_ref(), &batches)?;
+    let covered = Covered::for_stem(lake, stem).await?;
+    let refined = refine_batches_excluding(key.as_ref(), &batches, &covered)?;
     let mut metrics = refined.metrics;
     metrics.silver_file = key.to_string();
     if refined.quarantine.num_rows() > 0 {
@@ -728,6 +816,85 @@ mod tests {
         assert_eq!(bad(br#"{"patient_id":"p","hospital_id":99999999999}"#), Reason::OutOfRange);
         assert_eq!(bad(br#"{"patient_id":"p","age":-1}"#), Reason::OutOfRange);
         assert_eq!(bad(br#"{"patient_id":"p","patient_id":"q"}"#), Reason::InvalidJson);
+    }
+
+    #[test]
+    fn timestamps_outside_1900_2100_and_overlong_stays_are_out_of_range_naming_the_field() {
+        let e =
+            refine(CLEAN.replace("2026-11-24T20:56:03.123148", "9999-12-31T00:00:00").as_bytes(), t(ENQ)).unwrap_err();
+        assert_eq!(e.reason, Reason::OutOfRange);
+        assert!(e.detail.starts_with("discharge_time "), "{}", e.detail);
+        let e =
+            refine(CLEAN.replace("2026-11-23T19:56:03.123148", "1899-12-31T23:59:59").as_bytes(), t(ENQ)).unwrap_err();
+        assert_eq!(e.reason, Reason::OutOfRange);
+        assert!(e.detail.starts_with("admission_time "), "{}", e.detail);
+        assert_eq!(bad(br#"{"patient_id":"p","discharge_time":"2101-01-01T00:00:00Z"}"#), Reason::OutOfRange);
+        // The edges of the range are accepted.
+        ok(r#"{"patient_id":"p","admission_time":"1900-01-01T00:00:00","discharge_time":"1900-01-02T00:00:00"}"#);
+        let edge = |s: &str| timestamp("discharge_time", Some(Scalar::Str(Cow::Borrowed(s))), &mut Vec::new());
+        assert!(edge("2100-12-31T23:59:59.999999").is_ok());
+        assert_eq!(edge("2101-01-01T00:00:00").unwrap_err().reason, Reason::OutOfRange);
+        // A stay of exactly the bound is kept; one microsecond more is not.
+        let stay = |discharge: &str| {
+            refine(
+                format!(
+                    r#"{{"patient_id":"p","admission_time":"2026-01-01T00:00:00","discharge_time":"{discharge}"}}"#
+                )
+                .as_bytes(),
+                t(ENQ),
+            )
+        };
+        assert!(stay("2027-01-01T00:00:00").is_ok(), "365 days");
+        let e = stay("2027-01-01T00:00:00.000001").unwrap_err();
+        assert_eq!(e.reason, Reason::OutOfRange);
+        assert!(e.detail.contains("discharge_time") && e.detail.contains("365"), "{}", e.detail);
+    }
+
+    fn bronze(first_seq: i64, bodies: &[&str]) -> RecordBatch {
+        use crate::pipeline::bronze::{EventBatch, RawEvent, to_record_batch};
+        let batch = EventBatch {
+            event_hub: "patient-flow".into(),
+            partition_id: "3".into(),
+            ingested_at: t(ENQ),
+            events: bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| RawEvent {
+                    body: Bytes::copy_from_slice(b.as_bytes()),
+                    sequence_number: first_seq + i as i64,
+                    offset: None,
+                    enqueued_time: t(ENQ),
+                    partition_key: None,
+                    properties: None,
+                })
+                .collect(),
+        };
+        to_record_batch(&batch).unwrap()
+    }
+
+    #[test]
+    fn visits_without_an_admission_time_are_never_merged_but_resent_visits_are() {
+        let no_admission = r#"{"patient_id":"p","department":"ICU","hospital_id":1,"bed_id":2}"#;
+        let with = r#"{"patient_id":"p","department":"ICU","hospital_id":1,"admission_time":"2026-11-24T01:00:00"}"#;
+        let update = r#"{"patient_id":"p","department":"ICU","hospital_id":1,"admission_time":"2026-11-24T01:00:00","discharge_time":"2026-11-24T05:00:00"}"#;
+        let r = refine_batches("k", &[bronze(0, &[no_admission, no_admission, with, update])]).unwrap();
+        assert_eq!((r.metrics.rows_out, r.metrics.duplicates_dropped), (3, 1), "{:?}", r.metrics);
+        let seqs = r.silver.column_by_name("sequence_number").unwrap().as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(seqs, [0, 1, 3], "both admission-less visits, and the update over its original");
+    }
+
+    #[test]
+    fn events_other_files_cover_are_counted_as_redelivered() {
+        let body = r#"{"patient_id":"p","admission_time":"2026-11-24T01:00:00"}"#;
+        let bodies: Vec<String> = (0..10).map(|i| body.replace("\"p\"", &format!("\"p{i}\""))).collect();
+        let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        let covered = Covered { partition: "3".into(), ranges: vec![(95, 102), (108, 200)] };
+        let r = refine_batches_excluding("k", &[bronze(100, &bodies)], &covered).unwrap();
+        assert_eq!((r.metrics.rows_in, r.metrics.rows_out, r.metrics.redelivered), (10, 5, 5));
+        assert!(r.metrics.balances());
+        let other_partition = Covered { partition: "4".into(), ranges: vec![(0, 1000)] };
+        let r = refine_batches_excluding("k", &[bronze(100, &bodies)], &other_partition).unwrap();
+        assert_eq!((r.metrics.rows_out, r.metrics.redelivered), (10, 0));
     }
 
     #[test]

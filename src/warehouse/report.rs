@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Every report query: (name, title, SQL).
-pub const QUERIES: [(&str, &str, &str); 5] = [
+/// Every report query: (name, title, SQL). The last two are the seed notebook's KPI queries exactly as
+/// the seed defines them, beside our well-defined ones, so a team migrating from the notebooks can
+/// check parity.
+pub const QUERIES: [(&str, &str, &str); 7] = [
     (
         "bed_occupancy_by_gender",
         "Bed occupancy % by gender",
@@ -32,6 +34,16 @@ pub const QUERIES: [(&str, &str, &str); 5] = [
         "admissions_per_hour",
         "Admissions per hour, last 24 h",
         include_str!("../../sql/embedded/report/05_admissions_per_hour.sql"),
+    ),
+    (
+        "seed_bed_occupancy_by_gender",
+        "Seed notebook's bed occupancy % by gender (its formula: share of the gender's visits with a discharge after the clock; for parity only)",
+        include_str!("../../sql/embedded/report/06_seed_bed_occupancy_by_gender.sql"),
+    ),
+    (
+        "seed_bed_turnover_by_gender",
+        "Seed notebook's bed turnover rate by gender (its formula: distinct visits / distinct bed numbers; for parity only)",
+        include_str!("../../sql/embedded/report/07_seed_bed_turnover_by_gender.sql"),
     ),
 ];
 

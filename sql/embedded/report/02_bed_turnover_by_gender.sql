@@ -1,5 +1,6 @@
--- The seed's KPI: bed turnover rate by gender — completed stays (discharged by the build's clock)
--- per bed in the network.
+-- Bed turnover rate by gender, well defined — completed stays (discharged by the build's clock) per
+-- bed in the network (distinct hospital/bed pairs). The seed notebook's own formula is
+-- 07_seed_bed_turnover_by_gender.sql.
 WITH as_of AS (SELECT max(as_of) AS t FROM LoadLog),
 beds AS (
     SELECT count(DISTINCT (hospital_id, bed_id)) AS total
