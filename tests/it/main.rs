@@ -6,5 +6,6 @@ mod eventhubs;
 mod functions;
 mod gold;
 mod pipeline;
+mod properties;
 mod synapse;
 mod util;
