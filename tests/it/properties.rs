@@ -9,6 +9,7 @@ use std::time::Duration;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
+use arrow_schema::{DataType, TimeUnit};
 use axum::http::StatusCode;
 use chrono::NaiveDateTime;
 use patientflow::app::AppState;
@@ -118,6 +119,14 @@ fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a dyn Array {
     b.column_by_name(name).unwrap().as_ref()
 }
 
+/// A timestamp column as µs, whatever unit and zone the table stores.
+pub fn micros(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
+    let target = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let a = arrow_cast::cast(b.column_by_name(name).unwrap(), &target).unwrap();
+    let a = a.as_primitive::<TimestampMicrosecondType>();
+    (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i))).collect()
+}
+
 /// The SCD2 rules on a committed build: a patient's versions never overlap and leave no gap; every
 /// fact points at the version valid at its admission; each fact is in the partition of its own
 /// admission date; each visit is one row.
@@ -130,12 +139,12 @@ pub async fn check_invariants(lake: &Lake) {
     for b in &g.dim_patient {
         let sk = col(b, "patient_sk").as_primitive::<Int64Type>();
         let id = col(b, "patient_id").as_string::<i32>();
-        let from = col(b, "effective_from").as_primitive::<TimestampMicrosecondType>();
-        let to = col(b, "effective_to").as_primitive::<TimestampMicrosecondType>();
+        let from = micros(b, "effective_from");
+        let to = micros(b, "effective_to");
         for i in 0..b.num_rows() {
-            let to_i = (!to.is_null(i)).then(|| to.value(i));
-            assert!(versions.insert(sk.value(i), (id.value(i).to_string(), from.value(i), to_i)).is_none());
-            by_patient.entry(id.value(i).to_string()).or_default().push((from.value(i), to_i));
+            let from_i = from[i].unwrap();
+            assert!(versions.insert(sk.value(i), (id.value(i).to_string(), from_i, to[i])).is_none());
+            by_patient.entry(id.value(i).to_string()).or_default().push((from_i, to[i]));
         }
     }
     for (p, mut vs) in by_patient {
@@ -150,13 +159,13 @@ pub async fn check_invariants(lake: &Lake) {
         for b in gold::read_table(lake, &p.file).await.unwrap() {
             let id = col(&b, "fact_id").as_primitive::<Int64Type>();
             let sk = col(&b, "patient_sk").as_primitive::<Int64Type>();
-            let adm = col(&b, "admission_time").as_primitive::<TimestampMicrosecondType>();
+            let adm = micros(&b, "admission_time");
             let adm_date = col(&b, "admission_date").as_primitive::<Date32Type>();
             let visit = col(&b, "visit_date").as_primitive::<Date32Type>();
             for i in 0..b.num_rows() {
                 assert!(fact_ids.insert(id.value(i)), "fact {} appears twice", id.value(i));
                 let (_, from, to) = &versions[&sk.value(i)];
-                let a = adm.value(i);
+                let a = adm[i].unwrap();
                 assert!(*from <= a && to.is_none_or(|to| a < to), "a fact points at a version not valid at admission");
                 assert_eq!(visit.value(i), adm_date.value(i), "visit_date is the admission's date");
                 let name = chrono::DateTime::from_timestamp(i64::from(visit.value(i)) * 86_400, 0).unwrap();
@@ -481,4 +490,103 @@ async fn a_redelivery_with_other_boundaries_changes_nothing_in_gold() {
     let BuildOutcome::Built(m) = outcome else { panic!("{outcome:?}") };
     assert_eq!((m.facts_inserted, m.facts_updated, m.partitions_written), (0, 0, 0), "{m:?}");
     assert_eq!(snapshot(&lake).await, once);
+}
+
+/// Writes a silver file straight into the lake (bypassing silver's range rules), so gold meets
+/// values silver would quarantine: (patient, admission µs, discharge µs).
+async fn put_silver(lake: &Lake, first_seq: i64, rows: &[(&str, i64, Option<i64>)]) {
+    use arrow_array::{ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray};
+    use patientflow::model::schema::SILVER;
+    use std::sync::Arc;
+    let n = rows.len();
+    let text = |v: &str| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
+    let columns: Vec<ArrayRef> = SILVER
+        .fields()
+        .iter()
+        .map(|f| {
+            let a: ArrayRef = match f.name().as_str() {
+                "patient_id" => Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                "gender" => text("Female"),
+                "department" => text("ICU"),
+                "missing_fields" => Arc::new(StringArray::from(vec![None::<&str>; n])),
+                "event_hub" => text("patient-flow"),
+                "partition_id" => text("7"),
+                "bronze_file" => text("handmade"),
+                "age" | "bed_id" | "hospital_id" => Arc::new(Int32Array::from(vec![1; n])),
+                "admission_time" | "admission_time_sent" => {
+                    Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>()))
+                }
+                "discharge_time" => Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                "sequence_number" => {
+                    Arc::new(Int64Array::from((0..n as i64).map(|i| first_seq + i).collect::<Vec<_>>()))
+                }
+                "enqueued_time" => Arc::new(Int64Array::from(vec![patientflow::model::time::to_micros(&t(NOW)); n])),
+                _ => Arc::new(BooleanArray::from(vec![false; n])),
+            };
+            arrow_cast::cast(&a, f.data_type()).unwrap()
+        })
+        .collect();
+    let batch = RecordBatch::try_new(SILVER.clone(), columns).unwrap();
+    let bytes =
+        patientflow::storage::parquet::encode(&SILVER, &[batch], patientflow::storage::parquet::Codec::Fast).unwrap();
+    let stem = BatchStem { partition: "7".into(), first_seq, last_seq: first_seq + n as i64 - 1 };
+    lake.put(Container::Silver, &stem.key(), bytes).await.unwrap();
+}
+
+/// One bad value never stops gold: the "still admitted" placeholder 9999-12-31 through the real
+/// handlers, then timestamps at the ends of what the lake can hold written straight into silver;
+/// every build, and every later one, succeeds, and the keys that cannot be computed are null (or
+/// `UNKNOWN_TIME_KEY` for an admission).
+#[tokio::test]
+async fn extreme_timestamps_reaching_gold_never_fail_a_build() {
+    use patientflow::model::time::to_micros;
+    let (state, lake) = util::memory().await;
+    let placeholder = sent(
+        "0",
+        1,
+        "2026-11-24T06:00:00",
+        body("A", 40, "ICU", Some("2026-11-24T01:00:00"), Some("9999-12-31T00:00:00")),
+    );
+    deliver(&state, &lake, &[&placeholder]).await;
+    build_all(&lake, 1024).await;
+    let us = |s: &str| to_micros(&t(s));
+    put_silver(
+        &lake,
+        1,
+        &[
+            ("X", i64::MIN + 1, Some(i64::MAX)),
+            ("Y", us("0001-01-01T00:00:00"), Some(us("9999-12-31T23:59:59"))),
+            ("Z", us("2147-01-01T00:00:00"), None),
+        ],
+    )
+    .await;
+    build_all(&lake, 1024).await;
+    let later = sent("0", 2, "2026-11-24T07:00:00", body("B", 40, "ICU", Some("2026-11-24T02:00:00"), None));
+    deliver(&state, &lake, &[&later]).await;
+    build_all(&lake, 1024).await;
+
+    let m = manifest::latest(&lake).await.unwrap().unwrap();
+    assert_eq!(m.build, 3, "every build committed");
+    let g = gold::read_build(&lake, &m).await.unwrap();
+    let mut seen = 0;
+    for b in &g.fact_patient_flow {
+        let adm = micros(b, "admission_time");
+        let dis = micros(b, "discharge_time");
+        let adm_key = col(b, "admission_time_key").as_primitive::<arrow_array::types::Int32Type>();
+        let dis_key = col(b, "discharge_time_key").as_primitive::<arrow_array::types::Int32Type>();
+        for i in 0..b.num_rows() {
+            seen += 1;
+            let keyable = |us: i64| (us >= us_of_year(0)) && us < us_of_year(gold::keys::MAX_TIME_KEY_YEAR + 1);
+            if let Some(d) = dis[i] {
+                assert_eq!(dis_key.is_null(i), !keyable(d), "discharge key of {d}");
+            }
+            assert_eq!(adm_key.value(i) == gold::keys::UNKNOWN_TIME_KEY, !keyable(adm[i].unwrap()));
+        }
+    }
+    assert_eq!(seen, 5, "A, X, Y, Z and B are all in gold");
+}
+
+/// The first µs of `year` (independent of the key code: chrono's calendar).
+fn us_of_year(year: i32) -> i64 {
+    chrono::NaiveDate::from_ymd_opt(year, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros()
 }
