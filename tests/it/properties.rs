@@ -590,3 +590,24 @@ async fn extreme_timestamps_reaching_gold_never_fail_a_build() {
 fn us_of_year(year: i32) -> i64 {
     chrono::NaiveDate::from_ymd_opt(year, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros()
 }
+
+/// A gold built before the ledger existed (its manifest names no ledger) is rebuilt from silver by
+/// the next build, continuing the build numbers, with the same tables as a gold built afresh.
+#[tokio::test]
+async fn a_gold_without_a_ledger_is_rebuilt_from_silver() {
+    let a = sent("0", 1, "2026-11-20T09:00:00", body("A", 40, "ICU", Some("2026-11-20T08:00:00"), None));
+    let b = sent("0", 2, "2026-11-21T09:00:00", body("A", 41, "ICU", Some("2026-11-21T08:00:00"), None));
+    let c = sent("0", 3, "2026-11-22T09:00:00", body("B", 30, "ICU", Some("2026-11-22T08:00:00"), None));
+    let (state, lake) = util::memory().await;
+    deliver(&state, &lake, &[&a, &b]).await;
+    build_all(&lake, 1024).await;
+    let mut legacy = manifest::latest(&lake).await.unwrap().unwrap();
+    legacy.ledger = None;
+    legacy.build += 1;
+    manifest::commit(&lake, &legacy).await.unwrap();
+    deliver(&state, &lake, &[&c]).await;
+    build_all(&lake, 1024).await;
+    assert_eq!(manifest::latest(&lake).await.unwrap().unwrap().build, 3);
+    let (_, reference) = at_once(&[a, b, c]).await;
+    assert_eq!(snapshot(&lake).await, reference);
+}
