@@ -66,7 +66,7 @@ pub fn ledger_bucket(patient_id: &str) -> u16 {
 
 /// How many buckets the visit ledger is split into: a build reads and rewrites only the buckets of
 /// the patients it sees.
-pub const LEDGER_BUCKETS: u16 = 256;
+pub const LEDGER_BUCKETS: u16 = 32;
 
 /// A build's file-name nonce: a hash of its inputs (silver files folded so far and its clock), so a
 /// retried build writes the same names and a racing build with other inputs writes other names.

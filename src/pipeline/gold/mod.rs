@@ -1,11 +1,17 @@
 //! Gold: folds the silver files not yet built into the star schema (DimDepartment, DimPatient SCD2,
 //! DimTime, FactPatientFlow) and commits all tables at once.
 //!
+//! The rule: gold is a function of the set of events folded in. The same events in any order,
+//! batches, files and builds, with any replays, give the same tables (but for `bronze_file` and
+//! `ingested_at`, which record delivery). See [`build`], [`ledger`] and [`dims::versions`].
+//!
 //! Layout in the gold container:
 //! - `builds/<build id>/dim_department.parquet`, `dim_patient.parquet`, `dim_time.parquet`;
 //! - `builds/<build id>/fact_patient_flow/visit_date=YYYY-MM-DD.parquet` — only the days a build
 //!   touches (new visits, or open visits whose census flag flips) are rewritten; other days keep
 //!   the file an earlier build wrote;
+//! - `builds/<build id>/ledger/bucket=NNN.parquet` — the visit ledger (see [`ledger`]), rewritten
+//!   per bucket as its patients change;
 //! - `_manifests/<build number>.json` — the commit (see [`manifest`]).
 //!
 //! A crash before the manifest leaves the previous build intact (the next build redoes the work);
