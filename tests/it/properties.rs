@@ -77,7 +77,12 @@ pub async fn deliver(state: &AppState, lake: &Lake, events: &[&Sent]) {
 
 /// Builds until nothing is new, at most `per_build` silver files a build; every build must succeed.
 pub async fn build_all(lake: &Lake, per_build: usize) {
-    let options = GoldOptions { max_files_per_build: per_build, ..GoldOptions::new(t(NOW), Duration::from_secs(3600)) };
+    build_all_at(lake, per_build, t(NOW)).await;
+}
+
+/// [`build_all`] with another clock.
+pub async fn build_all_at(lake: &Lake, per_build: usize, now: NaiveDateTime) {
+    let options = GoldOptions { max_files_per_build: per_build, ..GoldOptions::new(now, Duration::from_secs(3600)) };
     gold::build_all(lake, &options).await.unwrap();
 }
 
@@ -261,6 +266,8 @@ struct Plan {
     replays: Vec<(usize, usize, usize)>,
     order: Vec<u32>,
     builds: Vec<bool>,
+    /// Minutes each intermediate build's clock moves on (from 05:00; the last build is at NOW).
+    clock_steps: Vec<i64>,
     per_build: usize,
 }
 
@@ -270,9 +277,17 @@ fn plan() -> impl Strategy<Value = Plan> {
         prop::collection::vec((0..2usize, 0..12usize, 1..5usize), 0..4),
         prop::collection::vec(any::<u32>(), 16),
         prop::collection::vec(any::<bool>(), 16),
+        prop::collection::vec(0..120i64, 16),
         1..4usize,
     )
-        .prop_map(|(sizes, replays, order, builds, per_build)| Plan { sizes, replays, order, builds, per_build })
+        .prop_map(|(sizes, replays, order, builds, clock_steps, per_build)| Plan {
+            sizes,
+            replays,
+            order,
+            builds,
+            clock_steps,
+            per_build,
+        })
 }
 
 fn batches<'a>(events: &'a [Sent], plan: &Plan) -> Vec<Vec<&'a Sent>> {
@@ -316,10 +331,13 @@ async fn at_once(events: &[Sent]) -> (Lake, BTreeMap<&'static str, Vec<String>>)
 
 async fn in_pieces(events: &[Sent], plan: &Plan) -> (Lake, BTreeMap<&'static str, Vec<String>>) {
     let (state, lake) = util::memory().await;
+    // Intermediate builds run at earlier clocks (census flags flip later, when their day is due).
+    let mut clock = t("2026-11-24T05:00:00");
     for (i, batch) in batches(events, plan).iter().enumerate() {
         deliver(&state, &lake, batch).await;
         if plan.builds[i % plan.builds.len()] {
-            build_all(&lake, plan.per_build).await;
+            clock = (clock + chrono::Duration::minutes(plan.clock_steps[i % plan.clock_steps.len()])).min(t(NOW));
+            build_all_at(&lake, plan.per_build, clock).await;
             check_invariants(&lake).await;
         }
     }
