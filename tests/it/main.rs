@@ -7,7 +7,9 @@ mod exactly_once;
 mod functions;
 mod gold;
 mod pipeline;
+mod properties;
 mod run_clock;
+#[cfg(feature = "embedded-warehouse")]
 mod seed_kpis;
 mod synapse;
 mod util;

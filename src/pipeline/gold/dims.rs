@@ -89,66 +89,52 @@ pub struct PatientVersion {
 /// DimPatient: every patient's versions, oldest first. The last version is the current one.
 pub type Patients = FxHashMap<Arc<str>, Vec<PatientVersion>>;
 
-/// What an SCD2 pass did.
+/// What a build did to DimPatient.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScdStats {
     /// Patients seen for the first time.
     pub new_patients: u64,
-    /// Versions closed because the attributes changed.
+    /// Versions closed (net): how many more closed versions DimPatient holds after the build.
     pub versions_closed: u64,
-    /// Records older than the patient's current version with other attributes: history is not
-    /// rewritten for late arrivals (their facts still point at the version valid at admission).
-    pub late_changes_ignored: u64,
+    /// Facts whose patient version changed though their own event did not: a late record
+    /// reshaped the patient's history and the facts it covers were re-pointed.
+    pub facts_repointed: u64,
 }
 
-/// Folds visits into DimPatient, SCD type 2: per patient, in order of admission time, a changed
-/// attribute hash closes the current version and opens a new one with its own surrogate key.
-pub fn apply_scd2<'a>(patients: &mut Patients, visits: impl IntoIterator<Item = &'a Visit>) -> ScdStats {
-    let mut stats = ScdStats::default();
-    let mut order: Vec<&Visit> = visits.into_iter().collect();
-    // The key ends in (partition, sequence number), unique per event: an unstable sort is deterministic.
-    order.sort_unstable_by(|a, b| {
-        (&*a.patient_id, a.admission_us, a.order_key()).cmp(&(&*b.patient_id, b.admission_us, b.order_key()))
-    });
-    for v in order {
+/// A patient's SCD2 versions, a function of the set of the patient's visit records (each visit's
+/// winning event): records sort by admission time, and at one instant the latest record (by
+/// [`Visit::order_key`]) holds; consecutive instants with equal attribute hashes are one version.
+/// A version starts at its first record's admission and ends where the next begins, so versions
+/// never overlap, and its key derives from its content (patient, start, attributes).
+pub fn versions(patient_id: &str, records: &[&Visit]) -> Vec<PatientVersion> {
+    let mut order: Vec<&Visit> = records.to_vec();
+    // The order key is unique per event: an unstable sort is deterministic.
+    order.sort_unstable_by(|a, b| (a.admission_us, a.order_key()).cmp(&(b.admission_us, b.order_key())));
+    let mut out: Vec<PatientVersion> = Vec::new();
+    for (i, v) in order.iter().enumerate() {
+        if order.get(i + 1).is_some_and(|next| next.admission_us == v.admission_us) {
+            continue; // a later record at the same instant holds
+        }
         let hash = keys::attr_hash(v.gender.as_deref(), v.age);
-        let open = |from: i64| PatientVersion {
-            patient_sk: keys::patient_sk(&v.patient_id, from, hash),
+        let from = v.admission_us;
+        match out.last_mut() {
+            Some(last) if last.attr_hash == hash => continue,
+            Some(last) => last.effective_to = Some(from),
+            None => {}
+        }
+        out.push(PatientVersion {
+            patient_sk: keys::patient_sk(patient_id, from, hash),
             gender: v.gender.clone(),
             age: v.age,
             attr_hash: hash,
             effective_from: from,
             effective_to: None,
-        };
-        match patients.get_mut(&*v.patient_id) {
-            None => {
-                stats.new_patients += 1;
-                patients.insert(Arc::clone(&v.patient_id), vec![open(v.admission_us)]);
-            }
-            Some(versions) => {
-                let Some(current) = versions.last_mut() else { continue };
-                if current.attr_hash == hash {
-                    continue;
-                }
-                if v.admission_us < current.effective_from {
-                    // Older than the current version: a change only if it disagrees with the
-                    // version valid then (a re-sent record agrees and is no news at all).
-                    let i = versions.partition_point(|x| x.effective_from <= v.admission_us).saturating_sub(1);
-                    if versions[i].attr_hash != hash {
-                        stats.late_changes_ignored += 1;
-                    }
-                    continue;
-                }
-                current.effective_to = Some(v.admission_us);
-                stats.versions_closed += 1;
-                versions.push(open(v.admission_us));
-            }
-        }
+        });
     }
-    stats
+    out
 }
 
-/// The surrogate key of the version valid at `t` (the first version for records older than it).
+/// The surrogate key of the version valid at `t` (the first version for instants before it).
 pub fn patient_sk_at(versions: &[PatientVersion], t: i64) -> Option<i64> {
     let i = versions.partition_point(|v| v.effective_from <= t);
     versions.get(i.saturating_sub(1)).map(|v| v.patient_sk)
@@ -216,11 +202,12 @@ pub fn read_patients(batches: &[RecordBatch], into: &mut Patients, strings: &mut
     Ok(())
 }
 
-/// DimTime: the hour keys facts reference.
-pub type Hours = BTreeSet<i32>;
+/// DimTime: the days (since the epoch) whose hours facts reference; every hour of each is a row.
+pub type Days = BTreeSet<i32>;
 
-/// Encodes DimTime.
-pub fn time_batch(hours: &Hours) -> Result<RecordBatch> {
+/// Encodes DimTime: the 24 hours of every day that can be keyed (see [`keys::time_key`]).
+pub fn time_batch(days: &Days) -> Result<RecordBatch> {
+    let hours: Vec<i32> = days.iter().flat_map(|&d| keys::day_hours(d)).collect();
     let n = hours.len();
     let mut key = Int32Builder::with_capacity(n);
     let mut date = Date32Builder::with_capacity(n);
@@ -233,7 +220,7 @@ pub fn time_batch(hours: &Hours) -> Result<RecordBatch> {
         Int32Builder::with_capacity(n),
     );
     let mut weekend = BooleanBuilder::with_capacity(n);
-    for &k in hours {
+    for k in hours {
         let (y, m, d, h) = (k / 1_000_000, (k / 10_000) % 100, (k / 100) % 100, k % 100);
         let Some(t) =
             chrono::NaiveDate::from_ymd_opt(y, m as u32, d as u32).and_then(|x| x.and_hms_opt(h as u32, 0, 0))
@@ -265,15 +252,6 @@ pub fn time_batch(hours: &Hours) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::clone(&DIM_TIME), cols)?)
 }
 
-/// Decodes DimTime's keys.
-pub fn read_hours(batches: &[RecordBatch], into: &mut Hours) -> Result<()> {
-    for b in batches {
-        let key = column(b, "time_key")?.as_primitive::<Int32Type>();
-        into.extend(key.values().iter().copied());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +267,7 @@ mod tests {
             discharge_us: None,
             bed_id: Some(1),
             hospital_id: Some(1),
+            event_hub: Arc::from("h"),
             partition_id: Arc::from("0"),
             sequence_number: at,
             enqueued_us: at,
@@ -298,49 +277,65 @@ mod tests {
 
     #[test]
     fn scd2_opens_a_version_per_change_with_its_own_key() {
-        let mut p = Patients::default();
-        let s = apply_scd2(&mut p, &[visit("a", 10, 40), visit("a", 20, 40), visit("a", 30, 41)]);
-        assert_eq!(s, ScdStats { new_patients: 1, versions_closed: 1, late_changes_ignored: 0 });
-        let v = &p["a"];
+        let records = [visit("a", 10, 40), visit("a", 20, 40), visit("a", 30, 41)];
+        let v = versions("a", &records.iter().collect::<Vec<_>>());
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].effective_from, v[0].effective_to), (10, Some(30)));
         assert_eq!((v[1].effective_from, v[1].effective_to, v[1].age), (30, None, Some(41)));
         assert_ne!(v[0].patient_sk, v[1].patient_sk);
-        assert_eq!(patient_sk_at(v, 25), Some(v[0].patient_sk));
-        assert_eq!(patient_sk_at(v, 30), Some(v[1].patient_sk));
-        assert_eq!(patient_sk_at(v, 5), Some(v[0].patient_sk));
+        assert_eq!(patient_sk_at(&v, 25), Some(v[0].patient_sk));
+        assert_eq!(patient_sk_at(&v, 30), Some(v[1].patient_sk));
+        assert_eq!(patient_sk_at(&v, 5), Some(v[0].patient_sk));
 
-        // A later build: the same patient ages again; a late record is not versioned.
-        let s = apply_scd2(&mut p, &[visit("a", 50, 42), visit("a", 15, 39)]);
-        assert_eq!(s, ScdStats { new_patients: 0, versions_closed: 1, late_changes_ignored: 1 });
-        assert_eq!(p["a"].len(), 3);
+        // A late record inside the first version splits it: history is a function of the set.
+        let more = [visit("a", 10, 40), visit("a", 20, 40), visit("a", 30, 41), visit("a", 15, 39)];
+        let v = versions("a", &more.iter().collect::<Vec<_>>());
+        let spans: Vec<_> = v.iter().map(|x| (x.effective_from, x.effective_to, x.age)).collect();
+        assert_eq!(
+            spans,
+            [(10, Some(15), Some(40)), (15, Some(20), Some(39)), (20, Some(30), Some(40)), (30, None, Some(41))]
+        );
     }
 
     #[test]
-    fn scd2_within_a_build_does_not_depend_on_arrival_order() {
-        let visits = [visit("a", 10, 40), visit("a", 30, 41), visit("b", 5, 7), visit("a", 20, 40)];
-        let mut p1 = Patients::default();
-        apply_scd2(&mut p1, &visits[..]);
-        let mut reversed = visits.to_vec();
-        reversed.reverse();
-        let mut p2 = Patients::default();
-        apply_scd2(&mut p2, &reversed[..]);
-        assert_eq!(p1, p2);
-        let batch = patients_batch(&p1).unwrap();
+    fn scd2_does_not_depend_on_arrival_order_and_the_latest_record_holds_at_an_instant() {
+        let mut late = visit("a", 10, 41);
+        late.enqueued_us = 99;
+        late.sequence_number = 99;
+        let records = [visit("a", 10, 40), visit("a", 30, 41), late, visit("a", 20, 40)];
+        let forward = versions("a", &records.iter().collect::<Vec<_>>());
+        let backward = versions("a", &records.iter().rev().collect::<Vec<_>>());
+        assert_eq!(forward, backward);
+        // At 10 the later-sent record (age 41) holds; 20 (age 40) then differs; 30 differs again.
+        let spans: Vec<_> = forward.iter().map(|x| (x.effective_from, x.age)).collect();
+        assert_eq!(spans, [(10, Some(41)), (20, Some(40)), (30, Some(41))]);
+        let mut p = Patients::default();
+        p.insert(Arc::from("a"), forward);
+        let batch = patients_batch(&p).unwrap();
         let mut back = Patients::default();
         read_patients(&[batch], &mut back, &mut Interner::default()).unwrap();
-        assert_eq!(back, p1);
+        assert_eq!(back, p);
     }
 
     #[test]
     fn dim_time_rows() {
-        let b = time_batch(&Hours::from([2026112318, 2026112900])).unwrap();
-        assert_eq!(b.num_rows(), 2);
+        let day = |s: &str| {
+            keys::epoch_days(
+                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .unwrap()
+                    .and_hms_opt(18, 0, 0)
+                    .unwrap()
+                    .and_utc()
+                    .timestamp_micros(),
+            )
+        };
+        let b = time_batch(&Days::from([day("2026-11-23"), day("2026-11-29"), day("9999-12-31")])).unwrap();
+        assert_eq!(b.num_rows(), 48, "every hour of each day; a day past the keyable years has none");
         let dow = b.column_by_name("day_of_week").unwrap().as_primitive::<Int32Type>();
         let weekend = b.column_by_name("is_weekend").unwrap().as_boolean();
         // 2026-11-23 is a Monday, 2026-11-29 a Sunday.
         assert_eq!((dow.value(0), weekend.value(0)), (1, false));
-        assert_eq!((dow.value(1), weekend.value(1)), (7, true));
+        assert_eq!((dow.value(24), weekend.value(24)), (7, true));
         let q = b.column_by_name("quarter").unwrap().as_primitive::<Int32Type>();
         assert_eq!(q.value(0), 4);
     }

@@ -1,5 +1,6 @@
-//! FactPatientFlow: one row per visit, upserted on `fact_id` (a later event for the same visit
-//! replaces the earlier row), partitioned by visit date so a build rewrites only the days it touches.
+//! FactPatientFlow: one row per visit (`fact_id`), built from the visit's winning event (the latest
+//! by [`Visit::order_key`]) and the patient version valid at its admission, partitioned by visit
+//! date — the date of the admission the row carries — so a build rewrites only the days it touches.
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 
+use super::dims::{self, PatientVersion};
+use super::input::Visit;
 use super::keys;
 use crate::model::schema::FACT_PATIENT_FLOW;
 use crate::pipeline::{Error, Result};
@@ -43,33 +46,37 @@ pub struct FactRow {
     pub bronze_file: Arc<str>,
     /// When gold first took this version of the row, µs.
     pub ingested_us: i64,
-    /// Partition key (days since epoch).
+    /// Partition key (days since epoch): the day of `admission_us`.
     pub visit_date: i32,
 }
 
 impl FactRow {
-    /// Discharge before admission: the stay is unknown, never negative.
-    pub fn discharge_before_admission(&self) -> bool {
-        self.discharge_us.is_some_and(|d| d < self.admission_us)
+    /// The row of a visit whose winning event is `v`, for the patient's `versions`; `None` only if
+    /// the versions do not cover the visit (they always do when built from the same records).
+    pub fn of(v: &Visit, versions: &[PatientVersion], ingested_us: i64) -> Option<FactRow> {
+        let (department, hospital) = dims::department_of(v);
+        Some(FactRow {
+            fact_id: v.fact_id(),
+            patient_sk: dims::patient_sk_at(versions, v.admission_us)?,
+            department_sk: keys::department_sk(department, hospital),
+            admission_us: v.admission_us,
+            discharge_us: v.discharge_us,
+            bed_id: v.bed_id,
+            hospital_id: v.hospital_id,
+            partition_id: std::sync::Arc::clone(&v.partition_id),
+            sequence_number: v.sequence_number,
+            enqueued_us: v.enqueued_us,
+            bronze_file: std::sync::Arc::clone(&v.bronze_file),
+            ingested_us,
+            visit_date: keys::epoch_days(v.admission_us),
+        })
     }
 
-    /// Length of stay in hours, for discharged visits with a consistent discharge.
-    pub fn length_of_stay_hours(&self) -> Option<f64> {
-        let d = self.discharge_us?;
-        (d >= self.admission_us).then(|| (d - self.admission_us) as f64 / 3_600_000_000.0)
-    }
-
-    /// Admitted and not (yet) discharged at `as_of`.
-    pub fn is_currently_admitted(&self, as_of: i64) -> bool {
-        !self.discharge_before_admission() && self.admission_us <= as_of && self.discharge_us.is_none_or(|d| d > as_of)
-    }
-
-    /// The first instant after `as_of` at which [`is_currently_admitted`](Self::is_currently_admitted) flips.
-    pub fn next_change(&self, as_of: i64) -> Option<i64> {
-        if self.discharge_before_admission() {
-            return None;
-        }
-        [Some(self.admission_us), self.discharge_us].into_iter().flatten().filter(|&t| t > as_of).min()
+    /// Whether two rows are equal but for the columns that depend on delivery, not on the set of
+    /// events: `bronze_file` (which copy of the event was folded first) and `ingested_at`.
+    pub fn same_row(&self, other: &FactRow) -> bool {
+        FactRow { ingested_us: other.ingested_us, bronze_file: Arc::clone(&other.bronze_file), ..self.clone() }
+            == *other
     }
 
     /// Whether two rows describe the visit identically (everything but lineage and ingestion time).
@@ -85,34 +92,30 @@ impl FactRow {
             )
     }
 
-    /// Which of two rows for one visit wins: the later event.
-    pub fn wins_over(&self, other: &FactRow) -> bool {
-        (self.enqueued_us, &*self.partition_id, self.sequence_number)
-            > (other.enqueued_us, &*other.partition_id, other.sequence_number)
+    /// Discharge before admission: the stay is unknown, never negative.
+    pub fn discharge_before_admission(&self) -> bool {
+        self.discharge_us.is_some_and(|d| d < self.admission_us)
     }
-}
 
-/// Upserts `new` rows into `existing` (one partition); returns (inserted, updated).
-pub fn upsert(existing: &mut FxHashMap<i64, FactRow>, new: Vec<FactRow>) -> (u64, u64) {
-    let (mut inserted, mut updated) = (0, 0);
-    for row in new {
-        match existing.get_mut(&row.fact_id) {
-            None => {
-                inserted += 1;
-                existing.insert(row.fact_id, row);
-            }
-            // A later event with the same content is a re-delivery: the row, lineage included,
-            // stays as first written, so replays change nothing.
-            Some(old) if row.wins_over(old) && !row.same_visit_content(old) => {
-                updated += 1;
-                // The first ingestion time is kept: it says when gold first knew the visit.
-                let first = old.ingested_us.min(row.ingested_us);
-                *old = FactRow { ingested_us: first, ..row };
-            }
-            Some(_) => {}
-        }
+    /// Length of stay in hours, for discharged visits with a consistent discharge (computed in
+    /// 128 bits: no pair of timestamps overflows).
+    pub fn length_of_stay_hours(&self) -> Option<f64> {
+        let d = self.discharge_us?;
+        (d >= self.admission_us).then(|| (i128::from(d) - i128::from(self.admission_us)) as f64 / 3_600_000_000.0)
     }
-    (inserted, updated)
+
+    /// Admitted and not (yet) discharged at `as_of`.
+    pub fn is_currently_admitted(&self, as_of: i64) -> bool {
+        !self.discharge_before_admission() && self.admission_us <= as_of && self.discharge_us.is_none_or(|d| d > as_of)
+    }
+
+    /// The first instant after `as_of` at which [`is_currently_admitted`](Self::is_currently_admitted) flips.
+    pub fn next_change(&self, as_of: i64) -> Option<i64> {
+        if self.discharge_before_admission() {
+            return None;
+        }
+        [Some(self.admission_us), self.discharge_us].into_iter().flatten().filter(|&t| t > as_of).min()
+    }
 }
 
 /// Encodes a partition's rows (sorted by admission, then key, for deterministic bytes).
@@ -141,8 +144,8 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
         fact_id.append_value(r.fact_id);
         patient.append_value(r.patient_sk);
         dept.append_value(r.department_sk);
-        adm_key.append_value(keys::time_key(r.admission_us));
-        dis_key.append_option(r.discharge_us.map(keys::time_key));
+        adm_key.append_value(keys::time_key(r.admission_us).unwrap_or(keys::UNKNOWN_TIME_KEY));
+        dis_key.append_option(r.discharge_us.and_then(keys::time_key));
         adm.append_value(r.admission_us);
         dis.append_option(r.discharge_us);
         adm_date.append_value(keys::epoch_days(r.admission_us));
@@ -247,17 +250,25 @@ mod tests {
     }
 
     #[test]
-    fn a_later_event_replaces_the_row_and_a_replay_changes_nothing() {
-        let mut part = FxHashMap::default();
-        assert_eq!(upsert(&mut part, vec![row(1, 10, None)]), (1, 0));
-        assert_eq!(upsert(&mut part, vec![row(1, 20, Some(500))]), (0, 1));
-        assert_eq!(part[&1].discharge_us, Some(500));
-        assert_eq!(part[&1].ingested_us, 10, "first ingestion time kept");
-        let snapshot = part.clone();
-        assert_eq!(upsert(&mut part, vec![row(1, 20, Some(500)), row(1, 10, None)]), (0, 0));
-        assert_eq!(part, snapshot, "replays and older events change nothing");
-        assert_eq!(upsert(&mut part, vec![row(1, 30, Some(500))]), (0, 0));
-        assert_eq!(part, snapshot, "a later re-delivery of the same content keeps the first lineage");
+    fn rows_compare_without_delivery_columns() {
+        let a = row(1, 10, None);
+        let copy = FactRow { bronze_file: Arc::from("another copy"), ingested_us: 99, ..a.clone() };
+        assert!(a.same_row(&copy) && a.same_visit_content(&copy));
+        let later = row(1, 20, None);
+        assert!(!a.same_row(&later), "another event is other lineage");
+        assert!(a.same_visit_content(&later));
+    }
+
+    #[test]
+    fn extreme_stays_neither_overflow_nor_fail_encoding() {
+        let mut r = row(1, 1, Some(i64::MAX));
+        r.admission_us = i64::MIN;
+        assert!(r.length_of_stay_hours().unwrap() > 0.0);
+        let mut rows = vec![r];
+        let b = encode(&mut rows, 0).unwrap();
+        let keys = b.column_by_name("admission_time_key").unwrap().as_primitive::<Int32Type>();
+        assert_eq!(keys.value(0), keys::UNKNOWN_TIME_KEY);
+        assert!(b.column_by_name("discharge_time_key").unwrap().is_null(0));
     }
 
     #[test]

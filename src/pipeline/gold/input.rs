@@ -7,6 +7,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 
+use super::keys;
 use crate::pipeline::{Error, Result};
 
 /// Shares one allocation per distinct string (patient ids, genders, departments, partitions, file
@@ -49,6 +50,8 @@ pub struct Visit {
     pub bed_id: Option<i32>,
     /// Hospital id.
     pub hospital_id: Option<i32>,
+    /// Event hub.
+    pub event_hub: Arc<str>,
     /// Event Hubs partition.
     pub partition_id: Arc<str>,
     /// Sequence number.
@@ -60,10 +63,23 @@ pub struct Visit {
 }
 
 impl Visit {
-    /// Which of two events for the same visit wins: the later enqueued one (then partition and
-    /// sequence number), so the result does not depend on the order files are folded in.
-    pub fn order_key(&self) -> (i64, &str, i64) {
-        (self.enqueued_us, &self.partition_id, self.sequence_number)
+    /// Which of two events for the same visit wins: the later enqueued one (then partition,
+    /// sequence number and event hub), so the result does not depend on the order files are folded
+    /// in. Unique per event: equal keys mean the same event delivered twice.
+    pub fn order_key(&self) -> (i64, &str, i64, &str) {
+        (self.enqueued_us, &self.partition_id, self.sequence_number, &self.event_hub)
+    }
+
+    /// The FactPatientFlow row this event belongs to: the visit's natural key, or — without an
+    /// admission time as sent — the event's own position (see [`keys::fact_id_at_position`]).
+    pub fn fact_id(&self) -> i64 {
+        match self.admission_sent_us {
+            Some(_) => {
+                let (department, hospital) = super::dims::department_of(self);
+                keys::fact_id(&self.patient_id, department, hospital, self.admission_sent_us)
+            }
+            None => keys::fact_id_at_position(&self.event_hub, &self.partition_id, self.sequence_number),
+        }
     }
 }
 
@@ -85,6 +101,7 @@ pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>, strings:
         let discharge = col("discharge_time")?.as_primitive::<TimestampMicrosecondType>();
         let bed = col("bed_id")?.as_primitive::<Int32Type>();
         let hospital = col("hospital_id")?.as_primitive::<Int32Type>();
+        let hub = col("event_hub")?.as_string::<i32>();
         let partition = col("partition_id")?.as_string::<i32>();
         let seq = col("sequence_number")?.as_primitive::<Int64Type>();
         let enqueued = col("enqueued_time")?.as_primitive::<TimestampMicrosecondType>();
@@ -103,6 +120,7 @@ pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>, strings:
                 discharge_us: (!discharge.is_null(i)).then(|| discharge.value(i)),
                 bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
                 hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
+                event_hub: strings.get(hub.value(i)),
                 partition_id: strings.get(partition.value(i)),
                 sequence_number: seq.value(i),
                 enqueued_us: enqueued.value(i),

@@ -40,7 +40,8 @@ pub fn patient_sk(patient_id: &str, effective_from_us: i64, attr_hash: i64) -> i
     hash(&[b"patient", patient_id.as_bytes(), &effective_from_us.to_le_bytes(), &attr_hash.to_le_bytes()])
 }
 
-/// FactPatientFlow key: the visit's natural key (patient, department, hospital, admission as sent).
+/// FactPatientFlow key of a visit with an admission time: its natural key (patient, department,
+/// hospital, admission time as sent), so every event about the visit lands on one row.
 pub fn fact_id(patient_id: &str, department: &str, hospital_id: i32, admission_sent_us: Option<i64>) -> i64 {
     hash(&[
         b"visit",
@@ -50,6 +51,22 @@ pub fn fact_id(patient_id: &str, department: &str, hospital_id: i32, admission_s
         &opt_i64(admission_sent_us),
     ])
 }
+
+/// FactPatientFlow key of a visit sent without an admission time: it has no natural key, so the
+/// event is its own visit, keyed by its position (event hub, partition, sequence number). A
+/// redelivery keeps its position, so it lands on the same row; two such visits never merge.
+pub fn fact_id_at_position(event_hub: &str, partition_id: &str, sequence_number: i64) -> i64 {
+    hash(&[b"visit-at", event_hub.as_bytes(), partition_id.as_bytes(), &sequence_number.to_le_bytes()])
+}
+
+/// The ledger bucket (`0..LEDGER_BUCKETS`) that holds a patient's visits.
+pub fn ledger_bucket(patient_id: &str) -> u16 {
+    (hash(&[b"bucket", patient_id.as_bytes()]) % i64::from(LEDGER_BUCKETS)) as u16
+}
+
+/// How many buckets the visit ledger is split into: a build reads and rewrites only the buckets of
+/// the patients it sees.
+pub const LEDGER_BUCKETS: u16 = 32;
 
 /// A build's file-name nonce: a hash of its inputs (silver files folded so far and its clock), so a
 /// retried build writes the same names and a racing build with other inputs writes other names.
@@ -63,10 +80,29 @@ pub fn build_nonce<'a>(silver_files: impl Iterator<Item = &'a str>, as_of_us: i6
     (h.digest() >> 1) as i64
 }
 
-/// DimTime key `yyyymmddhh` of a timestamp.
-pub fn time_key(us: i64) -> i32 {
-    let t = from_micros(us).unwrap_or_default();
-    t.year() * 1_000_000 + t.month() as i32 * 10_000 + t.day() as i32 * 100 + t.hour() as i32
+/// The last year whose `yyyymmddhh` key fits an `i32` (2146123123 < 2^31).
+pub const MAX_TIME_KEY_YEAR: i32 = 2146;
+
+/// The `admission_time_key` of an admission outside the years DimTime can key (0 to
+/// [`MAX_TIME_KEY_YEAR`]); it has no DimTime row. Silver quarantines such timestamps, so gold only
+/// meets it if that rule is bypassed; the build goes on either way.
+pub const UNKNOWN_TIME_KEY: i32 = -1;
+
+/// DimTime key `yyyymmddhh` of a timestamp; `None` outside the years 0 to [`MAX_TIME_KEY_YEAR`]
+/// (the arithmetic never overflows).
+pub fn time_key(us: i64) -> Option<i32> {
+    let t = from_micros(us)?;
+    if !(0..=MAX_TIME_KEY_YEAR).contains(&t.year()) {
+        return None;
+    }
+    Some(t.year() * 1_000_000 + t.month() as i32 * 10_000 + t.day() as i32 * 100 + t.hour() as i32)
+}
+
+/// The DimTime keys of the 24 hours of a day (days since the epoch); empty when the day cannot be
+/// keyed.
+pub fn day_hours(day: i32) -> Vec<i32> {
+    let Some(start) = i64::from(day).checked_mul(86_400_000_000) else { return Vec::new() };
+    (0..24i64).filter_map(|h| start.checked_add(h * 3_600_000_000).and_then(time_key)).collect()
 }
 
 /// Days since the Unix epoch (Arrow `Date32`).
@@ -95,8 +131,26 @@ mod tests {
     #[test]
     fn time_keys_are_yyyymmddhh() {
         let t = to_micros(&parse_utc("2026-02-05T19:56:03.123148").unwrap());
-        assert_eq!(time_key(t), 2026020519);
+        assert_eq!(time_key(t), Some(2026020519));
         assert_eq!(epoch_days(0), 0);
         assert_eq!(epoch_days(-1), -1);
+        assert_eq!(day_hours(epoch_days(t)).len(), 24);
+        assert_eq!(day_hours(epoch_days(t))[0], 2026020500);
+    }
+
+    #[test]
+    fn time_keys_never_overflow() {
+        // The "still admitted" placeholder, the last keyable hour, and the ends of the range.
+        let placeholder = to_micros(&parse_utc("9999-12-31T00:00:00").unwrap());
+        assert_eq!(time_key(placeholder), None);
+        let last = to_micros(&parse_utc("2146-12-31T23:59:59").unwrap());
+        assert_eq!(time_key(last), Some(2146123123));
+        assert_eq!(time_key(to_micros(&parse_utc("2147-01-01T00:00:00").unwrap())), None);
+        for us in [i64::MIN, i64::MAX, i64::MIN / 2, i64::MAX / 2, 0, -1] {
+            let _ = time_key(us);
+            let _ = day_hours(epoch_days(us));
+        }
+        assert!(day_hours(epoch_days(placeholder)).is_empty());
+        assert!(day_hours(i32::MAX).is_empty() && day_hours(i32::MIN).is_empty());
     }
 }

@@ -28,6 +28,10 @@ pub struct FactPartition {
     /// flips (an admission or discharge still in the future); `None` when nothing will change.
     /// A later build past this instant rewrites the partition.
     pub next_change_us: Option<i64>,
+    /// The other days (`YYYY-MM-DD`) whose hours the rows reference (discharges); DimTime holds
+    /// every hour of the partition days and of these.
+    #[serde(default)]
+    pub discharge_days: Vec<String>,
 }
 
 /// The committed state of gold after one build.
@@ -51,6 +55,10 @@ pub struct Manifest {
     pub fact_patient_flow: BTreeMap<String, FactPartition>,
     /// Row counts per table.
     pub rows: BTreeMap<String, u64>,
+    /// The visit ledger's files by bucket (see `gold::ledger`); `None` in a gold built before the
+    /// ledger existed, which the next build rebuilds from silver.
+    #[serde(default)]
+    pub ledger: Option<BTreeMap<String, String>>,
 }
 
 impl Manifest {
@@ -58,6 +66,7 @@ impl Manifest {
     pub fn files(&self) -> Vec<String> {
         let mut files = vec![self.dim_department.clone(), self.dim_patient.clone(), self.dim_time.clone()];
         files.extend(self.fact_patient_flow.values().map(|p| p.file.clone()));
+        files.extend(self.ledger.iter().flat_map(|l| l.values().cloned()));
         files.retain(|f| !f.is_empty());
         files
     }

@@ -1,11 +1,17 @@
 //! Gold: folds the silver files not yet built into the star schema (DimDepartment, DimPatient SCD2,
 //! DimTime, FactPatientFlow) and commits all tables at once.
 //!
+//! The rule: gold is a function of the set of events folded in. The same events in any order,
+//! batches, files and builds, with any replays, give the same tables (but for `bronze_file` and
+//! `ingested_at`, which record delivery). See [`build`], [`ledger`] and [`dims::versions`].
+//!
 //! Layout in the gold container:
 //! - `builds/<build id>/dim_department.parquet`, `dim_patient.parquet`, `dim_time.parquet`;
 //! - `builds/<build id>/fact_patient_flow/visit_date=YYYY-MM-DD.parquet` — only the days a build
 //!   touches (new visits, or open visits whose census flag flips) are rewritten; other days keep
 //!   the file an earlier build wrote;
+//! - `builds/<build id>/ledger/bucket=NNN.parquet` — the visit ledger (see [`ledger`]), rewritten
+//!   per bucket as its patients change;
 //! - `_manifests/<build number>.json` — the commit (see [`manifest`]).
 //!
 //! A crash before the manifest leaves the previous build intact (the next build redoes the work);
@@ -16,11 +22,13 @@ pub mod dims;
 pub mod fact;
 pub mod input;
 pub mod keys;
+pub mod ledger;
 pub mod manifest;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -28,7 +36,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use serde::Serialize;
 
-use self::dims::{Departments, Hours, Patients};
+use self::dims::{Days, Departments, Patients};
 use self::fact::FactRow;
 use self::input::{Interner, Visit};
 use self::manifest::{BUILDS, FactPartition, Manifest};
@@ -69,7 +77,7 @@ pub struct GoldMetrics {
     pub rows_in: u64,
     /// New visits.
     pub facts_inserted: u64,
-    /// Visits replaced by a later event.
+    /// Visits whose content (times, bed, department, patient version) a later event changed.
     pub facts_updated: u64,
     /// Fact partitions (days) written.
     pub partitions_written: u64,
@@ -96,7 +104,7 @@ impl GoldMetrics {
         self.departments_added += next.departments_added;
         self.patients.new_patients += next.patients.new_patients;
         self.patients.versions_closed += next.patients.versions_closed;
-        self.patients.late_changes_ignored += next.patients.late_changes_ignored;
+        self.patients.facts_repointed += next.patients.facts_repointed;
         self.rows = next.rows;
         self.files_cleaned += next.files_cleaned;
         self.builds += next.builds;
@@ -165,19 +173,36 @@ async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Res
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
 /// nothing) when there is nothing new.
+///
+/// Gold is a function of the set of events folded in: the new events are merged into the visit
+/// ledger of the patients they concern (each visit keeps its winning event, the latest by
+/// [`Visit::order_key`], so a redelivered or older event changes nothing), and those patients'
+/// SCD2 versions and fact rows are recomputed from their ledger. Only rows that differ are
+/// rewritten: the fact days they leave or land on, and the ledger buckets of those patients.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
-    let (previous, mut new_files) = pending(lake).await?;
-    new_files.truncate(options.max_files_per_build.max(1));
+    let (latest, pending_files) = pending(lake).await?;
     let as_of = to_micros(&options.now);
-    let prev = previous.clone().unwrap_or_default();
-    let due: Vec<String> = prev
+    let (prev, mut new_files) = match &latest {
+        // Gold built before the ledger existed cannot be updated by the rules below: it is rebuilt
+        // from silver (every silver file is kept), continuing the build numbers.
+        Some(m) if m.ledger.is_none() => {
+            tracing::warn!(build = m.build, "Gold predates the visit ledger; rebuilding it from silver.");
+            let all = lake.list(Container::Silver, &patient_flow_prefix()).await?;
+            let fresh = Manifest { build: m.build, ledger: Some(BTreeMap::new()), ..Default::default() };
+            (fresh, all.into_iter().map(|m| m.location).collect())
+        }
+        Some(m) => (m.clone(), pending_files),
+        None => (Manifest { ledger: Some(BTreeMap::new()), ..Default::default() }, pending_files),
+    };
+    new_files.truncate(options.max_files_per_build.max(1));
+    let due: Vec<i32> = prev
         .fact_patient_flow
         .iter()
         .filter(|(_, p)| p.next_change_us.is_some_and(|t| t <= as_of))
-        .map(|(day, _)| day.clone())
+        .filter_map(|(day, _)| day_number(day))
         .collect();
     if new_files.is_empty() && due.is_empty() {
-        return Ok(BuildOutcome::NothingNew { build: previous.map(|m| m.build) });
+        return Ok(BuildOutcome::NothingNew { build: latest.map(|m| m.build) });
     }
 
     let mut strings = Interner::default();
@@ -196,78 +221,155 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         ..Default::default()
     };
 
-    // Dimensions.
+    // Dimensions of the previous build (DimTime is derived from the fact days below).
     let mut departments = Departments::new();
     let mut patients = Patients::default();
-    let mut hours = Hours::new();
-    if previous.is_some() {
+    if !prev.dim_patient.is_empty() {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
         dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients, &mut strings)?;
-        dims::read_hours(&read_table(lake, &prev.dim_time).await?, &mut hours)?;
     }
-    // Every string is shared by now; the lookup table itself is no longer needed.
-    drop(strings);
     metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
-    metrics.patients = dims::apply_scd2(&mut patients, &visits);
 
-    // Facts, grouped by visit date; each day's vector is sized exactly.
-    let visit_date = |v: &Visit| keys::epoch_days(v.admission_sent_us.unwrap_or(v.admission_us));
-    let mut day_sizes: BTreeMap<i32, usize> = BTreeMap::new();
-    for v in &visits {
-        *day_sizes.entry(visit_date(v)).or_default() += 1;
+    // The ledger of the buckets of the patients this build sees.
+    let mut ledger_files = prev.ledger.clone().unwrap_or_default();
+    let buckets: BTreeSet<u16> = visits.iter().map(|v| keys::ledger_bucket(&v.patient_id)).collect();
+    let mut known = Vec::new();
+    for b in &buckets {
+        if let Some(file) = ledger_files.get(&ledger::bucket_name(*b)) {
+            ledger::decode(file, &read_table(lake, file).await?, &mut known, &mut strings)?;
+        }
     }
-    let mut by_day: BTreeMap<i32, Vec<FactRow>> =
-        day_sizes.into_iter().map(|(d, n)| (d, Vec::with_capacity(n))).collect();
+    drop(strings);
+    let mut ledger_rows: FxHashMap<Arc<str>, FxHashMap<i64, Visit>> = FxHashMap::default();
+    for v in known {
+        ledger_rows.entry(Arc::clone(&v.patient_id)).or_default().insert(v.fact_id(), v);
+    }
+    let mut incoming: BTreeMap<Arc<str>, Vec<Visit>> = BTreeMap::new();
     for v in visits {
-        let (department, hospital) = dims::department_of(&v);
-        let versions = patients.get(&*v.patient_id).map(Vec::as_slice).unwrap_or_default();
-        let patient_sk = dims::patient_sk_at(versions, v.admission_us)
-            .ok_or_else(|| Error::Internal("a visit's patient has no DimPatient version".into()))?;
-        hours.insert(keys::time_key(v.admission_us));
-        if let Some(d) = v.discharge_us {
-            hours.insert(keys::time_key(d));
-        }
-        let day = visit_date(&v);
-        let row = FactRow {
-            fact_id: keys::fact_id(&v.patient_id, department, hospital, v.admission_sent_us),
-            patient_sk,
-            department_sk: keys::department_sk(department, hospital),
-            admission_us: v.admission_us,
-            discharge_us: v.discharge_us,
-            bed_id: v.bed_id,
-            hospital_id: v.hospital_id,
-            partition_id: v.partition_id,
-            sequence_number: v.sequence_number,
-            enqueued_us: v.enqueued_us,
-            bronze_file: v.bronze_file,
-            ingested_us: as_of,
-            visit_date: day,
-        };
-        by_day.entry(day).or_default().push(row);
-    }
-    for day in &due {
-        if let Some(d) = day_number(day) {
-            by_day.entry(d).or_default();
-        }
+        incoming.entry(Arc::clone(&v.patient_id)).or_default().push(v);
     }
 
-    let mut partitions = prev.fact_patient_flow.clone();
-    for (day, new_rows) in by_day {
-        let name = day_name(day);
+    // Each patient with news: merge, then recompute versions and facts and keep what differs.
+    let mut changed_rows: Vec<FactRow> = Vec::new();
+    let mut leaving: BTreeMap<i32, FxHashSet<i64>> = BTreeMap::new();
+    let mut changed_buckets: BTreeSet<u16> = BTreeSet::new();
+    for (pid, news) in incoming {
+        let winners = ledger_rows.entry(Arc::clone(&pid)).or_default();
+        let before: Vec<Visit> = winners.values().cloned().collect();
+        let mut changed = false;
+        for v in news {
+            let id = v.fact_id();
+            if winners.get(&id).is_none_or(|w| w.order_key() < v.order_key()) {
+                winners.insert(id, v);
+                changed = true;
+            }
+        }
+        if !changed {
+            continue;
+        }
+        changed_buckets.insert(keys::ledger_bucket(&pid));
+        let old_versions = dims::versions(&pid, &before.iter().collect::<Vec<_>>());
+        let new_versions = dims::versions(&pid, &winners.values().collect::<Vec<_>>());
+        let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
+        metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+        if before.is_empty() {
+            metrics.patients.new_patients += 1;
+        }
+        let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
+        for v in &before {
+            let row = FactRow::of(v, &old_versions, as_of).ok_or_else(uncovered)?;
+            old_rows.insert(row.fact_id, row);
+        }
+        for v in winners.values() {
+            let row = FactRow::of(v, &new_versions, as_of).ok_or_else(uncovered)?;
+            match old_rows.get(&row.fact_id) {
+                Some(old) if old.same_row(&row) => continue,
+                Some(old) => {
+                    let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
+                        == (&row.partition_id, row.sequence_number, row.enqueued_us);
+                    if same_event {
+                        metrics.patients.facts_repointed += 1;
+                    } else if !old.same_visit_content(&row) {
+                        metrics.facts_updated += 1;
+                    }
+                    leaving.entry(old.visit_date).or_default().insert(old.fact_id);
+                }
+                None => metrics.facts_inserted += 1,
+            }
+            changed_rows.push(row);
+        }
+        patients.insert(pid, new_versions);
+    }
+
+    // Facts: the days rows leave or land on, and the days whose census flag flips.
+    let mut touched: BTreeSet<i32> = leaving.keys().copied().collect();
+    touched.extend(changed_rows.iter().map(|r| r.visit_date));
+    touched.extend(due);
+    let mut by_day: BTreeMap<i32, FxHashMap<i64, FactRow>> = BTreeMap::new();
+    let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
+    for &day in &touched {
         let mut rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-        if let Some(old) = prev.fact_patient_flow.get(&name) {
+        if let Some(old) = prev.fact_patient_flow.get(&day_name(day)) {
             fact::decode(&old.file, &read_table(lake, &old.file).await?, &mut rows)?;
         }
-        let (inserted, updated) = fact::upsert(&mut rows, new_rows);
-        metrics.facts_inserted += inserted;
-        metrics.facts_updated += updated;
+        for id in leaving.get(&day).into_iter().flatten() {
+            if let Some(gone) = rows.remove(id) {
+                first_seen.insert(gone.fact_id, gone.ingested_us);
+            }
+        }
+        by_day.insert(day, rows);
+    }
+    for mut row in changed_rows {
+        // The first ingestion time is kept: it says when gold first knew the visit.
+        row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(as_of);
+        by_day.entry(row.visit_date).or_default().insert(row.fact_id, row);
+    }
+    let mut partitions = prev.fact_patient_flow.clone();
+    for (day, rows) in by_day {
+        let name = day_name(day);
+        if rows.is_empty() {
+            partitions.remove(&name);
+            continue;
+        }
         let mut rows: Vec<FactRow> = rows.into_values().collect();
         let next_change_us = rows.iter().filter_map(|r| r.next_change(as_of)).min();
+        let discharge_days: BTreeSet<i32> = rows
+            .iter()
+            .filter_map(|r| r.discharge_us.filter(|&d| keys::time_key(d).is_some()).map(keys::epoch_days))
+            .filter(|&d| d != day)
+            .collect();
         let batch = fact::encode(&mut rows, as_of)?;
         let file = format!("{dir}/fact_patient_flow/visit_date={name}.parquet");
         let n = write_table(lake, &file, &FACT_PATIENT_FLOW, batch).await?;
-        partitions.insert(name, FactPartition { file, rows: n, next_change_us });
+        let discharge_days = discharge_days.into_iter().map(day_name).collect();
+        partitions.insert(name, FactPartition { file, rows: n, next_change_us, discharge_days });
         metrics.partitions_written += 1;
+    }
+
+    // The ledger buckets that changed.
+    let mut by_bucket: BTreeMap<u16, Vec<&Visit>> = BTreeMap::new();
+    for (pid, winners) in &ledger_rows {
+        let b = keys::ledger_bucket(pid);
+        if changed_buckets.contains(&b) {
+            by_bucket.entry(b).or_default().extend(winners.values());
+        }
+    }
+    for (b, mut rows) in by_bucket {
+        rows.sort_unstable_by(|x, y| {
+            (&x.patient_id, x.admission_us, x.order_key()).cmp(&(&y.patient_id, y.admission_us, y.order_key()))
+        });
+        let name = ledger::bucket_name(b);
+        let file = format!("{dir}/ledger/{name}.parquet");
+        write_table(lake, &file, &ledger::LEDGER, ledger::encode(&rows)?).await?;
+        ledger_files.insert(name, file);
+    }
+    drop(ledger_rows);
+
+    // DimTime: every hour of each day a fact references.
+    let mut days = Days::new();
+    for (name, p) in &partitions {
+        days.extend(day_number(name));
+        days.extend(p.discharge_days.iter().filter_map(|d| day_number(d)));
     }
 
     let dim_department = format!("{dir}/dim_department.parquet");
@@ -282,7 +384,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         "DimPatient".into(),
         write_table(lake, &dim_patient, &DIM_PATIENT, dims::patients_batch(&patients)?).await?,
     );
-    rows.insert("DimTime".into(), write_table(lake, &dim_time, &DIM_TIME, dims::time_batch(&hours)?).await?);
+    rows.insert("DimTime".into(), write_table(lake, &dim_time, &DIM_TIME, dims::time_batch(&days)?).await?);
     rows.insert("FactPatientFlow".into(), partitions.values().map(|p| p.rows).sum());
     metrics.rows = rows.clone();
 
@@ -296,6 +398,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         dim_time,
         fact_patient_flow: partitions,
         rows,
+        ledger: Some(ledger_files),
     };
     manifest::commit(lake, &manifest).await?;
     metrics.files_cleaned = cleanup(lake, options).await.unwrap_or_else(|error| {
@@ -303,6 +406,10 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         0
     });
     Ok(BuildOutcome::Built(metrics))
+}
+
+fn uncovered() -> Error {
+    Error::Internal("a visit's patient has no DimPatient version covering its admission".into())
 }
 
 /// Builds, retrying once from the new state if another builder committed first.
