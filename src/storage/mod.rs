@@ -361,6 +361,32 @@ impl Lake {
         Ok(items)
     }
 
+    /// Lists every object under `prefix` whose key sorts after `offset` (all of them without one),
+    /// sorted by key.
+    pub async fn list_after(&self, c: Container, prefix: &Path, offset: Option<&Path>) -> Result<Vec<ObjectMeta>> {
+        let Some(offset) = offset else { return self.list(c, prefix).await };
+        let mut items: Vec<ObjectMeta> = self
+            .store(c)
+            .list_with_offset(Some(prefix), offset)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(c, prefix, e))?;
+        items.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(items)
+    }
+
+    /// The folders directly under `prefix`, sorted.
+    pub async fn list_folders(&self, c: Container, prefix: &Path) -> Result<Vec<Path>> {
+        let mut folders = self
+            .store(c)
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| self.store_error(c, prefix, e))?
+            .common_prefixes;
+        folders.sort();
+        Ok(folders)
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, c: Container, key: &Path) -> Result<()> {
         match self.store(c).delete(key).await {
