@@ -100,7 +100,7 @@ impl AppState {
             .lake
             .get_or_try_init(|| async {
                 tokio::time::timeout(LAKE_OPEN_TIMEOUT, Lake::open(&self.0.storage)).await.map_err(|_| {
-                    crate::storage::Error::Config(format!(
+                    crate::storage::Error::Timeout(format!(
                         "the lake ({}) did not open within {} s; retried on the next invocation",
                         self.0.storage.describe(),
                         LAKE_OPEN_TIMEOUT.as_secs()
