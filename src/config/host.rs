@@ -165,7 +165,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json");
         let limits = HostLimits::read(&path).unwrap();
         assert_eq!(limits.function_timeout, Some(Duration::from_secs(600)));
-        assert_eq!(limits.max_event_batch_size, 1000);
+        assert_eq!(limits.max_event_batch_size, super::super::settings::SHIPPED_MAX_EVENT_BATCH_SIZE);
         assert_eq!(HostLimits::parse("{}").unwrap(), HostLimits::default());
         assert!(HostLimits::parse(r#"{"functionTimeout": 5}"#).unwrap_err().contains("functionTimeout"));
     }

@@ -50,10 +50,15 @@ impl HandlerSettings {
     }
 }
 
+/// `maxEventBatchSize` in the shipped host.json (and `run`'s default batch size).
+pub const SHIPPED_MAX_EVENT_BATCH_SIZE: usize = 1000;
+
 impl Default for HandlerSettings {
-    /// The limits derived from the host's documented defaults (no host.json).
+    /// The limits for the shipped host.json's batches and the shortest default `functionTimeout`
+    /// (for `run`, `bench` and tests, which have no host; `serve` reads the real host.json).
     fn default() -> Self {
-        Self::derived(&HostLimits::default(), DEFAULT_MAX_EVENT_BYTES)
+        let host = HostLimits { max_event_batch_size: SHIPPED_MAX_EVENT_BATCH_SIZE, ..HostLimits::default() };
+        Self::derived(&host, DEFAULT_MAX_EVENT_BYTES)
     }
 }
 

@@ -402,6 +402,21 @@ fn the_readmes_synapse_settings_are_accepted_and_a_load_names_the_server() {
     }
 }
 
+/// Runs `command`, killing it (and failing) if it has not exited within `limit`.
+#[cfg(not(feature = "embedded-warehouse"))]
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{command:?} did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Point 2: a build without DuckDB does not pretend to have a warehouse: with the setting unset
 /// (or `embedded`), `serve` stops at start with one line naming the setting.
 #[cfg(not(feature = "embedded-warehouse"))]
@@ -415,7 +430,7 @@ fn without_duckdb_serve_stops_at_start_until_a_warehouse_is_chosen() {
         if let Some(v) = value {
             command.env("PATIENTFLOW_WAREHOUSE", v);
         }
-        let out = command.output().unwrap();
+        let out = output_within(&mut command, Duration::from_secs(30));
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
