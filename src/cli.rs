@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 use chrono::NaiveDateTime;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{GoldArgs, HandlerArgs, LakeArgs, handler_port};
+use crate::config::{
+    GoldArgs, GoldSettings, HandlerArgs, HandlerSettings, HostLimits, LakeArgs, WarehouseConfig, handler_port,
+};
 use crate::model::time::{now_utc, parse_clock, rfc3339};
 use crate::run::{RunOptions, Source};
 use crate::simulate::{DirtRates, SimulationConfig, Simulator};
@@ -345,16 +347,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let port = handler_port(args.port, |k| std::env::var(k).ok())?;
-    let settings = args.handler.settings()?;
+    // Every setting is checked before the port is bound: a wrong one stops the handler at start,
+    // in one line, instead of failing each invocation later.
+    let host = HostLimits::discover(|k| std::env::var(k).ok())?;
+    let settings = args.handler.settings(&host)?;
     let storage = args.lake.storage_config()?;
+    let warehouse = args.gold.warehouse_config(&args.lake.data_dir)?;
+    let gold = args.gold.gold_settings()?;
     // Bind first: the host's readiness probe must be answered before any slow setup.
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {}:{port}", args.host))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, lake = %storage.describe(), ready_ms = started.elapsed().as_millis() as u64, "Handler listening.");
-    let warehouse = args.gold.warehouse_config(&args.lake.data_dir)?;
-    let state = crate::app::AppState::build(storage, None, settings, warehouse, args.gold.gold_settings()?);
+    tracing::info!(
+        %addr,
+        lake = %storage.describe(),
+        host_json = %host.source.as_ref().map_or("none (defaults)".to_string(), |p| p.display().to_string()),
+        request_timeout_ms = settings.request_timeout.as_millis() as u64,
+        max_body_bytes = settings.max_body_bytes,
+        ready_ms = started.elapsed().as_millis() as u64,
+        "Handler listening."
+    );
+    let state = crate::state::AppState::build(storage, None, settings, warehouse, gold);
     crate::app::serve(listener, state, crate::app::shutdown_signal()).await.context("the handler stopped with an error")
 }
 
@@ -449,10 +463,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.partitions == 0 {
         bail!("--partitions must be at least 1");
     }
-    let settings = crate::app::HandlerSettings { now: Some(now), ..Default::default() };
+    let settings = HandlerSettings { now: Some(now), ..Default::default() };
     let warehouse = args.gold.warehouse_config(&args.lake.data_dir)?;
     // `run` folds everything it ingested: its gold timer call has no minimum of new files.
-    let gold = crate::app::GoldSettings { min_new_files: 0, ..args.gold.gold_settings()? };
+    let gold = GoldSettings { min_new_files: 0, ..args.gold.gold_settings()? };
     let started = Instant::now();
     let report = crate::run::run(lake, settings, warehouse, gold, options).await?;
     match args.format {
@@ -475,20 +489,21 @@ async fn configured_warehouse(
     lake_args: &LakeArgs,
     gold: &GoldArgs,
 ) -> anyhow::Result<std::sync::Arc<dyn crate::warehouse::Warehouse>> {
-    let state = crate::app::AppState::build(
+    let state = crate::state::AppState::build(
         crate::storage::StorageConfig::memory(),
         Some(lake.clone()),
         Default::default(),
         gold.warehouse_config(&lake_args.data_dir)?,
         gold.gold_settings()?,
     );
-    match state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? {
+    match state.warehouse().await? {
         Some(w) => Ok(w),
         None => bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE=none); set it to embedded or synapse"),
     }
 }
 
 async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    args.gold.warehouse_config(&args.lake.data_dir)?;
     let storage = args.lake.storage_config()?;
     let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
     let warehouse = configured_warehouse(&lake, &args.lake, &args.gold).await?;
@@ -502,7 +517,6 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
 }
 
 async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
-    use crate::app::WarehouseConfig;
     use crate::pipeline::gold::manifest;
     use crate::warehouse::synapse;
     match command {
@@ -531,6 +545,7 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
             _ => bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE)"),
         },
         WarehouseCommand::Load(args) => {
+            args.gold.warehouse_config(&args.lake.data_dir)?;
             let storage = args.lake.storage_config()?;
             let lake = Lake::open(&storage).await?;
             let Some(latest) = manifest::latest(&lake).await? else {
@@ -591,9 +606,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         silver_concurrency: args.silver_concurrency,
         progress: false,
     };
-    let settings = crate::app::HandlerSettings { now: Some(now), ..Default::default() };
-    let warehouse = crate::app::WarehouseConfig::Embedded(dir.join("lake/warehouse.duckdb"));
-    let gold = crate::app::GoldSettings { min_new_files: 0, ..Default::default() };
+    let settings = HandlerSettings { now: Some(now), ..Default::default() };
+    let warehouse = WarehouseConfig::Embedded(dir.join("lake/warehouse.duckdb"));
+    let gold = GoldSettings { min_new_files: 0, ..Default::default() };
     let started = Instant::now();
     let report = crate::run::run(lake, settings, warehouse, gold, options).await?;
     let total = started.elapsed().as_secs_f64();

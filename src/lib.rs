@@ -3,7 +3,7 @@
 
 /// Azure Data Factory webhook callbacks.
 pub mod adf;
-/// The HTTP application: state, router, serving.
+/// The HTTP application: router, serving.
 pub mod app;
 /// The command line.
 pub mod cli;
@@ -25,6 +25,8 @@ pub mod pipeline;
 pub mod run;
 /// The hospital simulator.
 pub mod simulate;
+/// State shared by the functions (below the routes).
+pub mod state;
 /// The lake over object_store.
 pub mod storage;
 /// Logging setup.

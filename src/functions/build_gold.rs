@@ -1,102 +1,25 @@
-//! `build_gold`: the timer-triggered function. Counts the silver files not yet folded into gold;
-//! with more than the threshold (`PATIENTFLOW_GOLD_MIN_NEW_FILES`, the seed's ADF rule "more than 5
-//! new silver files") it builds gold and loads the warehouse; otherwise it says why it did nothing.
-//! Past-due runs behave the same. The HTTP (Data Factory) trigger calls the same [`gold_job`].
+//! `build_gold`: the timer-triggered function, a thin binding over the gold job
+//! ([`crate::pipeline::job`]): it reconciles bronze with silver, builds gold when more than
+//! `PATIENTFLOW_GOLD_MIN_NEW_FILES` silver files are new (the seed's ADF rule "more than 5 new
+//! silver files") or a census change is due, and loads the warehouse; otherwise it says why it did
+//! nothing. Past-due runs behave the same.
 
 use axum::Json;
 use axum::extract::State;
 use bytes::Bytes;
-use chrono::NaiveDateTime;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::FunctionError;
 use super::invocation::{InvokeRequest, InvokeResponse};
-use crate::app::AppState;
-use crate::pipeline::gold::{self, BuildOutcome, GoldOptions, manifest};
-use crate::warehouse::LoadMetrics;
+use crate::pipeline::job::{self, Trigger};
+use crate::state::AppState;
+
+pub use crate::pipeline::job::GoldJobReport;
 
 /// Function name (folder, module and route).
 pub const NAME: &str = "build_gold";
 /// The trigger binding's name in function.json.
 pub const BINDING: &str = "timer";
-
-/// What a gold job did.
-#[derive(Debug, Clone, Serialize)]
-pub struct GoldJobReport {
-    /// Silver files not yet in gold when the job started.
-    pub pending_silver_files: usize,
-    /// The threshold applied (`None` when forced).
-    pub threshold: Option<usize>,
-    /// The build, or why there was none.
-    pub build: Option<BuildOutcome>,
-    /// The warehouse load, when one ran.
-    pub load: Option<LoadMetrics>,
-    /// Wall seconds of the build.
-    pub build_seconds: f64,
-    /// Wall seconds of the load.
-    pub load_seconds: f64,
-    /// One line for humans.
-    pub summary: String,
-}
-
-/// Builds gold if warranted, then brings the warehouse up to the latest build. With `threshold`
-/// set, builds only when more than that many silver files are new.
-pub async fn gold_job(
-    state: &AppState,
-    now: NaiveDateTime,
-    threshold: Option<usize>,
-) -> Result<GoldJobReport, FunctionError> {
-    let lake = state.lake().await?;
-    let (_, pending) = gold::pending(lake).await?;
-    let mut report = GoldJobReport {
-        pending_silver_files: pending.len(),
-        threshold,
-        build: None,
-        load: None,
-        build_seconds: 0.0,
-        load_seconds: 0.0,
-        summary: String::new(),
-    };
-    if let Some(t) = threshold
-        && pending.len() <= t
-    {
-        report.summary = format!("{} new silver files, not more than the threshold of {t}: no build", pending.len());
-    } else {
-        let options = GoldOptions {
-            max_files_per_build: state.gold().max_files_per_build,
-            ..GoldOptions::new(now, state.gold().retention)
-        };
-        let (outcome, took) = gold::build_all(lake, &options).await?;
-        report.build_seconds = took.as_secs_f64();
-        report.summary = match &outcome {
-            BuildOutcome::Built(m) => format!(
-                "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
-                m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
-            ),
-            BuildOutcome::NothingNew { .. } => "nothing new for gold".to_string(),
-        };
-        report.build = Some(outcome);
-    }
-    // Bring the warehouse up to the latest build, also when an earlier load failed after its build.
-    if let Some(warehouse) = state.warehouse().await?
-        && let Some(latest) = manifest::latest(lake).await?
-    {
-        let started = std::time::Instant::now();
-        let load = warehouse.load(lake, &latest).await.map_err(|e| FunctionError::Unavailable(e.to_string()))?;
-        report.load_seconds = started.elapsed().as_secs_f64();
-        if load.loaded {
-            report.summary.push_str(&format!(
-                "; {} warehouse loaded build {} ({} fact rows)",
-                warehouse.name(),
-                load.build,
-                load.fact_rows_total
-            ));
-        }
-        report.load = Some(load);
-    }
-    Ok(report)
-}
 
 /// POST /build_gold
 pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<InvokeResponse>, FunctionError> {
@@ -109,10 +32,20 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<I
     }
     let past_due = timer.get("IsPastDue").and_then(Value::as_bool).unwrap_or(false);
     let now = req.utc_now().unwrap_or_else(|| state.clock());
-    let report = gold_job(&state, now, Some(state.gold().min_new_files)).await?;
+    let trigger = Trigger::Timer {
+        min_new_files: state.gold().min_new_files,
+        reconcile_max_files: state.gold().reconcile_max_files,
+    };
+    let lake = state.lake().await?;
+    let report = job::run(lake, &state, &state.job_options(now, trigger)).await?;
+    let reconcile = report.reconcile.clone().unwrap_or_default();
     tracing::info!(
         pending = report.pending_silver_files,
+        census_due = report.census_due,
         past_due,
+        reconciled = reconcile.refined,
+        reconcile_missing = reconcile.missing,
+        reconcile_deferred = reconcile.deferred,
         build_seconds = report.build_seconds,
         load_seconds = report.load_seconds,
         summary = %report.summary,

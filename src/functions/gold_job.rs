@@ -1,5 +1,6 @@
 //! `gold_job`: the queue-triggered function that does what Data Factory asked through
-//! `gold_webhook`: builds gold (no threshold), loads the warehouse, and POSTs `{Output, Error,
+//! `gold_webhook`: runs the gold job ([`crate::pipeline::job`]: builds gold with no threshold — or
+//! finds the build another builder committed with the same data — and loads the warehouse), and POSTs `{Output, Error,
 //! StatusCode}` to the callback — on failure too. Idempotent on the run id: the outcome is recorded in
 //! `gold/_adf_runs/<run id>.json`, so a redelivered message re-sends the recorded result instead of
 //! building again, and a delivered one is a no-op.
@@ -12,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::FunctionError;
-use super::build_gold::gold_job;
 use super::invocation::{InvokeRequest, InvokeResponse, host_string};
 use crate::adf::{self, GoldJobMessage};
-use crate::app::AppState;
+use crate::pipeline::job::{self, JobError, Trigger};
+use crate::state::AppState;
 use crate::storage::Container;
 
 /// Function name (folder, module and route).
@@ -76,9 +77,9 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<I
         Some(r) => r,
         None => {
             let now = req.utc_now().unwrap_or_else(|| state.clock());
-            let callback = match gold_job(&state, now, None).await {
+            let callback = match job::run(lake, &state, &state.job_options(now, Trigger::Request)).await {
                 Ok(report) => adf::callback_body(Ok(&serde_json::to_value(&report).unwrap_or_default())),
-                Err(e @ FunctionError::Unavailable(_)) => {
+                Err(e @ (JobError::Load(_) | JobError::Build(crate::pipeline::Error::Storage(_)))) => {
                     adf::callback_body(Err(("GOLD_DEPENDENCY_FAILED", &e.to_string())))
                 }
                 Err(e) => adf::callback_body(Err(("GOLD_BUILD_FAILED", &e.to_string()))),

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use super::FunctionError;
 use super::invocation::{InvokeRequest, InvokeResponse};
 use crate::adf::GoldJobMessage;
-use crate::app::AppState;
 use crate::model::time::rfc3339;
+use crate::state::AppState;
 
 /// Function name (folder, module and route).
 pub const NAME: &str = "gold_webhook";

@@ -10,9 +10,9 @@ use super::FunctionError;
 use super::invocation::{
     InvokeRequest, InvokeResponse, base64_bytes, host_array, host_string, metadata_array, unwrap_json,
 };
-use crate::app::AppState;
 use crate::model::time::parse_utc;
 use crate::pipeline::bronze::{self, EventBatch, RawEvent};
+use crate::state::AppState;
 
 /// Function name (folder, module and route).
 pub const NAME: &str = "ingest_bronze";

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::pipeline;
+use crate::state::AppState;
 
 /// Function names: folder under `functions/`, module name and route are the same word.
 pub const FUNCTIONS: [&str; 5] =
@@ -72,6 +72,15 @@ impl From<pipeline::Error> for FunctionError {
             pipeline::Error::Storage(e) => FunctionError::Unavailable(e.to_string()),
             pipeline::Error::Conflict(m) => FunctionError::Conflict(m),
             e @ pipeline::Error::Internal(_) => FunctionError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<pipeline::job::JobError> for FunctionError {
+    fn from(e: pipeline::job::JobError) -> Self {
+        match e {
+            pipeline::job::JobError::Build(e) => e.into(),
+            pipeline::job::JobError::Load(m) => FunctionError::Unavailable(m),
         }
     }
 }

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::FunctionError;
 use super::invocation::{InvokeRequest, InvokeResponse, base64_bytes, host_string};
-use crate::app::AppState;
 use crate::pipeline::silver;
+use crate::state::AppState;
 use crate::storage::keys::{BatchStem, PARQUET_EXT, PATIENT_FLOW_PREFIX};
 
 /// Function name (folder, module and route).

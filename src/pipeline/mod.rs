@@ -3,7 +3,9 @@
 
 pub mod bronze;
 pub mod gold;
+pub mod job;
 pub mod quarantine;
+pub mod reconcile;
 pub mod silver;
 
 use crate::storage;

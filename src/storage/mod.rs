@@ -35,16 +35,18 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// The store could not be reached or refused the request.
-    #[error("storage {container}/{key}: {source}")]
+    #[error("storage {container}/{key}: {detail}")]
     Store {
         /// Container name.
         container: String,
         /// Blob key.
         key: String,
-        /// What object_store reported.
-        #[source]
-        source: object_store::Error,
+        /// What object_store reported, with secrets removed (see [`redact`]).
+        detail: String,
     },
+    /// Opening the lake took too long (retried on the next use).
+    #[error("{0}")]
+    Timeout(String),
     /// The object does not exist.
     #[error("storage {container}/{key}: not found")]
     NotFound {
@@ -315,7 +317,11 @@ impl Lake {
             object_store::Error::NotFound { .. } => {
                 Error::NotFound { container: self.container_name(c).to_string(), key: key.to_string() }
             }
-            source => Error::Store { container: self.container_name(c).to_string(), key: key.to_string(), source },
+            source => Error::Store {
+                container: self.container_name(c).to_string(),
+                key: key.to_string(),
+                detail: redact(&source.to_string()),
+            },
         }
     }
 
@@ -361,6 +367,32 @@ impl Lake {
         Ok(items)
     }
 
+    /// Lists every object under `prefix` whose key sorts after `offset` (all of them without one),
+    /// sorted by key.
+    pub async fn list_after(&self, c: Container, prefix: &Path, offset: Option<&Path>) -> Result<Vec<ObjectMeta>> {
+        let Some(offset) = offset else { return self.list(c, prefix).await };
+        let mut items: Vec<ObjectMeta> = self
+            .store(c)
+            .list_with_offset(Some(prefix), offset)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(c, prefix, e))?;
+        items.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(items)
+    }
+
+    /// The folders directly under `prefix`, sorted.
+    pub async fn list_folders(&self, c: Container, prefix: &Path) -> Result<Vec<Path>> {
+        let mut folders = self
+            .store(c)
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| self.store_error(c, prefix, e))?
+            .common_prefixes;
+        folders.sort();
+        Ok(folders)
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, c: Container, key: &Path) -> Result<()> {
         match self.store(c).delete(key).await {
@@ -368,6 +400,36 @@ impl Lake {
             Err(e) => Err(self.store_error(c, key, e)),
         }
     }
+}
+
+/// Removes secrets from text that may quote a URL or a connection string (errors from HTTP clients
+/// carry the request URL, which holds a SAS token's signature): the value of every `sig` query
+/// parameter and of `AccountKey=` / `SharedAccessSignature=` become `REDACTED`.
+pub fn redact(text: &str) -> String {
+    const MARKERS: [&str; 3] = ["sig=", "accountkey=", "sharedaccesssignature="];
+    const ENDS: &[char] = &['&', ';', '"', '\'', ' ', '\n', ')', '>', ',', '`'];
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match MARKERS.iter().find(|m| lower[i..].starts_with(*m)) {
+            Some(m) => {
+                out.push_str(&text[i..i + m.len()]);
+                i += m.len();
+                let end = text[i..].find(ENDS).map_or(text.len(), |e| i + e);
+                if end > i {
+                    out.push_str("REDACTED");
+                }
+                i = end;
+            }
+            None => {
+                let ch = text[i..].chars().next().unwrap_or(' ');
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    out
 }
 
 fn to_array(stores: Vec<Arc<dyn ObjectStore>>) -> [Arc<dyn ObjectStore>; 4] {
@@ -412,7 +474,7 @@ fn azure_store(account: &str, endpoint: &str, auth: &AzureAuth, container: &str)
 /// Creates a container when it does not exist. object_store has no container API, so this signs one
 /// `PUT ?restype=container` with the store's own credential (shared key, SAS or bearer token).
 async fn ensure_container(store: &MicrosoftAzure, account: &str, endpoint: &str, container: &str) -> Result<()> {
-    let fail = |detail: String| Error::CreateContainer { container: container.to_string(), detail };
+    let fail = |detail: String| Error::CreateContainer { container: container.to_string(), detail: redact(&detail) };
     let credential =
         store.credentials().get_credential().await.map_err(|e| fail(format!("no storage credential: {e}")))?;
     let url = format!("{endpoint}/{container}?restype=container");
@@ -425,12 +487,22 @@ async fn ensure_container(store: &MicrosoftAzure, account: &str, endpoint: &str,
     AzureAuthorizer::new(&credential, account)
         .try_authorize(&mut request)
         .map_err(|e| fail(format!("cannot sign the request: {e}")))?;
-    let client = reqwest::Client::new();
+    // Bounded: this runs while the lake's first use waits, and an unreachable endpoint must fail
+    // the invocation (the host retries) rather than hold it.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(format!("cannot build an HTTP client: {e}")))?;
     let mut call = client.put(request.uri().to_string());
     for (name, value) in request.headers() {
         call = call.header(name, value);
     }
-    let response = call.send().await.map_err(|e| fail(format!("storage unreachable at {endpoint}: {e}")))?;
+    // The request URL carries a SAS token's signature: drop it from the error, and redact the rest.
+    let response = call
+        .send()
+        .await
+        .map_err(|e| fail(redact(&format!("storage unreachable at {endpoint}: {}", e.without_url()))))?;
     let status = response.status();
     if status.is_success() || status == reqwest::StatusCode::CONFLICT {
         return Ok(());
@@ -469,6 +541,23 @@ mod tests {
             panic!()
         };
         assert_eq!(blob_endpoint, "http://127.0.0.1:4444/devstoreaccount1");
+    }
+
+    #[test]
+    fn redaction_removes_signatures_and_keys_only() {
+        let url = "error sending request for url (http://127.0.0.1:9/acct/c?restype=container&sv=2022-11-02&sig=AbC%2Bd%3D&se=2030)";
+        let shown = redact(url);
+        assert!(!shown.contains("AbC%2Bd%3D"), "{shown}");
+        assert!(
+            shown.contains("sig=REDACTED&se=2030)") && shown.contains("restype=container&sv=2022-11-02"),
+            "{shown}"
+        );
+        let conn = redact("AccountName=a;AccountKey=c2VjcmV0;SharedAccessSignature=sv=1&SIG=zz");
+        assert_eq!(conn, "AccountName=a;AccountKey=REDACTED;SharedAccessSignature=REDACTED&SIG=REDACTED");
+        assert_eq!(
+            redact("patient-flow/partition=3/1-2.parquet: not found"),
+            "patient-flow/partition=3/1-2.parquet: not found"
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ use crate::storage::Lake;
 /// The star-schema DDL, applied by `patientflow warehouse init`.
 pub const SCHEMA: &str = include_str!("../../sql/synapse/001_schema.sql");
 
+/// Longest a TCP connection to the pool may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The Entra ID scope of Azure SQL and Synapse SQL.
 pub const SQL_SCOPE: &str = "https://database.windows.net/.default";
 
@@ -229,15 +232,19 @@ impl Synapse {
         config.encryption(EncryptionLevel::Required);
         config.application_name("patientflow");
         config.command_timeout(Some(self.config.command_timeout));
+        // Reach the server first (bounded), so an unreachable server is reported as such, naming
+        // it, before any sign-in.
+        let unreachable = |e: String| Error::Database(format!("cannot reach {}: {e}", self.config.server));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(config.get_addr()))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(|e| unreachable(e.to_string()))?;
         match &self.config.auth {
             SynapseAuth::Sql { user, password } => {
                 config.authentication(AuthMethod::sql_server(user, password.expose_secret()))
             }
             other => config.authentication(AuthMethod::aad_token(access_token(other).await?.expose_secret())),
         }
-        let tcp = TcpStream::connect(config.get_addr())
-            .await
-            .map_err(|e| Error::Database(format!("cannot reach {}: {e}", self.config.server)))?;
         tcp.set_nodelay(true).map_err(|e| Error::Database(e.to_string()))?;
         Client::connect(config, tcp.compat_write()).await.map_err(db)
     }

@@ -60,6 +60,7 @@ fn queue(job: &str) -> Value {
     json!({ "Data": { "job": Value::String(Value::String(job.to_string()).to_string()) }, "Metadata": { "sys": { "UtcNow": "2026-11-24T12:00:00Z" } } })
 }
 
+#[cfg(feature = "embedded-warehouse")]
 #[tokio::test]
 async fn webhook_queues_a_job_that_builds_loads_and_calls_back_once() {
     let (base, received) = receiver().await;
@@ -97,6 +98,7 @@ async fn webhook_queues_a_job_that_builds_loads_and_calls_back_once() {
     assert_eq!(patientflow::pipeline::gold::manifest::build_numbers(&lake).await.unwrap(), [1]);
 }
 
+#[cfg(feature = "embedded-warehouse")]
 #[tokio::test]
 async fn a_failing_load_calls_back_with_the_error() {
     let (base, received) = receiver().await;
@@ -165,4 +167,84 @@ async fn the_captured_webhook_envelope_is_accepted_with_the_default_policy() {
     let job: Value = serde_json::from_str(response["Outputs"]["job"].as_str().unwrap()).unwrap();
     assert_eq!(job["runId"], "abc");
     assert!(job["callBackUri"].as_str().unwrap().starts_with("https://westeurope.frontend.clouddatahub.net/"));
+}
+
+/// Point 10: the timer and Data Factory jobs race for the same build numbers. A job whose data
+/// another builder committed reports success with that build; and once the races are over, the
+/// next cleanup leaves no build file that no manifest references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_the_timer_and_gold_jobs_fails_no_callback_and_leaves_no_orphans() {
+    use patientflow::pipeline::gold::{self, GoldOptions, manifest};
+    use patientflow::storage::Container;
+    let (base, received) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&StorageConfig::local(dir.path())).await.unwrap();
+    let ingest = AppState::with_lake(lake.clone(), util::settings());
+    let app = state(&lake, WarehouseConfig::None);
+    let timer = AppState::build(
+        StorageConfig::memory(),
+        Some(lake.clone()),
+        util::settings(),
+        WarehouseConfig::None,
+        GoldSettings { min_new_files: 0, retention: Duration::from_secs(3600), ..Default::default() },
+    );
+    let rounds = 12;
+    const JOBS: usize = 3;
+    for round in 0..rounds {
+        // Discharges between the jobs' clock (12:00) and the timer's (12:01 on): builders with
+        // different clocks see census changes due in each other's builds, and race more.
+        let bodies: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let id = format!("R{round}-{i}");
+                let discharge = format!("2026-11-24T12:00:{:02}", 10 + i);
+                event(&id, "Male", 40, "ICU", 1, i + 1, "2026-11-24T01:00:00", Some(&discharge))
+            })
+            .collect();
+        land(&ingest, &lake, "0", round * 100, &bodies).await;
+        let jobs: Vec<String> = (0..JOBS)
+            .map(|j| {
+                json!({"runId": format!("race-{round}-{j}"), "callBackUri": format!("{base}/callback/{round}-{j}"), "requestedAt": "2026-11-24T12:00:00Z"})
+                    .to_string()
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for job in jobs {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move { call(&app, "gold_job", &queue(&job)).await }));
+        }
+        let t = timer.clone();
+        let minute = format!("2026-11-24T12:{:02}:00", round + 1);
+        tasks.push(tokio::spawn(async move {
+            let now = patientflow::model::time::parse_utc(&minute).unwrap();
+            call(&t, "build_gold", &patientflow::local_host::envelopes::timer("build_gold", &now, false, "g")).await
+        }));
+        for task in tasks {
+            let (status, response) = task.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "round {round}: {response}");
+        }
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), JOBS * rounds as usize);
+    for callback in &got {
+        assert_eq!(callback["StatusCode"], "200", "{callback}");
+        let data_build = callback["Output"]["data_build"].as_u64().expect("the build that holds the job's data");
+        let m = manifest::read(&lake, data_build).await.unwrap();
+        assert!(!m.silver_files.is_empty(), "{callback}");
+    }
+    let by_another = got.iter().filter(|c| c["Output"]["built_by_another"] == true).count();
+    eprintln!("{by_another} of {} jobs found their data committed by another builder", got.len());
+    let latest = manifest::latest(&lake).await.unwrap().unwrap();
+    assert_eq!(latest.silver_files.len(), rounds as usize);
+
+    let files = lake.list(Container::Gold, &object_store::path::Path::from("builds")).await.unwrap();
+    eprintln!("{} build files before the cleanup", files.len());
+    gold::cleanup(&lake, &GoldOptions::new(util::now(), Duration::from_secs(3600))).await.unwrap();
+    let mut referenced = std::collections::HashSet::new();
+    for n in manifest::build_numbers(&lake).await.unwrap() {
+        referenced.extend(manifest::read(&lake, n).await.unwrap().files());
+    }
+    let files = lake.list(Container::Gold, &object_store::path::Path::from("builds")).await.unwrap();
+    let orphans: Vec<String> =
+        files.iter().map(|f| f.location.to_string()).filter(|f| !referenced.contains(f)).collect();
+    assert!(orphans.is_empty(), "{} orphan build files, e.g. {:?}", orphans.len(), orphans.first());
 }

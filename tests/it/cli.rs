@@ -115,6 +115,18 @@ fn serve_without_a_port_says_how_to_fix_it() {
 
 /// Starts `patientflow serve` on a free port as the host would and waits for `GET /`.
 fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process::Child, u16, Duration) {
+    // A build without DuckDB must be told which warehouse; `none` keeps this about the handler.
+    let env: &[(&str, &str)] =
+        if cfg!(feature = "embedded-warehouse") { &[] } else { &[("PATIENTFLOW_WAREHOUSE", "none")] };
+    start_handler_with(exe, data, env)
+}
+
+/// [`start_handler`] with extra app settings.
+fn start_handler_with(
+    exe: &std::path::Path,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, u16, Duration) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let started = Instant::now();
     let mut child = Command::new(exe)
@@ -122,6 +134,9 @@ fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("PATIENTFLOW_DATA_DIR", data)
         .env_remove("LAKE")
+        .env_remove("PATIENTFLOW_WAREHOUSE")
+        .envs(env.iter().copied())
+        .current_dir(data.parent().unwrap_or(data))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -154,6 +169,7 @@ fn serve_answers_the_hosts_probe_and_logs_to_stdout() {
     assert!(stdout.contains("Handler listening"), "log lines go to stdout: {stdout}");
 }
 
+#[cfg(feature = "embedded-warehouse")]
 #[test]
 fn run_with_no_arguments_finishes_and_reports_its_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +188,7 @@ fn run_with_no_arguments_finishes_and_reports_its_counts() {
     assert!(dir.path().join("patientflow-data/bronze/patient-flow").is_dir());
 }
 
+#[cfg(feature = "embedded-warehouse")]
 #[test]
 fn run_reads_an_ndjson_file_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,6 +267,7 @@ fn package_assembles_a_function_app_whose_handler_answers() {
     assert!(!again.status.success(), "refuses to overwrite a non-empty folder");
 }
 
+#[cfg(feature = "embedded-warehouse")]
 #[test]
 fn running_the_same_events_again_appends_to_the_hub_and_changes_no_visit() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,6 +302,7 @@ fn running_the_same_events_again_appends_to_the_hub_and_changes_no_visit() {
     assert_eq!(sections(&first), sections(&second));
 }
 
+#[cfg(feature = "embedded-warehouse")]
 #[test]
 fn report_and_quarantine_read_what_run_left() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,4 +349,147 @@ fn report_and_quarantine_read_what_run_left() {
     let bad = bin().args(["quarantine", "--reason", "nonsense"]).arg("--data-dir").arg(&data).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid_json"), "lists the valid reasons");
+}
+
+/// The README's deploy settings for Synapse, with a server that does not exist (`.invalid` never
+/// resolves, so nothing hangs).
+const SYNAPSE_SETTINGS: [(&str, &str); 4] = [
+    ("PATIENTFLOW_WAREHOUSE", "synapse"),
+    ("SYNAPSE_SERVER", "pfws-test.invalid"),
+    ("SYNAPSE_DATABASE", "patientflow"),
+    ("SYNAPSE_GOLD_URL", "https://pflake.dfs.core.windows.net/gold"),
+];
+
+/// Point 1: `PATIENTFLOW_WAREHOUSE=synapse`, set as the README's deploy step sets it, is accepted by
+/// every command that takes it; a load then fails because the server cannot be reached — and says
+/// which server — not because of the configuration.
+#[test]
+fn the_readmes_synapse_settings_are_accepted_and_a_load_names_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let built = bin()
+        .args(["run", "--format", "json", "--count", "300", "--now", NOW])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("PATIENTFLOW_WAREHOUSE", "none")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+
+    let (mut child, _, _) =
+        start_handler_with(std::path::Path::new(env!("CARGO_BIN_EXE_patientflow")), &data, &SYNAPSE_SETTINGS);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    for command in [&["warehouse", "load"][..], &["warehouse", "init"], &["report"]] {
+        let started = Instant::now();
+        let out = bin()
+            .args(command)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("LAKE")
+            .env_remove("SYNAPSE_AUTH")
+            .envs(SYNAPSE_SETTINGS)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command:?}: {err}");
+        assert!(!err.contains("is not a warehouse") && !err.contains("needs SYNAPSE"), "{command:?}: {err}");
+        if command[0] == "warehouse" {
+            assert!(err.contains("cannot reach pfws-test.invalid"), "{command:?}: {err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{command:?} took {:?}", started.elapsed());
+    }
+}
+
+/// Runs `command`, killing it (and failing) if it has not exited within `limit`.
+#[cfg(not(feature = "embedded-warehouse"))]
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{command:?} did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Point 2: a build without DuckDB does not pretend to have a warehouse: with the setting unset
+/// (or `embedded`), `serve` stops at start with one line naming the setting.
+#[cfg(not(feature = "embedded-warehouse"))]
+#[test]
+fn without_duckdb_serve_stops_at_start_until_a_warehouse_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in [None, Some("embedded")] {
+        let mut command = bin();
+        command.arg("serve").arg("--data-dir").arg(dir.path()).env("FUNCTIONS_CUSTOMHANDLER_PORT", "0");
+        command.env_remove("PATIENTFLOW_WAREHOUSE");
+        if let Some(v) = value {
+            command.env("PATIENTFLOW_WAREHOUSE", v);
+        }
+        let out = output_within(&mut command, Duration::from_secs(30));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(patientflow::config::NO_EMBEDDED_WAREHOUSE), "{err}");
+    }
+    for command in [&["run", "--count", "10"][..], &["warehouse", "load"]] {
+        let out =
+            bin().args(command).arg("--data-dir").arg(dir.path()).env_remove("PATIENTFLOW_WAREHOUSE").output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("PATIENTFLOW_WAREHOUSE=synapse"), "{command:?}");
+    }
+}
+
+/// Point 2: with DuckDB compiled in, an unset warehouse means the embedded one.
+#[cfg(feature = "embedded-warehouse")]
+#[test]
+fn with_duckdb_the_default_warehouse_is_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["warehouse", "init", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("PATIENTFLOW_WAREHOUSE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("warehouse.duckdb").is_file());
+}
+
+/// Point 7: the handler reads host.json from the app root the host starts it in and gives up on
+/// an invocation strictly before `functionTimeout`.
+#[test]
+fn serve_derives_its_limits_from_host_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("app");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("host.json"),
+        r#"{"version": "2.0", "functionTimeout": "00:02:00", "extensions": {"eventHubs": {"maxEventBatchSize": 50}}}"#,
+    )
+    .unwrap();
+    let env = [
+        ("FUNCTIONS_APP_ROOT_PATH", root.to_str().unwrap()),
+        ("PATIENTFLOW_WAREHOUSE", "none"),
+        ("LOG_FORMAT", "json"),
+    ];
+    let (mut child, _, _) =
+        start_handler_with(std::path::Path::new(env!("CARGO_BIN_EXE_patientflow")), &dir.path().join("data"), &env);
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stdout =
+        BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
+    let line = stdout.lines().find(|l| l.contains("Handler listening")).unwrap_or_else(|| panic!("{stdout}"));
+    let line: Value = serde_json::from_str(line).unwrap();
+    let field = |name: &str| line["fields"][name].as_u64().unwrap_or_else(|| panic!("{name} in {line}"));
+    let timeout_ms = field("request_timeout_ms");
+    assert!(timeout_ms > 0 && timeout_ms < 120_000, "{line}");
+    let limit = field("max_body_bytes");
+    assert_eq!(
+        limit as usize,
+        patientflow::config::settings::body_limit(50, patientflow::config::settings::DEFAULT_MAX_EVENT_BYTES)
+    );
 }

@@ -291,3 +291,164 @@ async fn a_corrupt_bronze_file_fails_the_invocation_with_the_reason() {
     assert!(response["error"].as_str().unwrap().contains("dataType"), "{response}");
     let _ = to_base64(b"");
 }
+
+/// Point 7: the body limit follows host.json — the largest batch the host can send is accepted,
+/// and the limit is nowhere near the old 256 MiB.
+#[tokio::test]
+async fn the_body_limit_fits_the_largest_batch_host_json_allows() {
+    use patientflow::config::{HostLimits, settings};
+    let host = HostLimits::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json")).unwrap();
+    let handler = HandlerSettings {
+        now: Some(util::now()),
+        ..HandlerSettings::derived(&host, settings::DEFAULT_MAX_EVENT_BYTES)
+    };
+    assert!(handler.max_body_bytes < 64 * 1024 * 1024, "{}", handler.max_body_bytes);
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let state = AppState::with_lake(lake, handler);
+    // maxEventBatchSize events, each as large as the setting allows, with real metadata.
+    let largest: Vec<Vec<u8>> =
+        (0..host.max_event_batch_size).map(|_| vec![b'x'; settings::DEFAULT_MAX_EVENT_BYTES]).collect();
+    let (status, response) = call(&state, "ingest_bronze", &batch("1", 0, &largest)).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let twice: Vec<Vec<u8>> =
+        (0..host.max_event_batch_size).map(|_| vec![b'x'; 2 * settings::DEFAULT_MAX_EVENT_BYTES]).collect();
+    let (status, _) = call(&state, "ingest_bronze", &batch("1", 5000, &twice)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Point 7: the handler's own invocation limit is derived from host.json's `functionTimeout` and
+/// strictly shorter; a setting may lower it, never raise it.
+#[test]
+fn the_invocation_limit_is_shorter_than_the_hosts() {
+    use clap::Parser;
+    use patientflow::config::{HandlerArgs, HostLimits};
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        handler: HandlerArgs,
+    }
+    let host = HostLimits::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json")).unwrap();
+    let function_timeout = host.function_timeout.unwrap();
+    let derived = T::try_parse_from(["x"]).unwrap().handler.settings(&host).unwrap();
+    assert!(derived.request_timeout < function_timeout, "{:?}", derived.request_timeout);
+    let lower = T::try_parse_from(["x", "--request-timeout-secs", "30"]).unwrap().handler.settings(&host).unwrap();
+    assert_eq!(lower.request_timeout, std::time::Duration::from_secs(30));
+    let same = format!("{}", function_timeout.as_secs());
+    let e =
+        T::try_parse_from(["x", "--request-timeout-secs", same.as_str()]).unwrap().handler.settings(&host).unwrap_err();
+    assert!(
+        e.to_string().contains("PATIENTFLOW_REQUEST_TIMEOUT_SECS") && e.to_string().contains("functionTimeout"),
+        "{e}"
+    );
+}
+
+/// Point 7: a SAS connection string's signature never reaches an error body (nor the error chain
+/// the logs print), though the failing request's URL carries it.
+#[tokio::test]
+async fn a_sas_signature_never_reaches_an_error() {
+    let sig = "Zm9vYmFyU0VDUkVUc2lnbmF0dXJl%2B%3D";
+    let conn = format!(
+        "AccountName=devstoreaccount1;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;SharedAccessSignature=sv=2022-11-02&ss=b&srt=sco&sp=rwdlac&se=2030-01-01T00:00:00Z&sig={sig}"
+    );
+    let backend = StorageConfig::from_connection_string("LAKE", &conn).unwrap();
+    let config = StorageConfig { backend, containers: StorageConfig::memory().containers };
+    let chain = format!("{:#}", anyhow::Error::new(Lake::open(&config).await.unwrap_err()));
+    assert!(!chain.contains(sig) && !chain.contains("Zm9vYmFy"), "{chain}");
+    let state = AppState::new(config, util::settings());
+    let (status, response) = call(&state, "ingest_bronze", &batch("1", 0, &[b"{}".to_vec()])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{response}");
+    let body = response.to_string();
+    assert!(body.contains("unreachable") && !body.contains("Zm9vYmFy"), "{body}");
+}
+
+fn gold_state(lake: &Lake, min_new_files: usize, reconcile_max_files: usize) -> AppState {
+    use patientflow::app::{GoldSettings, WarehouseConfig};
+    AppState::build(
+        StorageConfig::memory(),
+        Some(lake.clone()),
+        util::settings(),
+        WarehouseConfig::None,
+        GoldSettings {
+            min_new_files,
+            reconcile_max_files,
+            retention: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+}
+
+fn timer_at(now: &str) -> Value {
+    envelopes::timer("build_gold", &patientflow::model::time::parse_utc(now).unwrap(), false, "g")
+}
+
+/// Point 5: on a quiet night (no new silver file) the timer still builds when a census change its
+/// manifest records is due, so a discharged patient stops counting as admitted.
+#[tokio::test]
+async fn the_timer_builds_when_a_census_change_is_due_whatever_the_file_count() {
+    let (state, lake) = util::memory().await;
+    let discharged_at_six =
+        util::event("A", "Male", 50, "ICU", 3, 1, "2026-11-24T01:00:00", Some("2026-11-24T18:00:00"));
+    util::land(&state, &lake, "0", 0, &[discharged_at_six]).await;
+    let (status, first) = call(&gold_state(&lake, 0, 8), "build_gold", &timer_at("2026-11-24T12:00:00")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["ReturnValue"]["build"]["outcome"], json!("built"), "{first}");
+
+    // 19:00, nothing new, threshold 5: the discharge at 18:00 is due.
+    let timer = gold_state(&lake, 5, 8);
+    let (status, second) = call(&timer, "build_gold", &timer_at("2026-11-24T19:00:00")).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["ReturnValue"]["census_due"], json!(true), "{second}");
+    assert_eq!(second["ReturnValue"]["build"]["outcome"], json!("built"), "{second}");
+    let latest = patientflow::pipeline::gold::manifest::latest(&lake).await.unwrap().unwrap();
+    assert_eq!(latest.build, 2);
+    let tables = patientflow::pipeline::gold::read_build(&lake, &latest).await.unwrap();
+    let facts =
+        arrow_select::concat::concat_batches(&tables.fact_patient_flow[0].schema(), &tables.fact_patient_flow).unwrap();
+    let admitted = facts.column_by_name("is_currently_admitted").unwrap().as_boolean().clone();
+    assert_eq!(admitted.values().iter().collect::<Vec<_>>(), [false], "discharged at 18:00, as of 19:00");
+
+    // Nothing due any more and nothing new: no build.
+    let (_, third) = call(&timer, "build_gold", &timer_at("2026-11-24T20:00:00")).await;
+    assert!(third["ReturnValue"]["build"].is_null(), "{third}");
+}
+
+/// Point 6: a bronze file the blob trigger never refined (poison queue) is found by the timer,
+/// refined, counted and logged, and its events reach gold. The cost is bounded: a run refines at
+/// most `reconcile_max_files`, and files behind the watermark are not listed again.
+#[tokio::test]
+async fn the_timer_refines_bronze_files_that_never_reached_silver() {
+    let (state, lake) = util::memory().await;
+    // Three bronze files, no blob trigger: as if all three went to the poison queue.
+    for (i, id) in ["A", "B", "C"].iter().enumerate() {
+        let body = util::event(id, "Female", 40, "ICU", 1, i as i64 + 1, "2026-11-24T01:00:00", None);
+        let (status, response) = call(&state, "ingest_bronze", &batch("2", i as i64 * 10, &[body])).await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+    }
+    assert!(lake.list(Container::Silver, &Path::from("patient-flow")).await.unwrap().is_empty());
+
+    let timer = gold_state(&lake, 0, 2);
+    let (status, first) = call(&timer, "build_gold", &timer_at("2026-11-24T12:00:00")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let r = &first["ReturnValue"]["reconcile"];
+    assert_eq!(
+        (r["missing"].as_u64(), r["refined"].as_u64(), r["deferred"].as_u64()),
+        (Some(3), Some(2), Some(1)),
+        "{first}"
+    );
+    assert!(first["Logs"][0].as_str().unwrap().contains("2 refined"), "{first}");
+
+    let (status, second) = call(&timer, "build_gold", &timer_at("2026-11-24T12:05:00")).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let r = &second["ReturnValue"]["reconcile"];
+    assert_eq!(
+        (r["refined"].as_u64(), r["bronze_checked"].as_u64()),
+        (Some(1), Some(1)),
+        "only past the watermark: {second}"
+    );
+    assert_eq!(lake.list(Container::Silver, &Path::from("patient-flow")).await.unwrap().len(), 3);
+    let latest = patientflow::pipeline::gold::manifest::latest(&lake).await.unwrap().unwrap();
+    assert_eq!(latest.rows["FactPatientFlow"], 3, "every event reached gold");
+
+    let (_, third) = call(&timer, "build_gold", &timer_at("2026-11-24T12:10:00")).await;
+    assert_eq!(third["ReturnValue"]["reconcile"]["bronze_checked"], json!(0), "{third}");
+}

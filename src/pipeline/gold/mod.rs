@@ -16,7 +16,7 @@
 //!
 //! A crash before the manifest leaves the previous build intact (the next build redoes the work);
 //! two racing builds cannot both commit the same number (the loser gets [`Error::Conflict`]).
-//! Files no manifest within the retention references are deleted after each commit.
+//! Files no manifest within the retention references are deleted after each commit (see [`retention`]).
 
 pub mod dims;
 pub mod fact;
@@ -24,6 +24,9 @@ pub mod input;
 pub mod keys;
 pub mod ledger;
 pub mod manifest;
+pub mod retention;
+
+pub use self::retention::cleanup;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -451,34 +454,6 @@ fn day_name(day: i32) -> String {
 fn day_number(name: &str) -> Option<i32> {
     let d = chrono::NaiveDate::parse_from_str(name, "%Y-%m-%d").ok()?;
     Some(keys::epoch_days(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros()))
-}
-
-/// Deletes manifests and build files older than the retention that the latest build and the
-/// builds within the retention do not reference (including files of builds that never committed).
-pub async fn cleanup(lake: &Lake, options: &GoldOptions) -> Result<u64> {
-    let cutoff = options.now - chrono::Duration::from_std(options.retention).unwrap_or_default();
-    let numbers = manifest::build_numbers(lake).await?;
-    let Some(&latest) = numbers.last() else { return Ok(0) };
-    let mut keep: HashSet<String> = HashSet::new();
-    let mut deleted = 0;
-    for &n in numbers.iter().rev() {
-        let m = manifest::read(lake, n).await?;
-        let recent = crate::model::time::parse_utc(&m.as_of).is_none_or(|t| t >= cutoff);
-        if n == latest || recent {
-            keep.extend(m.files());
-        } else {
-            lake.delete(Container::Gold, &manifest::manifest_key(n)).await?;
-            deleted += 1;
-        }
-    }
-    for meta in lake.list(Container::Gold, &Path::from(BUILDS)).await? {
-        let old = meta.last_modified.naive_utc() < cutoff;
-        if old && !keep.contains(meta.location.as_ref()) {
-            lake.delete(Container::Gold, &meta.location).await?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
 }
 
 /// Reads the tables of a committed build (for loaders and tests).

@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::app::{GoldSettings, HandlerSettings, WarehouseConfig};
+pub mod host;
+pub mod settings;
+
+pub use self::host::HostLimits;
+pub use self::settings::{GoldSettings, HandlerSettings, WarehouseConfig};
+
 use crate::model::time::parse_clock;
 use crate::storage::{AzureAuth, Backend, Container, StorageConfig};
 
@@ -132,42 +137,62 @@ fn account_from_endpoint(endpoint: &str) -> Option<String> {
     host.split_once(".blob.").map(|(account, _)| account.to_string())
 }
 
-/// Settings of the HTTP handler itself.
+/// Settings of the HTTP handler itself. Its limits derive from the host's (see [`host`]).
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Handler")]
 pub struct HandlerArgs {
-    /// Largest accepted request body, in bytes (a 1,000-event batch is well under 1 MiB).
-    #[arg(long, env = "PATIENTFLOW_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Seconds an invocation may run before the handler gives up with 408.
-    #[arg(long, env = "PATIENTFLOW_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
-    pub request_timeout_secs: u64,
+    /// Largest accepted request body, in bytes (default: host.json's Event Hubs maxEventBatchSize ×
+    /// PATIENTFLOW_MAX_EVENT_BYTES, base64-encoded, with metadata and a quarter of margin).
+    #[arg(long, env = "PATIENTFLOW_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest event body the producers send, in bytes (the contract's events are under 1 KiB;
+    /// Event Hubs itself allows up to 1 MB).
+    #[arg(long, env = "PATIENTFLOW_MAX_EVENT_BYTES", default_value_t = settings::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+    /// Seconds an invocation may run before the handler gives up with 408 (default: derived from
+    /// host.json's functionTimeout, strictly shorter; a value may only lower it).
+    #[arg(long, env = "PATIENTFLOW_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
     /// A fixed clock for the handler (ISO-8601, UTC); default: the real clock.
     #[arg(long = "handler-now", env = "PATIENTFLOW_NOW", value_name = "TIMESTAMP")]
     pub now: Option<String>,
 }
 
 impl HandlerArgs {
-    /// Validates into [`HandlerSettings`].
-    pub fn settings(&self) -> Result<HandlerSettings, ConfigError> {
-        if self.max_body_bytes < 1024 * 1024 {
-            return Err(ConfigError(format!(
-                "PATIENTFLOW_MAX_BODY_BYTES={} is too small for an Event Hubs batch; use at least 1048576",
-                self.max_body_bytes
-            )));
+    /// Validates into [`HandlerSettings`], deriving the limits from the host's.
+    pub fn settings(&self, host: &HostLimits) -> Result<HandlerSettings, ConfigError> {
+        if self.max_event_bytes == 0 {
+            return Err(ConfigError("PATIENTFLOW_MAX_EVENT_BYTES must be at least 1".into()));
         }
-        if self.request_timeout_secs == 0 {
-            return Err(ConfigError("PATIENTFLOW_REQUEST_TIMEOUT_SECS must be at least 1".into()));
+        let mut settings = HandlerSettings::derived(host, self.max_event_bytes);
+        if let Some(bytes) = self.max_body_bytes {
+            if bytes < settings::MIN_BODY_BYTES {
+                return Err(ConfigError(format!(
+                    "PATIENTFLOW_MAX_BODY_BYTES={bytes} is too small for an Event Hubs batch; use at least {}",
+                    settings::MIN_BODY_BYTES
+                )));
+            }
+            settings.max_body_bytes = bytes;
         }
-        let now = match &self.now {
+        if let Some(secs) = self.request_timeout_secs {
+            let limit = settings.request_timeout;
+            if secs == 0 {
+                return Err(ConfigError("PATIENTFLOW_REQUEST_TIMEOUT_SECS must be at least 1".into()));
+            }
+            if Duration::from_secs(secs) > limit {
+                let source = host.source.as_ref().map_or("the default".to_string(), |p| p.display().to_string());
+                return Err(ConfigError(format!(
+                    "PATIENTFLOW_REQUEST_TIMEOUT_SECS={secs} is not shorter than the host allows: functionTimeout ({source}) leaves the handler {} s; lower the setting or raise functionTimeout",
+                    limit.as_secs()
+                )));
+            }
+            settings.request_timeout = Duration::from_secs(secs);
+        }
+        settings.now = match &self.now {
             Some(s) => Some(parse_clock(s).map_err(|e| ConfigError(format!("PATIENTFLOW_NOW: {e}")))?),
             None => None,
         };
-        Ok(HandlerSettings {
-            max_body_bytes: self.max_body_bytes,
-            request_timeout: Duration::from_secs(self.request_timeout_secs),
-            now,
-        })
+        Ok(settings)
     }
 }
 
@@ -185,9 +210,14 @@ pub struct GoldArgs {
     /// Hours superseded gold build files are kept before cleanup.
     #[arg(long, env = "PATIENTFLOW_GOLD_RETENTION_HOURS", default_value_t = 168)]
     pub gold_retention_hours: u64,
-    /// Warehouse gold is loaded into: `embedded` (a DuckDB file), `synapse` or `none`.
-    #[arg(long, env = "PATIENTFLOW_WAREHOUSE", default_value = "embedded")]
-    pub warehouse: String,
+    /// Bronze files without a silver file (e.g. sent to the poison queue) that one timer run
+    /// refines at most; the rest wait for the next run.
+    #[arg(long, env = "PATIENTFLOW_RECONCILE_MAX_FILES", default_value_t = 64)]
+    pub reconcile_max_files: usize,
+    /// Warehouse gold is loaded into: `embedded` (a DuckDB file), `synapse` or `none` (default:
+    /// `embedded` in builds with DuckDB; builds without it must choose).
+    #[arg(long, env = "PATIENTFLOW_WAREHOUSE")]
+    pub warehouse: Option<String>,
     /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
     pub warehouse_path: Option<PathBuf>,
@@ -225,22 +255,37 @@ impl GoldArgs {
             min_new_files: self.gold_min_new_files,
             retention: Duration::from_secs(self.gold_retention_hours * 3600),
             adf_callbacks,
+            reconcile_max_files: self.reconcile_max_files,
         })
     }
 
     /// Validates the warehouse choice; the embedded file defaults to `<data_dir>/warehouse.duckdb`.
+    /// Unset means `embedded` in a build with DuckDB; a build without it must be told (see
+    /// [`NO_EMBEDDED_WAREHOUSE`]).
     pub fn warehouse_config(&self, data_dir: &std::path::Path) -> Result<WarehouseConfig, ConfigError> {
-        match self.warehouse.to_ascii_lowercase().as_str() {
-            "embedded" | "duckdb" => Ok(WarehouseConfig::Embedded(
-                self.warehouse_path.clone().unwrap_or_else(|| data_dir.join("warehouse.duckdb")),
-            )),
-            "none" => Ok(WarehouseConfig::None),
-            other => Err(ConfigError(format!(
-                "PATIENTFLOW_WAREHOUSE={other:?} is not a warehouse; use `embedded` or `none`"
+        let choice = self.warehouse.as_deref().map(str::trim).map(str::to_ascii_lowercase);
+        match choice.as_deref() {
+            None | Some("embedded" | "duckdb") => {
+                if cfg!(feature = "embedded-warehouse") {
+                    Ok(WarehouseConfig::Embedded(
+                        self.warehouse_path.clone().unwrap_or_else(|| data_dir.join("warehouse.duckdb")),
+                    ))
+                } else {
+                    Err(ConfigError(NO_EMBEDDED_WAREHOUSE.into()))
+                }
+            }
+            Some("synapse") => Ok(WarehouseConfig::Synapse(std::sync::Arc::new(self.synapse.config()?))),
+            Some("none") => Ok(WarehouseConfig::None),
+            Some(other) => Err(ConfigError(format!(
+                "PATIENTFLOW_WAREHOUSE={other:?} is not a warehouse; use `embedded`, `synapse` or `none`"
             ))),
         }
     }
 }
+
+/// What a build without DuckDB says when the warehouse setting is unset or `embedded`.
+pub const NO_EMBEDDED_WAREHOUSE: &str =
+    "this build has no embedded warehouse: set PATIENTFLOW_WAREHOUSE=synapse (with the SYNAPSE_* settings) or none";
 
 /// Azure Synapse dedicated SQL pool settings (used when `PATIENTFLOW_WAREHOUSE=synapse`).
 #[derive(Debug, Clone, clap::Args)]

@@ -1,0 +1,239 @@
+//! The gold job: what the `build_gold` timer and the `gold_job` queue function (Data Factory) both
+//! do — reconcile bronze with silver (timer), build gold if warranted, then bring the warehouse up
+//! to the latest build. The two functions are thin bindings over [`run`]; the warehouse comes in
+//! through [`Loader`], so the pipeline core knows nothing of HTTP or of warehouse types.
+//!
+//! Racing builders (the timer and a Data Factory job, or two instances) cannot both commit a build
+//! number. A job whose commit loses checks whether the build that won holds every silver file the
+//! job was asked to fold in; if it does, the job's work is done and it reports success with that
+//! build. Otherwise it builds again on top, a bounded number of times.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::gold::manifest::{self, Manifest};
+use super::gold::{self, BuildOutcome, GoldOptions};
+use super::reconcile::{self, ReconcileReport};
+use super::{Error, Result};
+use crate::model::time::to_micros;
+use crate::storage::Lake;
+
+/// Builds a job attempts before it gives up when other builders keep committing first.
+pub const MAX_BUILD_ATTEMPTS: usize = 5;
+
+/// What started the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The schedule: reconcile, then build only when more than `min_new_files` silver files are
+    /// new or a census change is due.
+    Timer {
+        /// The seed's rule: build when more than this many silver files are new.
+        min_new_files: usize,
+        /// Bronze files without silver refined per run at most.
+        reconcile_max_files: usize,
+    },
+    /// A request (Data Factory): build whatever is new.
+    Request,
+}
+
+/// How to run the job.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// The job's clock (the build's `as_of`).
+    pub now: NaiveDateTime,
+    /// How long superseded gold files are kept.
+    pub retention: Duration,
+    /// Silver files per build at most.
+    pub max_files_per_build: usize,
+    /// What started the job.
+    pub trigger: Trigger,
+}
+
+/// What a warehouse load reported.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// A clause for the job's summary, when the load changed something.
+    pub summary: Option<String>,
+    /// The loader's metrics, as they go into the report.
+    pub metrics: Value,
+}
+
+/// Brings a warehouse up to a committed build (implemented over the configured warehouse).
+#[async_trait]
+pub trait Loader: Send + Sync {
+    /// Loads `manifest` (a build already loaded is a no-op); `Ok(None)` when no warehouse is configured.
+    async fn load(&self, lake: &Lake, manifest: &Manifest) -> std::result::Result<Option<Loaded>, String>;
+}
+
+/// No warehouse: gold stays in the lake.
+pub struct NoWarehouse;
+
+#[async_trait]
+impl Loader for NoWarehouse {
+    async fn load(&self, _: &Lake, _: &Manifest) -> std::result::Result<Option<Loaded>, String> {
+        Ok(None)
+    }
+}
+
+/// Why the job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Reconciliation or the build failed.
+    #[error(transparent)]
+    Build(#[from] Error),
+    /// The build is committed, but the warehouse could not be opened or loaded (retry later).
+    #[error("{0}")]
+    Load(String),
+}
+
+/// What a gold job did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoldJobReport {
+    /// Bronze files refined by reconciliation (timer runs).
+    pub reconcile: Option<ReconcileReport>,
+    /// Silver files not yet in gold when the job started.
+    pub pending_silver_files: usize,
+    /// The threshold applied (`None` when asked to build).
+    pub threshold: Option<usize>,
+    /// Whether a census change recorded in the latest manifest was due.
+    pub census_due: bool,
+    /// The build, or why there was none.
+    pub build: Option<BuildOutcome>,
+    /// The committed build that holds the silver files this job was asked to fold in.
+    pub data_build: Option<u64>,
+    /// `true` when another builder committed that build first (this job's work was done for it).
+    pub built_by_another: bool,
+    /// The warehouse load, when one ran.
+    pub load: Option<Value>,
+    /// Wall seconds of the build.
+    pub build_seconds: f64,
+    /// Wall seconds of the load.
+    pub load_seconds: f64,
+    /// One line for humans.
+    pub summary: String,
+}
+
+/// Whether a census flip recorded in `m` (some partition's `next_change_us`) is due at `now`.
+pub fn census_due(m: &Manifest, now: &NaiveDateTime) -> bool {
+    let now = to_micros(now);
+    m.fact_patient_flow.values().any(|p| p.next_change_us.is_some_and(|t| t <= now))
+}
+
+fn holds(m: &Manifest, wanted: &[String]) -> bool {
+    let folded: HashSet<&str> = m.silver_files.iter().map(String::as_str).collect();
+    wanted.iter().all(|f| folded.contains(f.as_str()))
+}
+
+/// Runs the job: reconcile (timer), build if warranted, load the latest build.
+pub async fn run(
+    lake: &Lake,
+    loader: &dyn Loader,
+    options: &JobOptions,
+) -> std::result::Result<GoldJobReport, JobError> {
+    let mut summary = Vec::new();
+    let (threshold, reconciled) = match options.trigger {
+        Trigger::Timer { min_new_files, reconcile_max_files } => {
+            let r = reconcile::reconcile(lake, reconcile_max_files).await?;
+            if r.missing > 0 {
+                summary.push(r.summary());
+            }
+            (Some(min_new_files), Some(r))
+        }
+        Trigger::Request => (None, None),
+    };
+    let (latest, pending) = gold::pending(lake).await?;
+    let due = latest.as_ref().is_some_and(|m| census_due(m, &options.now));
+    let mut report = GoldJobReport {
+        reconcile: reconciled,
+        pending_silver_files: pending.len(),
+        threshold,
+        census_due: due,
+        build: None,
+        data_build: latest.as_ref().map(|m| m.build),
+        built_by_another: false,
+        load: None,
+        build_seconds: 0.0,
+        load_seconds: 0.0,
+        summary: String::new(),
+    };
+    match threshold {
+        Some(t) if pending.len() <= t && !due => summary.push(format!(
+            "{} new silver files, not more than the threshold of {t}, and no census change due: no build",
+            pending.len()
+        )),
+        _ => {
+            let wanted: Vec<String> = pending.iter().map(ToString::to_string).collect();
+            let started = Instant::now();
+            build(lake, options, &wanted, &mut report, &mut summary).await?;
+            report.build_seconds = started.elapsed().as_secs_f64();
+        }
+    }
+    // Bring the warehouse up to the latest build, also when an earlier load failed after its build.
+    if let Some(latest) = manifest::latest(lake).await? {
+        let started = Instant::now();
+        if let Some(loaded) = loader.load(lake, &latest).await.map_err(JobError::Load)? {
+            report.load_seconds = started.elapsed().as_secs_f64();
+            summary.extend(loaded.summary);
+            report.load = Some(loaded.metrics);
+        }
+    }
+    report.summary = summary.join("; ");
+    Ok(report)
+}
+
+async fn build(
+    lake: &Lake,
+    options: &JobOptions,
+    wanted: &[String],
+    report: &mut GoldJobReport,
+    summary: &mut Vec<String>,
+) -> Result<()> {
+    let gold_options = GoldOptions {
+        max_files_per_build: options.max_files_per_build,
+        ..GoldOptions::new(options.now, options.retention)
+    };
+    for attempt in 1..=MAX_BUILD_ATTEMPTS {
+        match gold::build_all(lake, &gold_options).await {
+            Ok((outcome, _)) => {
+                summary.push(match &outcome {
+                    BuildOutcome::Built(m) => format!(
+                        "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
+                        m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
+                    ),
+                    BuildOutcome::NothingNew { .. } => "nothing new for gold".to_string(),
+                });
+                report.data_build = match &outcome {
+                    BuildOutcome::Built(m) => Some(m.build),
+                    BuildOutcome::NothingNew { build } => *build,
+                };
+                report.build = Some(outcome);
+                return Ok(());
+            }
+            Err(Error::Conflict(conflict)) => {
+                let latest = manifest::latest(lake).await?;
+                if let Some(m) = latest.filter(|m| holds(m, wanted)) {
+                    tracing::info!(build = m.build, %conflict, "Another builder committed this job's silver files first.");
+                    summary.push(format!(
+                        "gold build {} holds this job's {} new silver files (committed by another builder first)",
+                        m.build,
+                        wanted.len()
+                    ));
+                    report.data_build = Some(m.build);
+                    report.built_by_another = true;
+                    return Ok(());
+                }
+                if attempt == MAX_BUILD_ATTEMPTS {
+                    return Err(Error::Conflict(conflict));
+                }
+                tracing::warn!(attempt, %conflict, "Another builder committed first without this job's files; building again.");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
