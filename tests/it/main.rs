@@ -3,11 +3,15 @@
 mod adf;
 mod cli;
 mod eventhubs;
+// Compares warehouse KPIs too, so it needs the embedded warehouse.
+#[cfg(feature = "embedded-warehouse")]
 mod exactly_once;
 mod functions;
 mod gold;
 mod pipeline;
 mod properties;
+// `run` loads the embedded warehouse.
+#[cfg(feature = "embedded-warehouse")]
 mod run_clock;
 #[cfg(feature = "embedded-warehouse")]
 mod seed_kpis;
