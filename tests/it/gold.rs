@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, RecordBatch};
 use axum::http::StatusCode;
 use chrono::NaiveDateTime;
@@ -54,9 +54,12 @@ fn strs(b: &RecordBatch, c: &str) -> Vec<String> {
 }
 
 fn opt_ts(b: &RecordBatch, c: &str) -> Vec<Option<String>> {
-    let a = b.column_by_name(c).unwrap().as_primitive::<TimestampMicrosecondType>();
+    // Gold timestamps are UTC milliseconds.
+    let a = b.column_by_name(c).unwrap().as_primitive::<TimestampMillisecondType>();
     (0..a.len())
-        .map(|i| (!a.is_null(i)).then(|| format_naive(&patientflow::model::time::from_micros(a.value(i)).unwrap())))
+        .map(|i| {
+            (!a.is_null(i)).then(|| format_naive(&patientflow::model::time::from_micros(a.value(i) * 1000).unwrap()))
+        })
         .collect()
 }
 

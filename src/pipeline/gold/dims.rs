@@ -6,16 +6,16 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use chrono::{Datelike, Timelike};
 
 use super::input::{Interner, Visit};
 use super::keys::{self, UNKNOWN_DEPARTMENT, UNKNOWN_HOSPITAL};
-use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME};
+use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -164,8 +164,8 @@ pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
     let mut gender = StringBuilder::with_capacity(n, n * 6);
     let mut age = Int32Builder::with_capacity(n);
     let mut hash = Int64Builder::with_capacity(n);
-    let mut from = TimestampMicrosecondBuilder::with_capacity(n);
-    let mut to = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut from = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
+    let mut to = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut current = BooleanBuilder::with_capacity(n);
     for pid in ids {
         for v in &patients[pid] {
@@ -174,8 +174,8 @@ pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
             gender.append_option(v.gender.as_deref());
             age.append_option(v.age);
             hash.append_value(v.attr_hash);
-            from.append_value(v.effective_from);
-            to.append_option(v.effective_to);
+            from.append_value(to_gold_ms(v.effective_from));
+            to.append_option(v.effective_to.map(to_gold_ms));
             current.append_value(v.effective_to.is_none());
         }
     }
@@ -200,8 +200,14 @@ pub fn read_patients(batches: &[RecordBatch], into: &mut Patients, strings: &mut
         let gender = column(b, "gender")?.as_string::<i32>();
         let age = column(b, "age")?.as_primitive::<Int32Type>();
         let hash = column(b, "attr_hash")?.as_primitive::<Int64Type>();
-        let from = column(b, "effective_from")?.as_primitive::<TimestampMicrosecondType>();
-        let to = column(b, "effective_to")?.as_primitive::<TimestampMicrosecondType>();
+        let ts = |name: &str| {
+            gold_column_micros(column(b, name)?.as_ref()).ok_or_else(|| Error::Corrupt {
+                key: "gold".into(),
+                detail: format!("`{name}` is not a millisecond or microsecond timestamp"),
+            })
+        };
+        let from = ts("effective_from")?;
+        let to = ts("effective_to")?;
         for i in 0..b.num_rows() {
             into.entry(strings.get(id.value(i))).or_default().push(PatientVersion {
                 patient_sk: sk.value(i),
