@@ -114,7 +114,7 @@ fn serve_without_a_port_says_how_to_fix_it() {
 }
 
 /// Starts `patientflow serve` on a free port as the host would and waits for `GET /`.
-fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process::Child, u16, Duration) {
+pub(crate) fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process::Child, u16, Duration) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let started = Instant::now();
     let mut child = Command::new(exe)

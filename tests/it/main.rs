@@ -8,3 +8,4 @@ mod gold;
 mod pipeline;
 mod synapse;
 mod util;
+mod warehouse;
