@@ -27,7 +27,7 @@ pub fn gold_ts() -> DataType {
 /// microseconds: what a gold file gives back for `us`. Gold applies it to every timestamp it takes
 /// from silver, so a row read back from gold compares equal to the same row built from silver.
 pub fn gold_precision(us: i64) -> i64 {
-    us.div_euclid(1000) * 1000
+    from_gold_ms(to_gold_ms(us))
 }
 
 /// Microseconds to the milliseconds a gold column stores (floored).
@@ -35,9 +35,10 @@ pub fn to_gold_ms(us: i64) -> i64 {
     us.div_euclid(1000)
 }
 
-/// A gold column's milliseconds back to microseconds.
+/// A gold column's milliseconds back to microseconds (saturating: the floor of the earliest
+/// microsecond instants is not itself representable in microseconds).
 pub fn from_gold_ms(ms: i64) -> i64 {
-    ms * 1000
+    ms.saturating_mul(1000)
 }
 
 /// A gold timestamp column as naive microseconds (the pipeline's unit): milliseconds (what gold
@@ -178,3 +179,26 @@ pub static FACT_PATIENT_FLOW: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("visit_date", DataType::Date32, false),
     ])
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::TimestampMillisecondArray;
+
+    #[test]
+    fn gold_precision_floors_to_the_millisecond_and_round_trips_through_a_gold_column() {
+        for us in [0, 1, 999, 1000, 1001, -1, -999, -1000, -1001, 1_732_449_600_123_456, i64::MAX, i64::MIN] {
+            let floored = gold_precision(us);
+            assert!(floored <= us, "{us}");
+            assert_eq!(gold_precision(floored), floored, "idempotent at {us}");
+            if us > i64::MIN + 1000 {
+                assert!(us - floored < 1000 && floored % 1000 == 0, "{us}");
+            }
+            let column = TimestampMillisecondArray::from(vec![to_gold_ms(us)]).with_timezone(GOLD_TZ);
+            assert_eq!(gold_column_micros(&column).unwrap().value(0), floored, "{us}");
+        }
+        let legacy = TimestampMicrosecondArray::from(vec![1_732_449_600_123_456]);
+        assert_eq!(gold_column_micros(&legacy).unwrap().value(0), 1_732_449_600_123_456, "µs files read as they are");
+        assert!(gold_column_micros(&arrow_array::Int64Array::from(vec![1])).is_none());
+    }
+}
