@@ -503,6 +503,24 @@ fn python() -> String {
     std::env::var("PATIENTFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// Runs the sqlglot harness (`tests/data/synapse/sqlglot_kinds.py`) on named scripts.
+fn sqlglot_kinds(scripts: &[(String, String)]) -> std::process::Output {
+    use std::io::Write;
+    let input =
+        serde_json::to_vec(&scripts.iter().map(|(n, s)| serde_json::json!({"name": n, "sql": s})).collect::<Vec<_>>())
+            .unwrap();
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synapse/sqlglot_kinds.py");
+    let mut child = Command::new(python())
+        .arg(harness)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Point 8: the DDL and every generated load script parse with an independent T-SQL parser
 /// (sqlglot's `tsql` dialect, strict), as the statements we mean to send.
 #[tokio::test]
@@ -535,21 +553,11 @@ async fn the_ddl_and_every_load_script_parse_as_tsql_with_sqlglot() {
     let (_lake, builds) = three_builds().await;
     let mut scripts = vec![("ddl".to_string(), cut)];
     scripts.extend(load_scripts(&builds));
-    let input =
-        serde_json::to_vec(&scripts.iter().map(|(n, s)| serde_json::json!({"name": n, "sql": s})).collect::<Vec<_>>())
-            .unwrap();
-    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synapse/sqlglot_kinds.py");
-    let mut child = Command::new(python())
-        .arg(harness)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sqlglot_kinds(&scripts);
     assert!(out.status.success(), "sqlglot rejected a script: {}", String::from_utf8_lossy(&out.stderr));
+    // The oracle can say no: a broken statement fails the harness.
+    let broken = sqlglot_kinds(&[("broken".into(), "DELETE FROM dbo.LoadLog WHERE ;".into())]);
+    assert!(!broken.status.success(), "{}", String::from_utf8_lossy(&broken.stdout));
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("sqlglot {}", parsed["version"]);
     let kinds = |name: &str| -> Vec<String> {
