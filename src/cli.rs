@@ -572,7 +572,8 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
             let gold_url = args.gold.synapse.synapse_gold_url.clone().ok_or_else(|| {
                 anyhow::anyhow!("set SYNAPSE_GOLD_URL (e.g. https://mylake.dfs.core.windows.net/gold)")
             })?;
-            print!("{}", synapse::load_sql(&gold_url, &m, &crate::warehouse::fact_changes(&m, &loaded))?);
+            let changes = crate::warehouse::fact_changes(&m, &loaded);
+            print!("{}", synapse::load_sql(&gold_url, &m, &changes, since, &synapse::new_load_id())?);
             Ok(())
         }
     }

@@ -1,5 +1,6 @@
 -- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
 -- DDL in sql/synapse/. No key constraints: loads replace whole partitions inside a transaction.
+-- TIMESTAMP columns hold UTC (gold's UTC instants, stored naive so no session time zone shifts them).
 CREATE TABLE IF NOT EXISTS DimDepartment (
     department_sk BIGINT NOT NULL,
     department    VARCHAR NOT NULL,

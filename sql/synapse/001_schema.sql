@@ -1,8 +1,10 @@
 -- The star schema in an Azure Synapse dedicated SQL pool. Applied by `patientflow warehouse init`;
 -- every statement is guarded, so applying it twice changes nothing.
 -- Facts: HASH-distributed on fact_id (unique, never a date, spreads evenly over the 60 distributions)
--- with a clustered columnstore. Dimensions: REPLICATE (small, joined on every query). Staging:
--- ROUND_ROBIN heaps, the fastest COPY INTO target (reference §8.1–8.2).
+-- with a clustered columnstore. Dimensions: REPLICATE (small, joined on every query). Staging: each
+-- load creates its own ROUND_ROBIN heaps in schema stg, the fastest COPY INTO target (reference
+-- §8.1–8.2), and drops them after. Gold's timestamps arrive as parquet INT64 TIMESTAMP(MILLIS,
+-- UTC), the form COPY INTO maps to datetime2 (it rejects MICROS); DATETIME2 columns hold UTC.
 IF SCHEMA_ID(N'stg') IS NULL EXEC(N'CREATE SCHEMA stg');
 
 IF OBJECT_ID(N'dbo.DimDepartment') IS NULL
@@ -59,22 +61,6 @@ CREATE TABLE dbo.FactPatientFlow (
     visit_date            DATE          NOT NULL
 ) WITH (DISTRIBUTION = HASH(fact_id), CLUSTERED COLUMNSTORE INDEX);
 
-IF OBJECT_ID(N'stg.DimDepartment') IS NULL
-CREATE TABLE stg.DimDepartment WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)
-AS SELECT * FROM dbo.DimDepartment WHERE 1 = 0;
-
-IF OBJECT_ID(N'stg.DimPatient') IS NULL
-CREATE TABLE stg.DimPatient WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)
-AS SELECT * FROM dbo.DimPatient WHERE 1 = 0;
-
-IF OBJECT_ID(N'stg.DimTime') IS NULL
-CREATE TABLE stg.DimTime WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)
-AS SELECT * FROM dbo.DimTime WHERE 1 = 0;
-
-IF OBJECT_ID(N'stg.FactPatientFlow') IS NULL
-CREATE TABLE stg.FactPatientFlow WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)
-AS SELECT * FROM dbo.FactPatientFlow WHERE 1 = 0;
-
 -- Which gold build the pool holds: loading a build already here changes nothing.
 IF OBJECT_ID(N'dbo.LoadLog') IS NULL
 CREATE TABLE dbo.LoadLog (
@@ -91,3 +77,15 @@ CREATE TABLE dbo.LoadedPartition (
     visit_date DATE          NOT NULL,
     source     NVARCHAR(400) NOT NULL
 ) WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
+
+-- One row whose update opens every load's transaction: the row's exclusive lock, held to commit,
+-- makes loads swap one at a time (dedicated pools have no sp_getapplock).
+IF OBJECT_ID(N'dbo.LoadLock') IS NULL
+CREATE TABLE dbo.LoadLock (
+    id       INT          NOT NULL,
+    holder   NVARCHAR(64) NULL,
+    taken_at DATETIME2(6) NULL
+) WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
+
+IF NOT EXISTS (SELECT 1 FROM dbo.LoadLock)
+INSERT INTO dbo.LoadLock (id, holder, taken_at) SELECT 1, NULL, NULL;

@@ -1,12 +1,60 @@
-//! Arrow schemas of every lake table, defined once. Timestamps are naive UTC at microsecond precision
-//! (the seed's convention), stored as `Timestamp(Microsecond, None)`.
+//! Arrow schemas of every lake table, defined once. Bronze, silver and quarantine timestamps are naive
+//! UTC at microsecond precision (the seed's convention), stored as `Timestamp(Microsecond, None)`.
+//! Gold timestamps are UTC instants at millisecond precision, `Timestamp(Millisecond, "UTC")`, which
+//! parquet stores as INT64 `TIMESTAMP(MILLIS, isAdjustedToUTC=true)`: the only INT64 timestamp a
+//! Synapse dedicated pool's COPY INTO reads into `datetime2` (it rejects MICROS and NANOS), and a UTC
+//! instant that Spark, DuckDB and pyarrow read without a session time-zone shift.
 
 use std::sync::{Arc, LazyLock};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{TimestampMicrosecondType, TimestampMillisecondType};
+use arrow_array::{Array, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// The timestamp type every table uses.
+/// The timestamp type of bronze, silver and quarantine.
 pub const TS: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
+
+/// The time zone gold timestamps are marked with.
+pub const GOLD_TZ: &str = "UTC";
+
+/// The timestamp type of every gold table: milliseconds, marked UTC.
+pub fn gold_ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from(GOLD_TZ)))
+}
+
+/// Microseconds (the pipeline's unit) floored to gold's millisecond precision, still in
+/// microseconds: what a gold file gives back for `us`. Gold applies it to every timestamp it takes
+/// from silver, so a row read back from gold compares equal to the same row built from silver.
+pub fn gold_precision(us: i64) -> i64 {
+    from_gold_ms(to_gold_ms(us))
+}
+
+/// Microseconds to the milliseconds a gold column stores (floored).
+pub fn to_gold_ms(us: i64) -> i64 {
+    us.div_euclid(1000)
+}
+
+/// A gold column's milliseconds back to microseconds (saturating: the floor of the earliest
+/// microsecond instants is not itself representable in microseconds).
+pub fn from_gold_ms(ms: i64) -> i64 {
+    ms.saturating_mul(1000)
+}
+
+/// A gold timestamp column as naive microseconds (the pipeline's unit): milliseconds (what gold
+/// writes) are converted; microseconds (gold files written before gold moved to milliseconds) pass
+/// through. `None` when the column is not a millisecond or microsecond timestamp.
+pub fn gold_column_micros(column: &dyn Array) -> Option<TimestampMicrosecondArray> {
+    match column.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            Some(column.as_primitive::<TimestampMillisecondType>().unary(from_gold_ms))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            Some(column.as_primitive::<TimestampMicrosecondType>().clone().with_timezone_opt(None::<&str>))
+        }
+        _ => None,
+    }
+}
 
 fn schema(fields: Vec<Field>) -> SchemaRef {
     Arc::new(Schema::new(fields))
@@ -87,8 +135,8 @@ pub static DIM_PATIENT: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("gender", DataType::Utf8, true),
         Field::new("age", DataType::Int32, true),
         Field::new("attr_hash", DataType::Int64, false),
-        Field::new("effective_from", TS, false),
-        Field::new("effective_to", TS, true),
+        Field::new("effective_from", gold_ts(), false),
+        Field::new("effective_to", gold_ts(), true),
         Field::new("is_current", DataType::Boolean, false),
     ])
 });
@@ -116,8 +164,8 @@ pub static FACT_PATIENT_FLOW: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("department_sk", DataType::Int64, false),
         Field::new("admission_time_key", DataType::Int32, false),
         Field::new("discharge_time_key", DataType::Int32, true),
-        Field::new("admission_time", TS, false),
-        Field::new("discharge_time", TS, true),
+        Field::new("admission_time", gold_ts(), false),
+        Field::new("discharge_time", gold_ts(), true),
         Field::new("admission_date", DataType::Date32, false),
         Field::new("length_of_stay_hours", DataType::Float64, true),
         Field::new("is_currently_admitted", DataType::Boolean, false),
@@ -125,9 +173,32 @@ pub static FACT_PATIENT_FLOW: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("hospital_id", DataType::Int32, true),
         Field::new("partition_id", DataType::Utf8, false),
         Field::new("sequence_number", DataType::Int64, false),
-        Field::new("enqueued_time", TS, false),
+        Field::new("enqueued_time", gold_ts(), false),
         Field::new("bronze_file", DataType::Utf8, false),
-        Field::new("ingested_at", TS, false),
+        Field::new("ingested_at", gold_ts(), false),
         Field::new("visit_date", DataType::Date32, false),
     ])
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::TimestampMillisecondArray;
+
+    #[test]
+    fn gold_precision_floors_to_the_millisecond_and_round_trips_through_a_gold_column() {
+        for us in [0, 1, 999, 1000, 1001, -1, -999, -1000, -1001, 1_732_449_600_123_456, i64::MAX, i64::MIN] {
+            let floored = gold_precision(us);
+            assert!(floored <= us, "{us}");
+            assert_eq!(gold_precision(floored), floored, "idempotent at {us}");
+            if us > i64::MIN + 1000 {
+                assert!(us - floored < 1000 && floored % 1000 == 0, "{us}");
+            }
+            let column = TimestampMillisecondArray::from(vec![to_gold_ms(us)]).with_timezone(GOLD_TZ);
+            assert_eq!(gold_column_micros(&column).unwrap().value(0), floored, "{us}");
+        }
+        let legacy = TimestampMicrosecondArray::from(vec![1_732_449_600_123_456]);
+        assert_eq!(gold_column_micros(&legacy).unwrap().value(0), 1_732_449_600_123_456, "µs files read as they are");
+        assert!(gold_column_micros(&arrow_array::Int64Array::from(vec![1])).is_none());
+    }
+}

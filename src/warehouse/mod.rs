@@ -23,6 +23,9 @@ pub enum Error {
     /// Reading the gold files failed.
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::Error),
+    /// Another process holds the warehouse (a load is in progress) longer than the wait allows.
+    #[error("{0}")]
+    Busy(String),
     /// The warehouse holds a newer build than the one offered.
     #[error("warehouse already holds build {loaded}, newer than build {offered}; nothing loaded")]
     Newer {

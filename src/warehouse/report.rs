@@ -73,12 +73,30 @@ pub struct Report {
     pub quarantine_by_reason: BTreeMap<String, u64>,
 }
 
+/// The widest a text cell is rendered, in characters; longer values end in an ellipsis (the JSON
+/// output carries them whole).
+pub const MAX_CELL_CHARS: usize = 60;
+
 fn cell(v: &Value) -> String {
-    match v {
+    let text = match v {
         Value::Null => "—".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    };
+    match text.char_indices().nth(MAX_CELL_CHARS - 1) {
+        Some((end, _)) if text.chars().count() > MAX_CELL_CHARS => format!("{}…", &text[..end]),
+        _ => text,
     }
+}
+
+/// `value` right-aligned in `width` characters. Padded by hand: `format!`'s width argument panics
+/// past 65,535.
+fn pad_left(value: &str, width: usize) -> String {
+    let len = value.chars().count();
+    let mut out = String::with_capacity(value.len() + width.saturating_sub(len));
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
+    out.push_str(value);
+    out
 }
 
 impl Report {
@@ -91,14 +109,23 @@ impl Report {
         for s in &self.sections {
             out.push_str(&format!("\n{}\n", s.title));
             let cells: Vec<Vec<String>> = s.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
-            let widths: Vec<usize> = (0..s.columns.len())
-                .map(|i| cells.iter().map(|r| r[i].len()).chain([s.columns[i].len()]).max().unwrap_or(0))
+            let columns: Vec<String> = s.columns.iter().map(|c| cell(&Value::String(c.clone()))).collect();
+            let widths: Vec<usize> = (0..columns.len())
+                .map(|i| {
+                    cells
+                        .iter()
+                        .filter_map(|r| r.get(i))
+                        .map(|c| c.chars().count())
+                        .chain([columns[i].chars().count()])
+                        .max()
+                        .unwrap_or(0)
+                })
                 .collect();
             let line = |values: &[String]| {
-                let parts: Vec<String> = values.iter().zip(&widths).map(|(v, w)| format!("{v:>w$}")).collect();
+                let parts: Vec<String> = values.iter().zip(&widths).map(|(v, w)| pad_left(v, *w)).collect();
                 format!("  {}\n", parts.join("  "))
             };
-            out.push_str(&line(&s.columns));
+            out.push_str(&line(&columns));
             for r in &cells {
                 out.push_str(&line(r));
             }
@@ -109,6 +136,7 @@ impl Report {
         out.push_str("\nQuarantined events by reason\n");
         let total: u64 = self.quarantine_by_reason.values().sum();
         for (reason, n) in &self.quarantine_by_reason {
+            let reason = cell(&Value::String(reason.clone()));
             out.push_str(&format!("  {reason:<20} {n:>10}\n"));
         }
         out.push_str(&format!("  {:<20} {total:>10}\n", "total"));

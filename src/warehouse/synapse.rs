@@ -100,11 +100,41 @@ fn plain_lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// How many times a load plans again when another load changed the pool under it.
+const PLAN_ATTEMPTS: usize = 3;
+
 const COPY_OPTIONS: &str = "WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'))";
 
+/// The staging tables of one load: private to it (named by build and load id), so concurrent loads
+/// never see each other's rows.
+fn staging(table: &str, build: u64, load_id: &str) -> String {
+    format!("stg.{table}_b{build}_{load_id}")
+}
+
+/// A fresh load id: 16 hex digits.
+pub fn new_load_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// The SQL batch that loads build `manifest.build` (golden-tested; review it with
-/// `patientflow warehouse sql`).
-pub fn load_sql(gold_url: &str, manifest: &Manifest, changes: &FactChanges) -> Result<String> {
+/// `patientflow warehouse sql`). `changes` were computed against the pool holding build
+/// `loaded_from` (`None`: empty); `load_id` names this load's private staging tables.
+///
+/// Concurrency: staging tables are private to the load, created and filled outside the transaction
+/// (dedicated pools take no DDL inside a user transaction). The transaction starts by updating the
+/// one row of `dbo.LoadLock`, which holds that row's exclusive lock until commit, so loads swap one
+/// at a time (`sp_getapplock` does not exist in dedicated pools). Then it re-reads the loaded build
+/// into `@planned`, and every change is guarded by it: unless the pool still holds `loaded_from`,
+/// nothing changes (a stale build, or a plan made against a state another load has since replaced).
+/// No `IF … BEGIN … END`: one guarded statement per change. The batch ends by selecting the loaded
+/// build, so the caller sees whether its swap happened.
+pub fn load_sql(
+    gold_url: &str,
+    manifest: &Manifest,
+    changes: &FactChanges,
+    loaded_from: Option<u64>,
+    load_id: &str,
+) -> Result<String> {
     let base = gold_url.trim_end_matches('/');
     if !base.starts_with("https://") || !base.contains(".dfs.") {
         return Err(Error::Database(format!(
@@ -112,6 +142,9 @@ pub fn load_sql(gold_url: &str, manifest: &Manifest, changes: &FactChanges) -> R
         )));
     }
     check_setting("SYNAPSE_GOLD_URL", base.trim_start_matches("https://"), &['/'])?;
+    if load_id.is_empty() || load_id.len() > 32 || !load_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Error::Database(format!("load id {load_id:?} must be 1 to 32 letters or digits")));
+    }
     let file = |key: &str| -> Result<String> {
         check_setting("gold file", key, &['/', '='])?;
         Ok(plain_lit(&format!("{base}/{key}")))
@@ -124,69 +157,108 @@ pub fn load_sql(gold_url: &str, manifest: &Manifest, changes: &FactChanges) -> R
         }
         Ok(out.join(", "))
     };
+    let build = manifest.build;
+    let stg = |table: &str| staging(table, build, load_id);
     let mut sql = String::new();
     let w = &mut sql;
-    let _ = writeln!(
-        w,
-        "-- patientflow: load gold build {} ({}) into the dedicated SQL pool.",
-        manifest.build, manifest.build_id
-    );
-    let _ = writeln!(w, "-- 1. Stage: COPY INTO round-robin heaps from the build's parquet files.");
+    let _ = writeln!(w, "-- patientflow: load gold build {build} ({}) into the dedicated SQL pool.", manifest.build_id);
+    let _ =
+        writeln!(w, "-- 1. Stage: COPY INTO round-robin heaps private to this load, from the build's parquet files.");
     for (table, key) in [
-        ("DimDepartment", &manifest.dim_department),
-        ("DimPatient", &manifest.dim_patient),
-        ("DimTime", &manifest.dim_time),
+        ("DimDepartment", Some(&manifest.dim_department)),
+        ("DimPatient", Some(&manifest.dim_patient)),
+        ("DimTime", Some(&manifest.dim_time)),
+        ("FactPatientFlow", None),
     ] {
-        let _ = writeln!(w, "TRUNCATE TABLE stg.{table};");
-        let _ = writeln!(w, "COPY INTO stg.{table} FROM {} {COPY_OPTIONS};", file(key)?);
+        let _ = writeln!(
+            w,
+            "CREATE TABLE {} WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS SELECT * FROM dbo.{table} WHERE 1 = 0;",
+            stg(table)
+        );
+        if let Some(key) = key {
+            let _ = writeln!(w, "COPY INTO {} FROM {} {COPY_OPTIONS};", stg(table), file(key)?);
+        }
     }
-    let _ = writeln!(w, "TRUNCATE TABLE stg.FactPatientFlow;");
     if !changes.replace.is_empty() {
         let sources = changes.replace.iter().map(|(_, f)| file(f)).collect::<Result<Vec<_>>>()?;
-        let _ = writeln!(w, "COPY INTO stg.FactPatientFlow FROM {} {COPY_OPTIONS};", sources.join(",\n    "));
+        let _ = writeln!(w, "COPY INTO {} FROM {} {COPY_OPTIONS};", stg("FactPatientFlow"), sources.join(",\n    "));
     }
-    let _ = writeln!(w, "-- 2. Swap in one transaction; a build already loaded changes nothing.");
+    let _ =
+        writeln!(w, "-- 2. Swap in one transaction, one load at a time (the LoadLock row). Every change is guarded");
+    let _ = writeln!(w, "--    by @planned: the pool must still hold the build this load was planned against.");
     let _ = writeln!(w, "BEGIN TRANSACTION;");
-    let _ = writeln!(w, "IF NOT EXISTS (SELECT 1 FROM dbo.LoadLog WHERE build = {})", manifest.build);
-    let _ = writeln!(w, "BEGIN");
+    let _ = writeln!(w, "UPDATE dbo.LoadLock SET holder = {}, taken_at = SYSUTCDATETIME();", lit(&manifest.build_id));
+    let _ = writeln!(
+        w,
+        "DECLARE @planned BIT = (SELECT CASE WHEN ISNULL(MAX(build), 0) = {} THEN 1 ELSE 0 END FROM dbo.LoadLog);",
+        loaded_from.unwrap_or(0)
+    );
     for table in ["DimDepartment", "DimPatient", "DimTime"] {
-        let _ = writeln!(w, "    DELETE FROM dbo.{table};");
-        let _ = writeln!(w, "    INSERT INTO dbo.{table} SELECT * FROM stg.{table};");
+        let _ = writeln!(w, "DELETE FROM dbo.{table} WHERE @planned = 1;");
+        let _ = writeln!(w, "INSERT INTO dbo.{table} SELECT * FROM {} WHERE @planned = 1;", stg(table));
     }
     let touched: Vec<&String> = changes.replace.iter().map(|(d, _)| d).chain(changes.remove.iter()).collect();
     if !touched.is_empty() {
         let list = days(&mut touched.into_iter())?;
-        let _ = writeln!(w, "    DELETE FROM dbo.FactPatientFlow WHERE visit_date IN ({list});");
-        let _ = writeln!(w, "    DELETE FROM dbo.LoadedPartition WHERE visit_date IN ({list});");
+        let _ = writeln!(w, "DELETE FROM dbo.FactPatientFlow WHERE @planned = 1 AND visit_date IN ({list});");
+        let _ = writeln!(w, "DELETE FROM dbo.LoadedPartition WHERE @planned = 1 AND visit_date IN ({list});");
     }
     if !changes.replace.is_empty() {
-        let _ = writeln!(w, "    INSERT INTO dbo.FactPatientFlow SELECT * FROM stg.FactPatientFlow;");
+        let _ =
+            writeln!(w, "INSERT INTO dbo.FactPatientFlow SELECT * FROM {} WHERE @planned = 1;", stg("FactPatientFlow"));
         // Dedicated pools take no multi-row VALUES: one SELECT per row, UNION ALL.
-        let rows: Vec<String> = changes.replace.iter().map(|(d, f)| format!("SELECT '{d}', {}", lit(f))).collect();
+        let rows: Vec<String> = changes
+            .replace
+            .iter()
+            .enumerate()
+            .map(|(i, (d, f))| {
+                if i == 0 {
+                    format!("SELECT '{d}' AS visit_date, {} AS source", lit(f))
+                } else {
+                    format!("SELECT '{d}', {}", lit(f))
+                }
+            })
+            .collect();
         let _ = writeln!(
             w,
-            "    INSERT INTO dbo.LoadedPartition (visit_date, source)\n        {};",
+            "INSERT INTO dbo.LoadedPartition (visit_date, source)\n    SELECT visit_date, source FROM (\n        {}\n    ) AS p WHERE @planned = 1;",
             rows.join("\n        UNION ALL ")
         );
     }
     let as_of = manifest.as_of.trim_end_matches('Z');
     check_setting("as_of", as_of, &[':'])?;
+    let _ = writeln!(w, "DECLARE @fact_rows BIGINT = (SELECT COUNT_BIG(*) FROM dbo.FactPatientFlow);");
     let _ = writeln!(
         w,
-        "    INSERT INTO dbo.LoadLog (build, build_id, as_of, loaded_at, fact_rows)\n        SELECT {}, {}, '{as_of}', SYSUTCDATETIME(), COUNT_BIG(*) FROM dbo.FactPatientFlow;",
-        manifest.build,
+        "INSERT INTO dbo.LoadLog (build, build_id, as_of, loaded_at, fact_rows)\n    SELECT {build}, {}, '{as_of}', SYSUTCDATETIME(), @fact_rows WHERE @planned = 1;",
         lit(&manifest.build_id)
     );
-    let _ = writeln!(w, "END");
     let _ = writeln!(w, "COMMIT TRANSACTION;");
-    let _ = writeln!(w, "-- 3. Statistics, and rebuild the replicated caches now rather than on the first query.");
+    let _ = writeln!(
+        w,
+        "-- 3. Drop this load's staging; statistics; rebuild the replicated caches now rather than on the first query."
+    );
+    for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
+        let _ = writeln!(w, "DROP TABLE {};", stg(table));
+    }
     for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
         let _ = writeln!(w, "UPDATE STATISTICS dbo.{table};");
     }
     for (table, column) in [("DimDepartment", "department_sk"), ("DimPatient", "patient_sk"), ("DimTime", "time_key")] {
         let _ = writeln!(w, "SELECT TOP 1 {column} FROM dbo.{table};");
     }
+    let _ = writeln!(w, "SELECT MAX(build) AS loaded_build FROM dbo.LoadLog;");
     Ok(sql)
+}
+
+/// Drops one load's staging tables (those that exist): after the load, or after it failed.
+pub fn drop_staging_sql(build: u64, load_id: &str) -> String {
+    let mut sql = String::new();
+    for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
+        let name = staging(table, build, load_id);
+        let _ = writeln!(sql, "IF OBJECT_ID(N'{name}') IS NOT NULL DROP TABLE {name};");
+    }
+    sql
 }
 
 /// Gets an Entra ID access token for the SQL scope.
@@ -286,30 +358,53 @@ impl Synapse {
 impl Warehouse for Synapse {
     async fn load(&self, _lake: &Lake, manifest: &Manifest) -> Result<LoadMetrics> {
         let mut client = self.connect().await?;
-        let (current, loaded) = Self::state(&mut client).await?;
-        match current {
-            Some(b) if b == manifest.build => return Ok(LoadMetrics { build: b, loaded: false, ..Default::default() }),
-            Some(b) if b > manifest.build => return Err(Error::Newer { loaded: b, offered: manifest.build }),
-            _ => {}
+        let failed =
+            |e: tiberius::error::Error| Error::Database(format!("load of build {} failed: {e}", manifest.build));
+        // A load whose swap found another load's build in place (its plan went stale) plans again.
+        for _ in 0..PLAN_ATTEMPTS {
+            let (current, loaded) = Self::state(&mut client).await?;
+            match current {
+                Some(b) if b == manifest.build => {
+                    return Ok(LoadMetrics { build: b, loaded: false, ..Default::default() });
+                }
+                Some(b) if b > manifest.build => return Err(Error::Newer { loaded: b, offered: manifest.build }),
+                _ => {}
+            }
+            let changes = fact_changes(manifest, &loaded);
+            let load_id = new_load_id();
+            let sql = load_sql(&self.config.gold_url, manifest, &changes, current, &load_id)?;
+            let results = match client.simple_query(sql).await {
+                Ok(stream) => stream.into_results().await,
+                Err(e) => Err(e),
+            };
+            let results = match results {
+                Ok(r) => r,
+                Err(e) => {
+                    // Best effort: the staging tables are this load's alone, nobody else drops them.
+                    if let Ok(stream) = client.simple_query(drop_staging_sql(manifest.build, &load_id)).await {
+                        let _ = stream.into_results().await;
+                    }
+                    return Err(failed(e));
+                }
+            };
+            let now = results.last().and_then(|r| r.first()).and_then(|row| row.get::<i64, _>(0)).map(|b| b as u64);
+            if now == Some(manifest.build) {
+                let rows: u64 =
+                    changes.replace.iter().filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows)).sum();
+                return Ok(LoadMetrics {
+                    build: manifest.build,
+                    loaded: true,
+                    partitions_replaced: changes.replace.len() as u64,
+                    fact_rows_written: rows,
+                    fact_rows_total: manifest.rows.get("FactPatientFlow").copied().unwrap_or(0),
+                });
+            }
+            tracing::warn!(build = manifest.build, "Another load changed the pool during this load; planning again.");
         }
-        let changes = fact_changes(manifest, &loaded);
-        let sql = load_sql(&self.config.gold_url, manifest, &changes)?;
-        client
-            .simple_query(sql)
-            .await
-            .map_err(|e| Error::Database(format!("load of build {} failed: {e}", manifest.build)))?
-            .into_results()
-            .await
-            .map_err(|e| Error::Database(format!("load of build {} failed: {e}", manifest.build)))?;
-        let rows: u64 =
-            changes.replace.iter().filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows)).sum();
-        Ok(LoadMetrics {
-            build: manifest.build,
-            loaded: true,
-            partitions_replaced: changes.replace.len() as u64,
-            fact_rows_written: rows,
-            fact_rows_total: manifest.rows.get("FactPatientFlow").copied().unwrap_or(0),
-        })
+        Err(Error::Busy(format!(
+            "build {} was not loaded: other loads changed the pool during {PLAN_ATTEMPTS} attempts; try again",
+            manifest.build
+        )))
     }
 
     async fn loaded_build(&self) -> Result<Option<u64>> {

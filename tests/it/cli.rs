@@ -114,7 +114,7 @@ fn serve_without_a_port_says_how_to_fix_it() {
 }
 
 /// Starts `patientflow serve` on a free port as the host would and waits for `GET /`.
-fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process::Child, u16, Duration) {
+pub(crate) fn start_handler(exe: &std::path::Path, data: &std::path::Path) -> (std::process::Child, u16, Duration) {
     // A build without DuckDB must be told which warehouse; `none` keeps this about the handler.
     let env: &[(&str, &str)] =
         if cfg!(feature = "embedded-warehouse") { &[] } else { &[("PATIENTFLOW_WAREHOUSE", "none")] };

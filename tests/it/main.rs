@@ -17,3 +17,4 @@ mod run_clock;
 mod seed_kpis;
 mod synapse;
 mod util;
+mod warehouse;

@@ -6,16 +6,16 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use chrono::{Datelike, Timelike};
 
 use super::input::{Interner, Visit};
 use super::keys::{self, UNKNOWN_DEPARTMENT, UNKNOWN_HOSPITAL};
-use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME};
+use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -150,8 +150,8 @@ pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
     let mut gender = StringBuilder::with_capacity(n, n * 6);
     let mut age = Int32Builder::with_capacity(n);
     let mut hash = Int64Builder::with_capacity(n);
-    let mut from = TimestampMicrosecondBuilder::with_capacity(n);
-    let mut to = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut from = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
+    let mut to = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut current = BooleanBuilder::with_capacity(n);
     for pid in ids {
         for v in &patients[pid] {
@@ -160,8 +160,8 @@ pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
             gender.append_option(v.gender.as_deref());
             age.append_option(v.age);
             hash.append_value(v.attr_hash);
-            from.append_value(v.effective_from);
-            to.append_option(v.effective_to);
+            from.append_value(to_gold_ms(v.effective_from));
+            to.append_option(v.effective_to.map(to_gold_ms));
             current.append_value(v.effective_to.is_none());
         }
     }
@@ -186,8 +186,14 @@ pub fn read_patients(batches: &[RecordBatch], into: &mut Patients, strings: &mut
         let gender = column(b, "gender")?.as_string::<i32>();
         let age = column(b, "age")?.as_primitive::<Int32Type>();
         let hash = column(b, "attr_hash")?.as_primitive::<Int64Type>();
-        let from = column(b, "effective_from")?.as_primitive::<TimestampMicrosecondType>();
-        let to = column(b, "effective_to")?.as_primitive::<TimestampMicrosecondType>();
+        let ts = |name: &str| {
+            gold_column_micros(column(b, name)?.as_ref()).ok_or_else(|| Error::Corrupt {
+                key: "gold".into(),
+                detail: format!("`{name}` is not a millisecond or microsecond timestamp"),
+            })
+        };
+        let from = ts("effective_from")?;
+        let to = ts("effective_to")?;
         for i in 0..b.num_rows() {
             into.entry(strings.get(id.value(i))).or_default().push(PatientVersion {
                 patient_sk: sk.value(i),
@@ -299,16 +305,17 @@ mod tests {
 
     #[test]
     fn scd2_does_not_depend_on_arrival_order_and_the_latest_record_holds_at_an_instant() {
-        let mut late = visit("a", 10, 41);
+        let mut late = visit("a", 10_000, 41);
         late.enqueued_us = 99;
         late.sequence_number = 99;
-        let records = [visit("a", 10, 40), visit("a", 30, 41), late, visit("a", 20, 40)];
+        let records = [visit("a", 10_000, 40), visit("a", 30_000, 41), late, visit("a", 20_000, 40)];
         let forward = versions("a", &records.iter().collect::<Vec<_>>());
         let backward = versions("a", &records.iter().rev().collect::<Vec<_>>());
         assert_eq!(forward, backward);
+        // Millisecond-aligned, as gold's input is, so the encoded file round-trips exactly.
         // At 10 the later-sent record (age 41) holds; 20 (age 40) then differs; 30 differs again.
         let spans: Vec<_> = forward.iter().map(|x| (x.effective_from, x.age)).collect();
-        assert_eq!(spans, [(10, Some(41)), (20, Some(40)), (30, Some(41))]);
+        assert_eq!(spans, [(10_000, Some(41)), (20_000, Some(40)), (30_000, Some(41))]);
         let mut p = Patients::default();
         p.insert(Arc::from("a"), forward);
         let batch = patients_batch(&p).unwrap();

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use arrow_array::builder::{
     BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 
 use super::dims::{self, PatientVersion};
 use super::input::Visit;
 use super::keys;
-use crate::model::schema::FACT_PATIENT_FLOW;
+use crate::model::schema::{FACT_PATIENT_FLOW, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
 
 /// One visit as stored in gold (derived columns are computed when encoding).
@@ -127,8 +127,8 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
     let mut dept = Int64Builder::with_capacity(n);
     let mut adm_key = Int32Builder::with_capacity(n);
     let mut dis_key = Int32Builder::with_capacity(n);
-    let mut adm = TimestampMicrosecondBuilder::with_capacity(n);
-    let mut dis = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut adm = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
+    let mut dis = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut adm_date = Date32Builder::with_capacity(n);
     let mut los = Float64Builder::with_capacity(n);
     let mut current = BooleanBuilder::with_capacity(n);
@@ -136,9 +136,9 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
     let mut hospital = Int32Builder::with_capacity(n);
     let mut part = StringBuilder::with_capacity(n, n);
     let mut seq = Int64Builder::with_capacity(n);
-    let mut enq = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut enq = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut file = StringBuilder::with_capacity(n, n * 80);
-    let mut ingested = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut visit = Date32Builder::with_capacity(n);
     for r in rows.iter() {
         fact_id.append_value(r.fact_id);
@@ -146,8 +146,8 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
         dept.append_value(r.department_sk);
         adm_key.append_value(keys::time_key(r.admission_us).unwrap_or(keys::UNKNOWN_TIME_KEY));
         dis_key.append_option(r.discharge_us.and_then(keys::time_key));
-        adm.append_value(r.admission_us);
-        dis.append_option(r.discharge_us);
+        adm.append_value(to_gold_ms(r.admission_us));
+        dis.append_option(r.discharge_us.map(to_gold_ms));
         adm_date.append_value(keys::epoch_days(r.admission_us));
         los.append_option(r.length_of_stay_hours());
         current.append_value(r.is_currently_admitted(as_of));
@@ -155,9 +155,9 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
         hospital.append_option(r.hospital_id);
         part.append_value(&r.partition_id);
         seq.append_value(r.sequence_number);
-        enq.append_value(r.enqueued_us);
+        enq.append_value(to_gold_ms(r.enqueued_us));
         file.append_value(&r.bronze_file);
-        ingested.append_value(r.ingested_us);
+        ingested.append_value(to_gold_ms(r.ingested_us));
         visit.append_value(r.visit_date);
     }
     let cols: Vec<ArrayRef> = vec![
@@ -190,18 +190,24 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut FxHashMap<i64, Fact
             b.column_by_name(name)
                 .ok_or_else(|| Error::Corrupt { key: key.to_string(), detail: format!("no `{name}` column") })
         };
+        let ts = |name: &str| {
+            gold_column_micros(col(name)?.as_ref()).ok_or_else(|| Error::Corrupt {
+                key: key.to_string(),
+                detail: format!("`{name}` is not a millisecond or microsecond timestamp"),
+            })
+        };
         let fact_id = col("fact_id")?.as_primitive::<Int64Type>();
         let patient = col("patient_sk")?.as_primitive::<Int64Type>();
         let dept = col("department_sk")?.as_primitive::<Int64Type>();
-        let adm = col("admission_time")?.as_primitive::<TimestampMicrosecondType>();
-        let dis = col("discharge_time")?.as_primitive::<TimestampMicrosecondType>();
+        let adm = ts("admission_time")?;
+        let dis = ts("discharge_time")?;
         let bed = col("bed_id")?.as_primitive::<Int32Type>();
         let hospital = col("hospital_id")?.as_primitive::<Int32Type>();
         let part = col("partition_id")?.as_string::<i32>();
         let seq = col("sequence_number")?.as_primitive::<Int64Type>();
-        let enq = col("enqueued_time")?.as_primitive::<TimestampMicrosecondType>();
+        let enq = ts("enqueued_time")?;
         let file = col("bronze_file")?.as_string::<i32>();
-        let ingested = col("ingested_at")?.as_primitive::<TimestampMicrosecondType>();
+        let ingested = ts("ingested_at")?;
         let visit = col("visit_date")?.as_primitive::<arrow_array::types::Date32Type>();
         for i in 0..b.num_rows() {
             into.insert(
@@ -283,7 +289,9 @@ mod tests {
         assert!(!r.is_currently_admitted(100 + 7_200_000_000));
         assert_eq!(r.next_change(200), Some(100 + 7_200_000_000));
         assert_eq!(r.next_change(100 + 7_200_000_000), None);
-        let mut rows = vec![r];
+        // Gold stores milliseconds: a row at that precision round-trips exactly.
+        let r = FactRow { admission_us: 1_000, discharge_us: Some(1_000 + 7_200_000_000), enqueued_us: 2_000, ..r };
+        let mut rows = vec![FactRow { ingested_us: 3_000, ..r }];
         let b = encode(&mut rows, 200).unwrap();
         let mut back = FxHashMap::default();
         decode("k", &[b], &mut back).unwrap();

@@ -8,6 +8,7 @@ use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 
 use super::keys;
+use crate::model::schema::gold_precision;
 use crate::pipeline::{Error, Result};
 
 /// Shares one allocation per distinct string (patient ids, genders, departments, partitions, file
@@ -40,11 +41,11 @@ pub struct Visit {
     pub age: Option<i32>,
     /// Department.
     pub department: Option<Arc<str>>,
-    /// Admission time (imputed when missing or future), µs.
+    /// Admission time (imputed when missing or future), µs floored to gold's milliseconds.
     pub admission_us: i64,
-    /// Admission time as sent, µs (part of the visit's natural key).
+    /// Admission time as sent, µs (part of the visit's natural key: kept at full precision).
     pub admission_sent_us: Option<i64>,
-    /// Discharge time, µs.
+    /// Discharge time, µs floored to gold's milliseconds.
     pub discharge_us: Option<i64>,
     /// Bed id.
     pub bed_id: Option<i32>,
@@ -56,7 +57,7 @@ pub struct Visit {
     pub partition_id: Arc<str>,
     /// Sequence number.
     pub sequence_number: i64,
-    /// Enqueued time, µs.
+    /// Enqueued time, µs floored to gold's milliseconds.
     pub enqueued_us: i64,
     /// Bronze file.
     pub bronze_file: Arc<str>,
@@ -115,15 +116,15 @@ pub fn visits(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>, strings:
                 gender,
                 age: (!age.is_null(i)).then(|| age.value(i)),
                 department,
-                admission_us: admission.value(i),
+                admission_us: gold_precision(admission.value(i)),
                 admission_sent_us: (!admission_sent.is_null(i)).then(|| admission_sent.value(i)),
-                discharge_us: (!discharge.is_null(i)).then(|| discharge.value(i)),
+                discharge_us: (!discharge.is_null(i)).then(|| gold_precision(discharge.value(i))),
                 bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
                 hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
                 event_hub: strings.get(hub.value(i)),
                 partition_id: strings.get(partition.value(i)),
                 sequence_number: seq.value(i),
-                enqueued_us: enqueued.value(i),
+                enqueued_us: gold_precision(enqueued.value(i)),
                 bronze_file: Arc::clone(&file),
             });
         }

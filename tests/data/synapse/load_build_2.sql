@@ -1,33 +1,40 @@
 -- patientflow: load gold build 2 (0000000002-49f472282212438c) into the dedicated SQL pool.
--- 1. Stage: COPY INTO round-robin heaps from the build's parquet files.
-TRUNCATE TABLE stg.DimDepartment;
-COPY INTO stg.DimDepartment FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/dim_department.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
-TRUNCATE TABLE stg.DimPatient;
-COPY INTO stg.DimPatient FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/dim_patient.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
-TRUNCATE TABLE stg.DimTime;
-COPY INTO stg.DimTime FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/dim_time.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
-TRUNCATE TABLE stg.FactPatientFlow;
-COPY INTO stg.FactPatientFlow FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/fact_patient_flow/visit_date=2026-11-24.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
--- 2. Swap in one transaction; a build already loaded changes nothing.
+-- 1. Stage: COPY INTO round-robin heaps private to this load, from the build's parquet files.
+CREATE TABLE stg.DimDepartment_b2_0123456789abcdef WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS SELECT * FROM dbo.DimDepartment WHERE 1 = 0;
+COPY INTO stg.DimDepartment_b2_0123456789abcdef FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/dim_department.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
+CREATE TABLE stg.DimPatient_b2_0123456789abcdef WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS SELECT * FROM dbo.DimPatient WHERE 1 = 0;
+COPY INTO stg.DimPatient_b2_0123456789abcdef FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/dim_patient.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
+CREATE TABLE stg.DimTime_b2_0123456789abcdef WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS SELECT * FROM dbo.DimTime WHERE 1 = 0;
+COPY INTO stg.DimTime_b2_0123456789abcdef FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/dim_time.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
+CREATE TABLE stg.FactPatientFlow_b2_0123456789abcdef WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS SELECT * FROM dbo.FactPatientFlow WHERE 1 = 0;
+COPY INTO stg.FactPatientFlow_b2_0123456789abcdef FROM 'https://mylake.dfs.core.windows.net/gold/builds/0000000002-49f472282212438c/fact_patient_flow/visit_date=2026-11-24.parquet' WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'));
+-- 2. Swap in one transaction, one load at a time (the LoadLock row). Every change is guarded
+--    by @planned: the pool must still hold the build this load was planned against.
 BEGIN TRANSACTION;
-IF NOT EXISTS (SELECT 1 FROM dbo.LoadLog WHERE build = 2)
-BEGIN
-    DELETE FROM dbo.DimDepartment;
-    INSERT INTO dbo.DimDepartment SELECT * FROM stg.DimDepartment;
-    DELETE FROM dbo.DimPatient;
-    INSERT INTO dbo.DimPatient SELECT * FROM stg.DimPatient;
-    DELETE FROM dbo.DimTime;
-    INSERT INTO dbo.DimTime SELECT * FROM stg.DimTime;
-    DELETE FROM dbo.FactPatientFlow WHERE visit_date IN ('2026-11-24');
-    DELETE FROM dbo.LoadedPartition WHERE visit_date IN ('2026-11-24');
-    INSERT INTO dbo.FactPatientFlow SELECT * FROM stg.FactPatientFlow;
-    INSERT INTO dbo.LoadedPartition (visit_date, source)
-        SELECT '2026-11-24', N'builds/0000000002-49f472282212438c/fact_patient_flow/visit_date=2026-11-24.parquet';
-    INSERT INTO dbo.LoadLog (build, build_id, as_of, loaded_at, fact_rows)
-        SELECT 2, N'0000000002-49f472282212438c', '2026-11-24T12:00:00.000000', SYSUTCDATETIME(), COUNT_BIG(*) FROM dbo.FactPatientFlow;
-END
+UPDATE dbo.LoadLock SET holder = N'0000000002-49f472282212438c', taken_at = SYSUTCDATETIME();
+DECLARE @planned BIT = (SELECT CASE WHEN ISNULL(MAX(build), 0) = 1 THEN 1 ELSE 0 END FROM dbo.LoadLog);
+DELETE FROM dbo.DimDepartment WHERE @planned = 1;
+INSERT INTO dbo.DimDepartment SELECT * FROM stg.DimDepartment_b2_0123456789abcdef WHERE @planned = 1;
+DELETE FROM dbo.DimPatient WHERE @planned = 1;
+INSERT INTO dbo.DimPatient SELECT * FROM stg.DimPatient_b2_0123456789abcdef WHERE @planned = 1;
+DELETE FROM dbo.DimTime WHERE @planned = 1;
+INSERT INTO dbo.DimTime SELECT * FROM stg.DimTime_b2_0123456789abcdef WHERE @planned = 1;
+DELETE FROM dbo.FactPatientFlow WHERE @planned = 1 AND visit_date IN ('2026-11-24');
+DELETE FROM dbo.LoadedPartition WHERE @planned = 1 AND visit_date IN ('2026-11-24');
+INSERT INTO dbo.FactPatientFlow SELECT * FROM stg.FactPatientFlow_b2_0123456789abcdef WHERE @planned = 1;
+INSERT INTO dbo.LoadedPartition (visit_date, source)
+    SELECT visit_date, source FROM (
+        SELECT '2026-11-24' AS visit_date, N'builds/0000000002-49f472282212438c/fact_patient_flow/visit_date=2026-11-24.parquet' AS source
+    ) AS p WHERE @planned = 1;
+DECLARE @fact_rows BIGINT = (SELECT COUNT_BIG(*) FROM dbo.FactPatientFlow);
+INSERT INTO dbo.LoadLog (build, build_id, as_of, loaded_at, fact_rows)
+    SELECT 2, N'0000000002-49f472282212438c', '2026-11-24T12:00:00.000000', SYSUTCDATETIME(), @fact_rows WHERE @planned = 1;
 COMMIT TRANSACTION;
--- 3. Statistics, and rebuild the replicated caches now rather than on the first query.
+-- 3. Drop this load's staging; statistics; rebuild the replicated caches now rather than on the first query.
+DROP TABLE stg.DimDepartment_b2_0123456789abcdef;
+DROP TABLE stg.DimPatient_b2_0123456789abcdef;
+DROP TABLE stg.DimTime_b2_0123456789abcdef;
+DROP TABLE stg.FactPatientFlow_b2_0123456789abcdef;
 UPDATE STATISTICS dbo.DimDepartment;
 UPDATE STATISTICS dbo.DimPatient;
 UPDATE STATISTICS dbo.DimTime;
@@ -35,3 +42,4 @@ UPDATE STATISTICS dbo.FactPatientFlow;
 SELECT TOP 1 department_sk FROM dbo.DimDepartment;
 SELECT TOP 1 patient_sk FROM dbo.DimPatient;
 SELECT TOP 1 time_key FROM dbo.DimTime;
+SELECT MAX(build) AS loaded_build FROM dbo.LoadLog;

@@ -1,0 +1,319 @@
+//! The embedded warehouse under the conditions it meets in use: loads of different builds racing
+//! (checked by referential integrity and against the gold files), `report` beside a running handler
+//! and beside a load in progress, and a report whose text would not fit a formatting width.
+
+#![cfg(feature = "embedded-warehouse")]
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use patientflow::local_host::envelopes;
+use patientflow::pipeline::gold::{self, GoldOptions, manifest::Manifest};
+use patientflow::storage::Lake;
+use patientflow::warehouse::Warehouse;
+use patientflow::warehouse::embedded::Embedded;
+use serde_json::Value;
+
+use crate::util::{self, event, land};
+
+const NOW: &str = "2026-11-24T12:00:00";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_patientflow"))
+}
+
+/// Six builds; each adds a day with two new patients in a new department, and from the second on
+/// gives patient P1a a new age (a new DimPatient version): every build's dimensions differ.
+async fn six_builds() -> (Lake, Vec<Manifest>) {
+    let (state, lake) = util::memory().await;
+    let opts = GoldOptions::new(util::now(), Duration::from_secs(30 * 86_400));
+    let mut builds = Vec::new();
+    for k in 1..=6i64 {
+        let day = format!("2026-11-{:02}", 10 + k);
+        let ward = format!("Ward{k}");
+        let mut events = vec![
+            event(&format!("P{k}a"), "Female", 30 + k, &ward, k, 1, &format!("{day}T0{k}:15:00"), None),
+            event(
+                &format!("P{k}b"),
+                "Male",
+                50 + k,
+                &ward,
+                k,
+                2,
+                &format!("{day}T1{k}:00:00.250"),
+                Some(&format!("{day}T23:00:00")),
+            ),
+        ];
+        if k > 1 {
+            events.push(event("P1a", "Female", 60 + k, "Ward1", 1, 3, &format!("{day}T08:00:00"), None));
+        }
+        land(&state, &lake, "0", 10 * k, &events).await;
+        match gold::build(&lake, &opts).await.unwrap() {
+            gold::BuildOutcome::Built(m) => assert_eq!(m.build, k as u64),
+            other => panic!("expected build {k}, got {other:?}"),
+        }
+        builds.push(gold::manifest::read(&lake, k as u64).await.unwrap());
+    }
+    (lake, builds)
+}
+
+/// What the warehouse holds, read back through its own connection.
+#[derive(Debug)]
+struct Held {
+    build: Option<i64>,
+    orphans: Vec<(&'static str, i64)>,
+    patients: Vec<i64>,
+    departments: Vec<i64>,
+    hours: Vec<i64>,
+    facts: i64,
+    partitions: Vec<(String, String)>,
+}
+
+async fn held(w: &Embedded) -> Held {
+    w.with_conn(|c| {
+        let one = |sql: &str| c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0)).unwrap();
+        let ints = |sql: &str| -> Vec<i64> {
+            let mut s = c.prepare(sql).unwrap();
+            s.query_map([], |r| r.get::<_, i64>(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let mut s = c.prepare("SELECT visit_date, file FROM LoadedPartition ORDER BY 1").unwrap();
+        let partitions = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        let orphan_sql = [
+            ("patient_sk", "patient_sk NOT IN (SELECT patient_sk FROM DimPatient)"),
+            ("department_sk", "department_sk NOT IN (SELECT department_sk FROM DimDepartment)"),
+            ("admission_time_key", "admission_time_key NOT IN (SELECT time_key FROM DimTime)"),
+            (
+                "discharge_time_key",
+                "discharge_time_key IS NOT NULL AND discharge_time_key NOT IN (SELECT time_key FROM DimTime)",
+            ),
+        ];
+        Ok(Held {
+            build: one("SELECT max(build) FROM LoadLog"),
+            orphans: orphan_sql
+                .iter()
+                .map(|(k, w)| (*k, one(&format!("SELECT count(*) FROM FactPatientFlow WHERE {w}")).unwrap()))
+                .collect(),
+            patients: ints("SELECT patient_sk FROM DimPatient ORDER BY 1"),
+            departments: ints("SELECT department_sk FROM DimDepartment ORDER BY 1"),
+            hours: ints("SELECT time_key FROM DimTime ORDER BY 1"),
+            facts: one("SELECT count(*) FROM FactPatientFlow").unwrap(),
+            partitions,
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// One i64/i32 column of a gold file, sorted.
+async fn gold_keys(lake: &Lake, file: &str, column: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for b in gold::read_table(lake, file).await.unwrap() {
+        let a = b.column_by_name(column).unwrap();
+        match a.data_type() {
+            arrow_schema::DataType::Int64 => out.extend(a.as_primitive::<Int64Type>().values().iter().copied()),
+            _ => out.extend(a.as_primitive::<Int32Type>().values().iter().map(|v| i64::from(*v))),
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Point 4, embedded: loads of six builds race (in changing orders, through two handles on one
+/// file, as the timer and the Data Factory job would); afterwards the warehouse holds exactly the
+/// newest build — its dimensions, its fact days, its LoadLog entry — and every fact's keys resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_loads_of_different_builds_leave_one_consistent_build() {
+    let (lake, builds) = six_builds().await;
+    let newest = builds.last().unwrap();
+    let expected_patients = gold_keys(&lake, &newest.dim_patient, "patient_sk").await;
+    let expected_departments = gold_keys(&lake, &newest.dim_department, "department_sk").await;
+    let expected_hours = gold_keys(&lake, &newest.dim_time, "time_key").await;
+    let expected_partitions: Vec<(String, String)> =
+        newest.fact_patient_flow.iter().map(|(d, p)| (d.clone(), p.file.clone())).collect();
+    assert!(expected_patients.len() > 12, "SCD2 versions of P1a");
+
+    for round in 0..6usize {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.duckdb");
+        let handles = [Arc::new(Embedded::open(&path).unwrap()), Arc::new(Embedded::open(&path).unwrap())];
+        let mut order: Vec<usize> = (0..builds.len()).collect();
+        order.rotate_left(round % builds.len());
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut tasks = Vec::new();
+        for (i, b) in order.into_iter().chain([0, 5, 2]).enumerate() {
+            let w = Arc::clone(&handles[i % 2]);
+            let (lake, m) = (lake.clone(), builds[b].clone());
+            tasks.push(tokio::spawn(async move { (m.build, w.load(&lake, &m).await) }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                (_, Ok(_)) | (_, Err(patientflow::warehouse::Error::Newer { .. })) => {}
+                (build, Err(e)) => panic!("round {round}: load of build {build} failed: {e}"),
+            }
+        }
+        let h = held(&handles[0]).await;
+        assert!(h.orphans.iter().all(|(_, n)| *n == 0), "round {round}: facts with unknown keys: {:?}", h.orphans);
+        assert_eq!(h.build, Some(newest.build as i64), "round {round}: LoadLog");
+        assert_eq!(h.patients, expected_patients, "round {round}: DimPatient is the newest build's");
+        assert_eq!(h.departments, expected_departments, "round {round}: DimDepartment");
+        assert_eq!(h.hours, expected_hours, "round {round}: DimTime");
+        assert_eq!(h.partitions, expected_partitions, "round {round}: LoadedPartition");
+        assert_eq!(h.facts as u64, newest.rows["FactPatientFlow"], "round {round}: fact rows");
+
+        // A stale load afterwards changes nothing.
+        let stale = handles[1].load(&lake, &builds[2]).await;
+        assert!(matches!(stale, Err(patientflow::warehouse::Error::Newer { loaded: 6, offered: 3 })), "{stale:?}");
+        let again = held(&handles[1]).await;
+        assert_eq!((again.patients, again.partitions), (h.patients, h.partitions));
+    }
+}
+
+/// POSTs a JSON envelope to the running handler; returns the status and the JSON body.
+fn post(port: u16, function: &str, body: &Value) -> (u16, Value) {
+    let body = serde_json::to_vec(body).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /{function} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-azure-functions-invocationid: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null));
+    (status, json.unwrap_or(Value::Null))
+}
+
+fn report_json(data: &std::path::Path, tz: &str) -> Value {
+    let out = bin()
+        .args(["report", "--format", "json", "--data-dir"])
+        .arg(data)
+        .env_remove("LAKE")
+        .env_remove("PATIENTFLOW_WAREHOUSE")
+        .env("TZ", tz)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Point 9: `serve` holds the warehouse file only while it loads, so `report` (another process)
+/// reads it while the handler runs; and the KPIs are the same in any session time zone (gold's UTC
+/// timestamps land in `TIMESTAMP` columns, never shifted).
+#[test]
+fn report_reads_the_warehouse_while_the_handler_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A gold build in the lake, not yet in any warehouse.
+    let run = bin()
+        .args(["run", "--format", "json", "--count", "500", "--now", NOW, "--data-dir"])
+        .arg(&data)
+        .env_remove("LAKE")
+        .env("PATIENTFLOW_WAREHOUSE", "none")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let (handler, port, _) = crate::cli::start_handler(std::path::Path::new(env!("CARGO_BIN_EXE_patientflow")), &data);
+    let mut handler = KillOnDrop(handler);
+    let now = patientflow::model::time::parse_utc(NOW).unwrap();
+    let (status, body) = post(port, "build_gold", &envelopes::timer("build_gold", &now, false, "g"));
+    assert_eq!(status, 200, "{body}");
+    let load = &body["ReturnValue"]["load"];
+    assert_eq!((load["build"].as_u64(), load["loaded"].as_bool()), (Some(1), Some(true)), "{body}");
+    assert!(handler.0.try_wait().unwrap().is_none(), "the handler is still running");
+    let utc = report_json(&data, "UTC");
+    assert_eq!(utc["build"], 1);
+    assert!(utc["sections"].as_array().is_some_and(|s| s.len() == 5), "{utc}");
+    let elsewhere = report_json(&data, "America/Los_Angeles");
+    assert_eq!(utc, elsewhere, "the session time zone shifts nothing");
+    assert!(handler.0.try_wait().unwrap().is_none(), "the handler is still running");
+}
+
+/// Stops the handler however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Point 9: a reader that meets a load in progress (another process holding the file) waits a
+/// little, then fails with a message that says so — no DuckDB lock text to decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_during_a_load_waits_then_says_a_load_is_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let w = Embedded::open(&data.join("warehouse.duckdb")).unwrap();
+    let data_for_report = data.clone();
+    // Hold the file as a load does, and run `report` meanwhile.
+    let out = w
+        .with_conn(move |_held| {
+            Ok(bin()
+                .args(["report", "--data-dir"])
+                .arg(&data_for_report)
+                .env_remove("LAKE")
+                .env_remove("PATIENTFLOW_WAREHOUSE")
+                .output()
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(101), "no panic: {stderr}");
+    assert!(stderr.contains("a load is in progress") && stderr.contains("try again"), "{stderr}");
+    // Once the load is over, the same command reads.
+    assert!(w.loaded_build().await.unwrap().is_none());
+    let ok = bin().args(["report", "--data-dir"]).arg(&data).env_remove("LAKE").output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+/// Point 11: a 70,000-character department (past `format!`'s 65,535 width limit) is rendered
+/// truncated with an ellipsis in text, and whole in JSON.
+#[test]
+fn a_70000_character_department_is_truncated_in_text_and_whole_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let department = "Cardiology ".repeat(7_000);
+    assert_eq!(department.chars().count(), 77_000);
+    let department = department.chars().take(70_000).collect::<String>();
+    let input = dir.path().join("in.ndjson");
+    let line = serde_json::json!({
+        "patient_id": "long", "gender": "Female", "age": 50, "department": department,
+        "admission_time": "2026-11-24T08:00:00", "bed_id": 1, "hospital_id": 1,
+    });
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    let run = bin()
+        .args(["run", "--format", "json", "--now", NOW, "--input"])
+        .arg(&input)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("LAKE")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let text = bin().args(["report", "--data-dir"]).arg(&data).env_remove("LAKE").output().unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(text.status.success(), "exit {:?}: {}", text.status.code(), String::from_utf8_lossy(&text.stderr));
+    assert!(stdout.contains("Cardiology Cardiology") && stdout.contains('…'), "{stdout}");
+    let widest = stdout.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest < 300, "a readable table, not a 70,000-character line ({widest})");
+
+    let json = report_json(&data, "UTC");
+    let census = json["sections"].as_array().unwrap().iter().find(|s| s["name"] == "census_by_hospital_department");
+    let rows = census.unwrap()["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r[1].as_str() == Some(department.as_str())), "the full value in JSON");
+}
