@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use axum::http::StatusCode;
@@ -107,7 +107,12 @@ pub async fn snapshot(lake: &Lake) -> BTreeMap<&'static str, Vec<String>> {
                     .zip(b.columns())
                     .filter(|(f, _)| !matches!(f.name().as_str(), "bronze_file" | "ingested_at"))
                     .map(|(f, c)| {
-                        let v = arrow_cast::display::array_value_to_string(c, i).unwrap();
+                        // Timestamps as µs numbers: arrow's display cannot name the "UTC" zone
+                        // without chrono-tz, and the number is the value itself.
+                        let v = match f.data_type() {
+                            DataType::Timestamp(..) => format!("{:?}", micros_of(c.as_ref())[i]),
+                            _ => arrow_cast::display::array_value_to_string(c, i).unwrap(),
+                        };
                         format!("{}={v}", f.name())
                     })
                     .collect();
@@ -126,10 +131,24 @@ fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a dyn Array {
 
 /// A timestamp column as µs, whatever unit and zone the table stores.
 pub fn micros(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
-    let target = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let a = arrow_cast::cast(b.column_by_name(name).unwrap(), &target).unwrap();
-    let a = a.as_primitive::<TimestampMicrosecondType>();
-    (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i))).collect()
+    micros_of(b.column_by_name(name).unwrap().as_ref())
+}
+
+/// A timestamp column's values in µs since the epoch, whatever its unit (gold: ms, silver: µs),
+/// saturating at the ends of i64 instead of turning into nulls as a cast would.
+fn micros_of(a: &dyn Array) -> Vec<Option<i64>> {
+    let values: Vec<Option<i64>> = match a.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            let a = a.as_primitive::<TimestampMillisecondType>();
+            (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i).saturating_mul(1000))).collect()
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let a = a.as_primitive::<TimestampMicrosecondType>();
+            (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i))).collect()
+        }
+        other => panic!("not a ms or µs timestamp column: {other}"),
+    };
+    values
 }
 
 /// The SCD2 rules on a committed build: a patient's versions never overlap and leave no gap; every

@@ -306,7 +306,7 @@ mod tests {
     #[test]
     fn scd2_does_not_depend_on_arrival_order_and_the_latest_record_holds_at_an_instant() {
         let mut late = visit("a", 10_000, 41);
-        late.enqueued_us = 99;
+        late.enqueued_us = 99_000;
         late.sequence_number = 99;
         let records = [visit("a", 10_000, 40), visit("a", 30_000, 41), late, visit("a", 20_000, 40)];
         let forward = versions("a", &records.iter().collect::<Vec<_>>());
