@@ -191,12 +191,12 @@ async fn racing_the_timer_and_gold_jobs_fails_no_callback_and_leaves_no_orphans(
     let rounds = 12;
     const JOBS: usize = 3;
     for round in 0..rounds {
-        // Discharges between the jobs' clock (12:00) and the timer's (12:01 on): builders with
-        // different clocks see census changes due in each other's builds, and race more.
+        // Discharges between the builders' clocks (12:00:00–12:00:10 for jobs, 12:01 on for the
+        // timer): each sees census changes due in the others' builds, and they race more.
         let bodies: Vec<Vec<u8>> = (0..20)
             .map(|i| {
                 let id = format!("R{round}-{i}");
-                let discharge = format!("2026-11-24T12:00:{:02}", 10 + i);
+                let discharge = format!("2026-11-24T12:00:{:02}", 2 + i);
                 event(&id, "Male", 40, "ICU", 1, i + 1, "2026-11-24T01:00:00", Some(&discharge))
             })
             .collect();
@@ -208,9 +208,12 @@ async fn racing_the_timer_and_gold_jobs_fails_no_callback_and_leaves_no_orphans(
             })
             .collect();
         let mut tasks = Vec::new();
-        for job in jobs {
+        for (j, job) in jobs.into_iter().enumerate() {
             let app = app.clone();
-            tasks.push(tokio::spawn(async move { call(&app, "gold_job", &queue(&job)).await }));
+            // Each job on its own clock (the host's UtcNow): racing builds differ, as in production.
+            let mut envelope = queue(&job);
+            envelope["Metadata"]["sys"]["UtcNow"] = json!(format!("2026-11-24T12:00:{:02}Z", 5 * j));
+            tasks.push(tokio::spawn(async move { call(&app, "gold_job", &envelope).await }));
         }
         let t = timer.clone();
         let minute = format!("2026-11-24T12:{:02}:00", round + 1);
@@ -236,8 +239,13 @@ async fn racing_the_timer_and_gold_jobs_fails_no_callback_and_leaves_no_orphans(
     let latest = manifest::latest(&lake).await.unwrap().unwrap();
     assert_eq!(latest.silver_files.len(), rounds as usize);
 
+    let mut committed = std::collections::HashSet::new();
+    for n in manifest::build_numbers(&lake).await.unwrap() {
+        committed.extend(manifest::read(&lake, n).await.unwrap().files());
+    }
     let files = lake.list(Container::Gold, &object_store::path::Path::from("builds")).await.unwrap();
-    eprintln!("{} build files before the cleanup", files.len());
+    let losers = files.iter().filter(|f| !committed.contains(f.location.as_ref())).count();
+    eprintln!("{} build files before the cleanup, {losers} of them from builds that never committed", files.len());
     gold::cleanup(&lake, &GoldOptions::new(util::now(), Duration::from_secs(3600))).await.unwrap();
     let mut referenced = std::collections::HashSet::new();
     for n in manifest::build_numbers(&lake).await.unwrap() {
