@@ -80,7 +80,10 @@ mod tests {
         };
         // The fact day is unchanged since build `fact_from`: its file stays in that folder.
         let file = format!("{}/fact_patient_flow/visit_date=2026-11-24.parquet", dir(fact_from));
-        m.fact_patient_flow.insert("2026-11-24".into(), FactPartition { file, rows: 1, next_change_us: None, discharge_days: Default::default() });
+        m.fact_patient_flow.insert(
+            "2026-11-24".into(),
+            FactPartition { file, rows: 1, next_change_us: None, discharge_days: Default::default() },
+        );
         m
     }
 
