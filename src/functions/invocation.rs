@@ -4,6 +4,8 @@
 //! and URIs arrive JSON-encoded a second time (`"\"x\""`, `"[1,2]"`), objects do not, and a single
 //! binary value is plain base64.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -86,32 +88,41 @@ impl InvokeRequest {
 
 /// Undoes the host's second JSON encoding of a value: a string that holds JSON becomes that JSON.
 /// Objects (and strings that are not JSON) are returned as they are.
-pub fn unwrap_json(v: &Value) -> Value {
+///
+/// Borrows what needs no decoding: a batch's event array arrives as a real JSON array of base64
+/// strings, the bulk of a request, and is never copied.
+pub fn unwrap_json(v: &Value) -> Cow<'_, Value> {
     match v {
-        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
-        other => other.clone(),
+        Value::String(s) => serde_json::from_str(s).map_or(Cow::Borrowed(v), Cow::Owned),
+        other => Cow::Borrowed(other),
     }
 }
 
 /// A host string value (double-encoded: `"\"abc\""`), tolerating the single-encoded form.
 pub fn host_string(v: &Value) -> Option<String> {
     match unwrap_json(v) {
-        Value::String(s) => Some(s),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        Cow::Owned(Value::String(s)) => Some(s),
+        Cow::Borrowed(Value::String(s)) => Some(s.clone()),
+        other => other.as_number().map(ToString::to_string),
     }
 }
 
 /// A host array value (`"[1,2]"` or a real array).
-pub fn host_array(name: &str, v: &Value) -> Result<Vec<Value>, FunctionError> {
+/// A real array is borrowed, not copied; only a double-encoded one is parsed.
+pub fn host_array<'a>(name: &str, v: &'a Value) -> Result<Cow<'a, [Value]>, FunctionError> {
     match unwrap_json(v) {
-        Value::Array(a) => Ok(a),
+        Cow::Borrowed(Value::Array(a)) => Ok(Cow::Borrowed(a.as_slice())),
+        Cow::Owned(Value::Array(a)) => Ok(Cow::Owned(a)),
         _ => Err(FunctionError::BadRequest(format!("Metadata.{name} is not an array"))),
     }
 }
 
 /// An optional metadata array, checked to have `len` entries when present.
-pub fn metadata_array(req: &InvokeRequest, name: &str, len: usize) -> Result<Option<Vec<Value>>, FunctionError> {
+pub fn metadata_array<'a>(
+    req: &'a InvokeRequest,
+    name: &str,
+    len: usize,
+) -> Result<Option<Cow<'a, [Value]>>, FunctionError> {
     let Some(v) = req.metadata.get(name) else { return Ok(None) };
     let a = host_array(name, v)?;
     if a.len() != len {
@@ -144,12 +155,26 @@ mod tests {
 
     #[test]
     fn undoes_exactly_one_level_of_encoding() {
-        assert_eq!(unwrap_json(&json!("[1041,1042]")), json!([1041, 1042]));
-        assert_eq!(unwrap_json(&json!("\"hello\"")), json!("hello"));
-        assert_eq!(unwrap_json(&json!({"a": 1})), json!({"a": 1}));
-        assert_eq!(unwrap_json(&json!("plain text")), json!("plain text"));
+        assert_eq!(*unwrap_json(&json!("[1041,1042]")), json!([1041, 1042]));
+        assert_eq!(*unwrap_json(&json!("\"hello\"")), json!("hello"));
+        assert_eq!(*unwrap_json(&json!({"a": 1})), json!({"a": 1}));
+        assert_eq!(*unwrap_json(&json!("plain text")), json!("plain text"));
         assert_eq!(host_string(&json!("\"https://acct/x\"")).as_deref(), Some("https://acct/x"));
         assert_eq!(host_string(&json!("1041")).as_deref(), Some("1041"));
+    }
+
+    #[test]
+    fn a_real_array_is_borrowed_and_only_an_encoded_one_is_parsed() {
+        // The batch's events (a real array of base64 strings) are the bulk of a request: no copy.
+        let events = json!(["eyJhIjoxfQ==", "eyJhIjoyfQ=="]);
+        let a = host_array("events", &events).unwrap();
+        assert!(matches!(a, Cow::Borrowed(_)), "a real array must be borrowed");
+        assert!(std::ptr::eq(a.as_ptr(), events.as_array().unwrap().as_ptr()));
+        let encoded = json!("[1041,1042]");
+        let a = host_array("SequenceNumberArray", &encoded).unwrap();
+        assert!(matches!(a, Cow::Owned(_)));
+        assert_eq!(&*a, &[json!(1041), json!(1042)]);
+        assert!(host_array("x", &json!({"a": 1})).is_err());
     }
 
     #[test]

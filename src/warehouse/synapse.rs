@@ -21,6 +21,8 @@ use crate::storage::Lake;
 
 /// The star-schema DDL, applied by `patientflow warehouse init`.
 pub const SCHEMA: &str = include_str!("../../sql/synapse/001_schema.sql");
+/// The seed notebook's KPI queries as views (parity checks while migrating), applied after [`SCHEMA`].
+pub const SEED_KPI_VIEWS: &str = include_str!("../../sql/synapse/002_seed_kpi_views.sql");
 
 /// Longest a TCP connection to the pool may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -324,13 +326,15 @@ impl Synapse {
     /// Applies the schema DDL (idempotent).
     pub async fn init(&self) -> Result<()> {
         let mut client = self.connect().await?;
-        client
-            .simple_query(SCHEMA)
-            .await
-            .map_err(|e| Error::Database(e.to_string()))?
-            .into_results()
-            .await
-            .map_err(|e| Error::Database(e.to_string()))?;
+        for script in [SCHEMA, SEED_KPI_VIEWS] {
+            client
+                .simple_query(script)
+                .await
+                .map_err(|e| Error::Database(e.to_string()))?
+                .into_results()
+                .await
+                .map_err(|e| Error::Database(e.to_string()))?;
+        }
         Ok(())
     }
 

@@ -548,8 +548,16 @@ async fn the_ddl_and_every_load_script_parse_as_tsql_with_sqlglot() {
         .replace(", CLUSTERED INDEX (time_key))", ")");
     assert!(!cut.contains("CLUSTERED") && !cut.contains("EXEC"), "every cut is listed above");
 
+    // The seed-KPI views are created through `EXEC(N'…')` (CREATE VIEW must start its batch): the
+    // dynamic SQL itself is what is parsed, unescaped.
+    let views_sql = include_str!("../../sql/synapse/002_seed_kpi_views.sql");
+    let views: Vec<String> =
+        views_sql.split("EXEC(N'").skip(1).map(|rest| rest.split("');").next().unwrap().replace("''", "'")).collect();
+    assert_eq!(views.len(), 2, "both seed views are created through EXEC");
+    assert!(views.iter().all(|v| v.starts_with("CREATE VIEW dbo.Seed")));
+
     let (_lake, builds) = three_builds().await;
-    let mut scripts = vec![("ddl".to_string(), cut)];
+    let mut scripts = vec![("ddl".to_string(), cut), ("seed views".to_string(), views.join(";\n"))];
     scripts.extend(load_scripts(&builds));
     let out = sqlglot_kinds(&scripts);
     assert!(out.status.success(), "sqlglot rejected a script: {}", String::from_utf8_lossy(&out.stderr));
@@ -571,10 +579,11 @@ async fn the_ddl_and_every_load_script_parse_as_tsql_with_sqlglot() {
     }
     ddl_kinds.extend(v(&["IfBlock", "Insert"]));
     assert_eq!(kinds("ddl"), ddl_kinds);
+    assert_eq!(kinds("seed views"), v(&["Create", "Create"]));
 
     // A load: 4 × (CTAS staging table [+ COPY INTO]), the locked and re-checked swap, the staging
     // dropped, statistics (sqlglot has no UPDATE STATISTICS: a command), the cache warm-up, the outcome.
-    for (name, sql) in &scripts[1..] {
+    for (name, sql) in &scripts[2..] {
         let mut expected = Vec::new();
         if name == "failed-load cleanup" {
             for _ in 0..4 {
