@@ -13,7 +13,7 @@ use arrow_schema::{DataType, TimeUnit};
 use axum::http::StatusCode;
 use chrono::NaiveDateTime;
 use patientflow::app::AppState;
-use patientflow::local_host::envelopes::{self, HubEvent, HubPartition};
+use patientflow::local_host::envelopes;
 use patientflow::model::time::parse_utc;
 use patientflow::pipeline::gold::{self, BuildOutcome, GoldOptions, manifest};
 use patientflow::storage::keys::BatchStem;
@@ -42,24 +42,7 @@ pub struct Sent {
 /// Delivers `events` (one partition) as one host batch, then refines the bronze file, as the host
 /// would. A batch with the same first and last sequence numbers as an earlier one is a replay.
 pub async fn deliver(state: &AppState, lake: &Lake, events: &[&Sent]) {
-    let partition = &events[0].partition;
-    let hub_events: Vec<HubEvent> = events
-        .iter()
-        .map(|e| HubEvent {
-            body: e.body.clone(),
-            sequence_number: e.seq,
-            offset: 1000 * e.seq,
-            enqueued_time: e.enqueued,
-            partition_key: None,
-        })
-        .collect();
-    let hub = HubPartition {
-        namespace: "ns.servicebus.windows.net",
-        event_hub: "patient-flow",
-        consumer_group: "$Default",
-        partition_id: partition,
-    };
-    let envelope = envelopes::event_hub_batch(&hub, &hub_events, &util::now(), "guid");
+    let envelope = util::hub_batch(&events[0].partition, events.iter().map(|e| (e.seq, e.enqueued, e.body.clone())));
     let (status, response) = call(state, "ingest_bronze", &envelope).await;
     assert_eq!(status, StatusCode::OK, "{response}");
     let stem = BatchStem::parse_key(response["ReturnValue"]["key"].as_str().unwrap()).unwrap();

@@ -73,14 +73,23 @@ pub async fn call(state: &AppState, function: &str, envelope: &Value) -> (Status
 /// An Event Hubs batch envelope for `bodies` on partition `p`, sequence numbers from `first_seq`,
 /// enqueued one millisecond apart from [`now`].
 pub fn batch(p: &str, first_seq: i64, bodies: &[Vec<u8>]) -> Value {
-    let events: Vec<HubEvent> = bodies
+    let events = bodies
         .iter()
         .enumerate()
-        .map(|(i, b)| HubEvent {
-            body: b.clone(),
-            sequence_number: first_seq + i as i64,
-            offset: 1000 * (first_seq + i as i64),
-            enqueued_time: now() + chrono::Duration::milliseconds(i as i64),
+        .map(|(i, b)| (first_seq + i as i64, now() + chrono::Duration::milliseconds(i as i64), b.clone()));
+    hub_batch(p, events)
+}
+
+/// An Event Hubs batch envelope on partition `p` of `(sequence number, enqueued time, body)`
+/// events, offsets 1000 × the sequence number, as the host sends it.
+pub fn hub_batch(p: &str, events: impl IntoIterator<Item = (i64, chrono::NaiveDateTime, Vec<u8>)>) -> Value {
+    let events: Vec<HubEvent> = events
+        .into_iter()
+        .map(|(seq, enqueued_time, body)| HubEvent {
+            body,
+            sequence_number: seq,
+            offset: 1000 * seq,
+            enqueued_time,
             partition_key: None,
         })
         .collect();
