@@ -60,7 +60,7 @@ enum WarehouseCommand {
         /// The build (default: the latest).
         #[arg(long)]
         build: Option<u64>,
-        /// Diff fact days against this build, as if the pool held it (default: an empty pool).
+        /// Copy only the files this build lacks, as if the pool held it (default: an empty pool).
         #[arg(long)]
         since: Option<u64>,
         #[command(flatten)]
@@ -563,16 +563,15 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
                 Some(n) => manifest::read(&lake, n).await?,
                 None => manifest::latest(&lake).await?.ok_or_else(|| anyhow::anyhow!("gold has no build yet"))?,
             };
+            // The pool holds build `since`: exactly its files.
             let loaded = match since {
-                Some(n) => {
-                    manifest::read(&lake, n).await?.fact_patient_flow.into_iter().map(|(d, p)| (d, p.file)).collect()
-                }
+                Some(n) => crate::warehouse::loaded_files(&manifest::read(&lake, n).await?),
                 None => Default::default(),
             };
             let gold_url = args.gold.synapse.synapse_gold_url.clone().ok_or_else(|| {
                 anyhow::anyhow!("set SYNAPSE_GOLD_URL (e.g. https://mylake.dfs.core.windows.net/gold)")
             })?;
-            let changes = crate::warehouse::fact_changes(&m, &loaded);
+            let changes = crate::warehouse::file_changes(&m, &loaded);
             print!("{}", synapse::load_sql(&gold_url, &m, &changes, since, &synapse::new_load_id())?);
             Ok(())
         }

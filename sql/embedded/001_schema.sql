@@ -1,5 +1,5 @@
 -- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
--- DDL in sql/synapse/. No key constraints: loads replace whole partitions inside a transaction.
+-- DDL in sql/synapse/. No key constraints: a load replaces rows by key inside a transaction.
 -- TIMESTAMP columns hold UTC (gold's UTC instants, stored naive so no session time zone shifts them).
 CREATE TABLE IF NOT EXISTS DimDepartment (
     department_sk BIGINT NOT NULL,
@@ -59,8 +59,9 @@ CREATE TABLE IF NOT EXISTS LoadLog (
     fact_rows BIGINT NOT NULL
 );
 
--- The gold file each fact partition was loaded from, so a load replaces only changed days.
-CREATE TABLE IF NOT EXISTS LoadedPartition (
-    visit_date VARCHAR NOT NULL,
+-- The gold files the warehouse holds rows of (gold tables are sets of immutable files): a load adds
+-- the build's files not listed here and forgets listed ones the build no longer has.
+CREATE TABLE IF NOT EXISTS LoadedFile (
+    table_name VARCHAR NOT NULL,
     file       VARCHAR NOT NULL
 );

@@ -71,10 +71,11 @@ CREATE TABLE dbo.LoadLog (
     fact_rows BIGINT       NOT NULL
 ) WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
 
--- The gold file each fact day was loaded from, so a load replaces only changed days.
-IF OBJECT_ID(N'dbo.LoadedPartition') IS NULL
-CREATE TABLE dbo.LoadedPartition (
-    visit_date DATE          NOT NULL,
+-- The gold files the pool holds rows of (gold tables are sets of immutable files): a load copies the
+-- build's files not listed here and forgets listed ones the build no longer has.
+IF OBJECT_ID(N'dbo.LoadedFile') IS NULL
+CREATE TABLE dbo.LoadedFile (
+    table_name NVARCHAR(64)  NOT NULL,
     source     NVARCHAR(400) NOT NULL
 ) WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
 

@@ -118,10 +118,9 @@ pub struct GoldJobReport {
     pub summary: String,
 }
 
-/// Whether a census flip recorded in `m` (some partition's `next_change_us`) is due at `now`.
+/// Whether a census flip recorded in `m` (some fact file's `next_change_us`) is due at `now`.
 pub fn census_due(m: &Manifest, now: &NaiveDateTime) -> bool {
-    let now = to_micros(now);
-    m.fact_patient_flow.values().any(|p| p.next_change_us.is_some_and(|t| t <= now))
+    m.next_change_us().is_some_and(|t| t <= to_micros(now))
 }
 
 fn holds(m: &Manifest, wanted: &[String]) -> bool {
@@ -236,4 +235,29 @@ async fn build(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::time::parse_utc;
+    use crate::pipeline::gold::manifest::{FactPartition, TableFile};
+
+    /// A census flip is due when any fact file of any partition records one at or before the clock.
+    #[test]
+    fn a_census_flip_of_any_fact_file_is_due() {
+        let now = parse_utc("2026-11-24T12:00:00").unwrap();
+        let at = |h: i64| Some(to_micros(&(now + chrono::Duration::hours(h))));
+        let file =
+            |next: Option<i64>| TableFile { file: "f".into(), rows: 1, next_change_us: next, ..Default::default() };
+        let mut m = Manifest::default();
+        assert!(!census_due(&m, &now), "no facts");
+        m.fact_patient_flow
+            .insert("a".into(), FactPartition { files: vec![file(None), file(at(2))], discharge_days: vec![] });
+        assert!(!census_due(&m, &now));
+        m.fact_patient_flow
+            .insert("b".into(), FactPartition { files: vec![file(at(5)), file(at(0))], discharge_days: vec![] });
+        assert!(census_due(&m, &now), "b's second file flips now");
+        assert!(census_due(&m, &(now + chrono::Duration::hours(2))));
+    }
 }

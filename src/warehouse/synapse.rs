@@ -1,11 +1,14 @@
-//! The Azure Synapse dedicated SQL pool loader. Loading gold build N: `COPY INTO` round-robin staging
-//! heaps straight from the build's parquet files in ADLS Gen2 (`.dfs` endpoint, the workspace's managed
-//! identity), then, in one transaction, replace the replicated dimensions and the fact days whose gold
-//! file changed and record N in `dbo.LoadLog`; then refresh statistics and the replicated caches.
+//! The Azure Synapse dedicated SQL pool loader. Gold tables are sets of immutable parquet files and
+//! the pool records which ones it holds (`dbo.LoadedFile`). Loading gold build N: `COPY INTO`
+//! round-robin staging heaps straight from the build's files the pool does not hold (ADLS Gen2,
+//! `.dfs` endpoint, the workspace's managed identity; one COPY per staging table, its files listed),
+//! then, in one transaction: delete the rows whose keys are in an added file that is not `fresh`
+//! (one set-based DELETE per table), insert the staged rows, replace DimDepartment and DimTime whole
+//! when their file changed, record the added files and forget the removed ones, and record N in
+//! `dbo.LoadLog`; then refresh statistics and the replicated caches of the tables that changed.
 //! No MERGE: its `WHEN NOT MATCHED … INSERT` is not allowed on REPLICATE targets (reference §8.3).
 //! Statements go as SQL batches (`simple_query`): Synapse rejects tiberius' `sp_executesql` RPC form.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::{Error, FactChanges, LoadMetrics, Result, Warehouse, fact_changes};
+use super::{Error, FileChanges, GoldFile, LoadMetrics, LoadedFiles, Result, Table, Warehouse, file_changes};
 use crate::pipeline::gold::manifest::Manifest;
 use crate::storage::Lake;
 
@@ -107,10 +110,29 @@ const PLAN_ATTEMPTS: usize = 3;
 
 const COPY_OPTIONS: &str = "WITH (FILE_TYPE = 'PARQUET', CREDENTIAL = (IDENTITY = 'Managed Identity'))";
 
-/// The staging tables of one load: private to it (named by build and load id), so concurrent loads
+/// What a staging table holds: an added file's rows that replace rows of earlier builds (their
+/// keys are deleted first), or rows of `fresh` files (appended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Staged {
+    Replacing,
+    Fresh,
+}
+
+/// Every staging table a load may create: (table, kind).
+const STAGING: [(Table, Staged); 6] = [
+    (Table::DimDepartment, Staged::Replacing),
+    (Table::DimPatient, Staged::Replacing),
+    (Table::DimPatient, Staged::Fresh),
+    (Table::DimTime, Staged::Replacing),
+    (Table::FactPatientFlow, Staged::Replacing),
+    (Table::FactPatientFlow, Staged::Fresh),
+];
+
+/// A staging table of one load: private to it (named by build and load id), so concurrent loads
 /// never see each other's rows.
-fn staging(table: &str, build: u64, load_id: &str) -> String {
-    format!("stg.{table}_b{build}_{load_id}")
+fn staging(table: Table, kind: Staged, build: u64, load_id: &str) -> String {
+    let fresh = if kind == Staged::Fresh { "Fresh" } else { "" };
+    format!("stg.{table}{fresh}_b{build}_{load_id}")
 }
 
 /// A fresh load id: 16 hex digits.
@@ -118,9 +140,16 @@ pub fn new_load_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The files a staging table is filled from: for DimDepartment and DimTime, their added file (the
+/// table is replaced whole); for the keyed tables, the added files of that kind.
+fn staged_files(changes: &FileChanges, table: Table, kind: Staged) -> Vec<&GoldFile> {
+    changes.added(table).filter(|f| table.key().is_none() || (kind == Staged::Fresh) == f.fresh).collect()
+}
+
 /// The SQL batch that loads build `manifest.build` (golden-tested; review it with
 /// `patientflow warehouse sql`). `changes` were computed against the pool holding build
-/// `loaded_from` (`None`: empty); `load_id` names this load's private staging tables.
+/// `loaded_from` (`None`: empty) and its `LoadedFile`; `load_id` names this load's private staging
+/// tables.
 ///
 /// Concurrency: staging tables are private to the load, created and filled outside the transaction
 /// (dedicated pools take no DDL inside a user transaction). The transaction starts by updating the
@@ -133,7 +162,7 @@ pub fn new_load_id() -> String {
 pub fn load_sql(
     gold_url: &str,
     manifest: &Manifest,
-    changes: &FactChanges,
+    changes: &FileChanges,
     loaded_from: Option<u64>,
     load_id: &str,
 ) -> Result<String> {
@@ -151,39 +180,33 @@ pub fn load_sql(
         check_setting("gold file", key, &['/', '='])?;
         Ok(plain_lit(&format!("{base}/{key}")))
     };
-    let days = |list: &mut dyn Iterator<Item = &String>| -> Result<String> {
-        let mut out = Vec::new();
-        for d in list {
-            check_setting("visit date", d, &[])?;
-            out.push(format!("'{d}'"));
-        }
-        Ok(out.join(", "))
+    let source = |key: &str| -> Result<String> {
+        check_setting("gold file", key, &['/', '='])?;
+        Ok(lit(key))
     };
     let build = manifest.build;
-    let stg = |table: &str| staging(table, build, load_id);
+    let stg = |table: Table, kind: Staged| staging(table, kind, build, load_id);
+    // The staging tables this load fills, with their files.
+    let staged: Vec<(Table, Staged, Vec<&GoldFile>)> = STAGING
+        .iter()
+        .map(|&(t, k)| (t, k, staged_files(changes, t, k)))
+        .filter(|(_, _, files)| !files.is_empty())
+        .collect();
     let mut sql = String::new();
     let w = &mut sql;
     let _ = writeln!(w, "-- patientflow: load gold build {build} ({}) into the dedicated SQL pool.", manifest.build_id);
-    let _ =
-        writeln!(w, "-- 1. Stage: COPY INTO round-robin heaps private to this load, from the build's parquet files.");
-    for (table, key) in [
-        ("DimDepartment", Some(&manifest.dim_department)),
-        ("DimPatient", Some(&manifest.dim_patient)),
-        ("DimTime", Some(&manifest.dim_time)),
-        ("FactPatientFlow", None),
-    ] {
+    let _ = writeln!(
+        w,
+        "-- 1. Stage: COPY INTO round-robin heaps private to this load, from the build's files the pool does not hold."
+    );
+    for (table, kind, files) in &staged {
         let _ = writeln!(
             w,
             "CREATE TABLE {} WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS SELECT * FROM dbo.{table} WHERE 1 = 0;",
-            stg(table)
+            stg(*table, *kind)
         );
-        if let Some(key) = key {
-            let _ = writeln!(w, "COPY INTO {} FROM {} {COPY_OPTIONS};", stg(table), file(key)?);
-        }
-    }
-    if !changes.replace.is_empty() {
-        let sources = changes.replace.iter().map(|(_, f)| file(f)).collect::<Result<Vec<_>>>()?;
-        let _ = writeln!(w, "COPY INTO {} FROM {} {COPY_OPTIONS};", stg("FactPatientFlow"), sources.join(",\n    "));
+        let sources = files.iter().map(|f| file(&f.file)).collect::<Result<Vec<_>>>()?;
+        let _ = writeln!(w, "COPY INTO {} FROM {} {COPY_OPTIONS};", stg(*table, *kind), sources.join(",\n    "));
     }
     let _ =
         writeln!(w, "-- 2. Swap in one transaction, one load at a time (the LoadLock row). Every change is guarded");
@@ -195,35 +218,43 @@ pub fn load_sql(
         "DECLARE @planned BIT = (SELECT CASE WHEN ISNULL(MAX(build), 0) = {} THEN 1 ELSE 0 END FROM dbo.LoadLog);",
         loaded_from.unwrap_or(0)
     );
-    for table in ["DimDepartment", "DimPatient", "DimTime"] {
-        let _ = writeln!(w, "DELETE FROM dbo.{table} WHERE @planned = 1;");
-        let _ = writeln!(w, "INSERT INTO dbo.{table} SELECT * FROM {} WHERE @planned = 1;", stg(table));
+    for table in Table::ALL {
+        if changes.replaces_whole(table) {
+            let _ = writeln!(w, "DELETE FROM dbo.{table} WHERE @planned = 1;");
+        }
+        for (t, kind, _) in staged.iter().filter(|(t, _, _)| *t == table) {
+            if let (Some(key), Staged::Replacing) = (t.key(), kind) {
+                let _ = writeln!(
+                    w,
+                    "DELETE FROM dbo.{table} WHERE @planned = 1 AND {key} IN (SELECT {key} FROM {});",
+                    stg(*t, *kind)
+                );
+            }
+            let _ = writeln!(w, "INSERT INTO dbo.{table} SELECT * FROM {} WHERE @planned = 1;", stg(*t, *kind));
+        }
     }
-    let touched: Vec<&String> = changes.replace.iter().map(|(d, _)| d).chain(changes.remove.iter()).collect();
-    if !touched.is_empty() {
-        let list = days(&mut touched.into_iter())?;
-        let _ = writeln!(w, "DELETE FROM dbo.FactPatientFlow WHERE @planned = 1 AND visit_date IN ({list});");
-        let _ = writeln!(w, "DELETE FROM dbo.LoadedPartition WHERE @planned = 1 AND visit_date IN ({list});");
-    }
-    if !changes.replace.is_empty() {
-        let _ =
-            writeln!(w, "INSERT INTO dbo.FactPatientFlow SELECT * FROM {} WHERE @planned = 1;", stg("FactPatientFlow"));
-        // Dedicated pools take no multi-row VALUES: one SELECT per row, UNION ALL.
-        let rows: Vec<String> = changes
-            .replace
-            .iter()
-            .enumerate()
-            .map(|(i, (d, f))| {
-                if i == 0 {
-                    format!("SELECT '{d}' AS visit_date, {} AS source", lit(f))
-                } else {
-                    format!("SELECT '{d}', {}", lit(f))
-                }
-            })
-            .collect();
+    if !changes.removed.is_empty() {
+        let list = changes.removed.iter().map(|(_, f)| source(f)).collect::<Result<Vec<_>>>()?;
         let _ = writeln!(
             w,
-            "INSERT INTO dbo.LoadedPartition (visit_date, source)\n    SELECT visit_date, source FROM (\n        {}\n    ) AS p WHERE @planned = 1;",
+            "DELETE FROM dbo.LoadedFile WHERE @planned = 1 AND source IN (\n    {}\n);",
+            list.join(",\n    ")
+        );
+    }
+    if !changes.added.is_empty() {
+        // Dedicated pools take no multi-row VALUES: one SELECT per row, UNION ALL.
+        let mut rows = Vec::new();
+        for (i, f) in changes.added.iter().enumerate() {
+            let (table, src) = (lit(f.table.name()), source(&f.file)?);
+            rows.push(if i == 0 {
+                format!("SELECT {table} AS table_name, {src} AS source")
+            } else {
+                format!("SELECT {table}, {src}")
+            });
+        }
+        let _ = writeln!(
+            w,
+            "INSERT INTO dbo.LoadedFile (table_name, source)\n    SELECT table_name, source FROM (\n        {}\n    ) AS f WHERE @planned = 1;",
             rows.join("\n        UNION ALL ")
         );
     }
@@ -236,17 +267,23 @@ pub fn load_sql(
         lit(&manifest.build_id)
     );
     let _ = writeln!(w, "COMMIT TRANSACTION;");
-    let _ = writeln!(
-        w,
-        "-- 3. Drop this load's staging; statistics; rebuild the replicated caches now rather than on the first query."
-    );
-    for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
-        let _ = writeln!(w, "DROP TABLE {};", stg(table));
+    let _ =
+        writeln!(w, "-- 3. Drop this load's staging; statistics and the replicated caches of the tables that changed.");
+    for (table, kind, _) in &staged {
+        let _ = writeln!(w, "DROP TABLE {};", stg(*table, *kind));
     }
-    for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
+    let changed: Vec<Table> =
+        Table::ALL.into_iter().filter(|&t| changes.added(t).next().is_some() || changes.replaces_whole(t)).collect();
+    for table in &changed {
         let _ = writeln!(w, "UPDATE STATISTICS dbo.{table};");
     }
-    for (table, column) in [("DimDepartment", "department_sk"), ("DimPatient", "patient_sk"), ("DimTime", "time_key")] {
+    for table in &changed {
+        let column = match table {
+            Table::DimDepartment => "department_sk",
+            Table::DimPatient => "patient_sk",
+            Table::DimTime => "time_key",
+            Table::FactPatientFlow => continue, // hash-distributed: no replicated cache
+        };
         let _ = writeln!(w, "SELECT TOP 1 {column} FROM dbo.{table};");
     }
     let _ = writeln!(w, "SELECT MAX(build) AS loaded_build FROM dbo.LoadLog;");
@@ -256,8 +293,8 @@ pub fn load_sql(
 /// Drops one load's staging tables (those that exist): after the load, or after it failed.
 pub fn drop_staging_sql(build: u64, load_id: &str) -> String {
     let mut sql = String::new();
-    for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
-        let name = staging(table, build, load_id);
+    for (table, kind) in STAGING {
+        let name = staging(table, kind, build, load_id);
         let _ = writeln!(sql, "IF OBJECT_ID(N'{name}') IS NOT NULL DROP TABLE {name};");
     }
     sql
@@ -338,20 +375,25 @@ impl Synapse {
         Ok(())
     }
 
-    async fn state(client: &mut SqlClient) -> Result<(Option<u64>, BTreeMap<String, String>)> {
+    async fn state(client: &mut SqlClient) -> Result<(Option<u64>, LoadedFiles)> {
         let db = |e: tiberius::error::Error| Error::Database(e.to_string());
         let results = client
-            .simple_query("SELECT MAX(build) FROM dbo.LoadLog; SELECT CONVERT(VARCHAR(10), visit_date, 23), source FROM dbo.LoadedPartition;")
+            .simple_query("SELECT MAX(build) FROM dbo.LoadLog; SELECT table_name, source FROM dbo.LoadedFile;")
             .await
             .map_err(db)?
             .into_results()
             .await
             .map_err(db)?;
         let build = results.first().and_then(|r| r.first()).and_then(|row| row.get::<i64, _>(0)).map(|b| b as u64);
-        let mut loaded = BTreeMap::new();
+        let mut loaded = LoadedFiles::new();
         for row in results.get(1).into_iter().flatten() {
-            if let (Some(d), Some(f)) = (row.get::<&str, _>(0), row.get::<&str, _>(1)) {
-                loaded.insert(d.to_string(), f.to_string());
+            if let (Some(t), Some(f)) = (row.get::<&str, _>(0), row.get::<&str, _>(1)) {
+                let table = Table::parse(t).ok_or_else(|| {
+                    Error::Database(format!(
+                        "dbo.LoadedFile names an unknown table {t:?}; the pool was loaded by another version of patientflow"
+                    ))
+                })?;
+                loaded.insert((table, f.to_string()));
             }
         }
         Ok((build, loaded))
@@ -374,7 +416,7 @@ impl Warehouse for Synapse {
                 Some(b) if b > manifest.build => return Err(Error::Newer { loaded: b, offered: manifest.build }),
                 _ => {}
             }
-            let changes = fact_changes(manifest, &loaded);
+            let changes = file_changes(manifest, &loaded);
             let load_id = new_load_id();
             let sql = load_sql(&self.config.gold_url, manifest, &changes, current, &load_id)?;
             let results = match client.simple_query(sql).await {
@@ -393,14 +435,15 @@ impl Warehouse for Synapse {
             };
             let now = results.last().and_then(|r| r.first()).and_then(|row| row.get::<i64, _>(0)).map(|b| b as u64);
             if now == Some(manifest.build) {
-                let rows: u64 =
-                    changes.replace.iter().filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows)).sum();
                 return Ok(LoadMetrics {
                     build: manifest.build,
                     loaded: true,
-                    partitions_replaced: changes.replace.len() as u64,
-                    fact_rows_written: rows,
+                    files_added: changes.added.len() as u64,
+                    files_removed: changes.removed.len() as u64,
+                    patient_rows_written: changes.added_rows(Table::DimPatient),
+                    fact_rows_written: changes.added_rows(Table::FactPatientFlow),
                     fact_rows_total: manifest.rows.get("FactPatientFlow").copied().unwrap_or(0),
+                    ..Default::default()
                 });
             }
             tracing::warn!(build = manifest.build, "Another load changed the pool during this load; planning again.");

@@ -161,9 +161,26 @@ pub async fn check_invariants(lake: &Lake) {
         }
         assert_eq!(vs.last().unwrap().1, None, "{p}: the last version is open");
     }
+    // Each patient (all its versions) is in exactly one DimPatient file of the build.
+    let mut file_of_patient: HashMap<String, &str> = HashMap::new();
+    for f in &m.dim_patient {
+        let mut here = std::collections::HashSet::new();
+        for b in gold::read_table(lake, &f.file).await.unwrap() {
+            let id = col(&b, "patient_id").as_string::<i32>();
+            here.extend((0..b.num_rows()).map(|i| id.value(i).to_string()));
+        }
+        for p in here {
+            let before = file_of_patient.insert(p.clone(), &f.file);
+            assert!(before.is_none(), "{p} is in two DimPatient files: {before:?} and {}", f.file);
+        }
+    }
     let mut fact_ids = std::collections::HashSet::new();
     for (day, p) in &m.fact_patient_flow {
-        for b in gold::read_table(lake, &p.file).await.unwrap() {
+        let mut batches = Vec::new();
+        for f in &p.files {
+            batches.extend(gold::read_table(lake, &f.file).await.unwrap());
+        }
+        for b in batches {
             let id = col(&b, "fact_id").as_primitive::<Int64Type>();
             let sk = col(&b, "patient_sk").as_primitive::<Int64Type>();
             let adm = micros(&b, "admission_time");

@@ -14,8 +14,8 @@ use arrow_array::types::{Int32Type, Int64Type};
 use patientflow::local_host::envelopes;
 use patientflow::pipeline::gold::{self, GoldOptions, manifest::Manifest};
 use patientflow::storage::Lake;
-use patientflow::warehouse::Warehouse;
 use patientflow::warehouse::embedded::Embedded;
+use patientflow::warehouse::{Warehouse, loaded_files};
 use serde_json::Value;
 
 use crate::util::{self, event, land};
@@ -70,7 +70,7 @@ struct Held {
     departments: Vec<i64>,
     hours: Vec<i64>,
     facts: i64,
-    partitions: Vec<(String, String)>,
+    files: Vec<(String, String)>,
 }
 
 async fn held(w: &Embedded) -> Held {
@@ -80,8 +80,8 @@ async fn held(w: &Embedded) -> Held {
             let mut s = c.prepare(sql).unwrap();
             s.query_map([], |r| r.get::<_, i64>(0)).unwrap().map(Result::unwrap).collect()
         };
-        let mut s = c.prepare("SELECT visit_date, file FROM LoadedPartition ORDER BY 1").unwrap();
-        let partitions = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        let mut s = c.prepare("SELECT table_name, file FROM LoadedFile ORDER BY 1, 2").unwrap();
+        let files = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
         let orphan_sql = [
             ("patient_sk", "patient_sk NOT IN (SELECT patient_sk FROM DimPatient)"),
             ("department_sk", "department_sk NOT IN (SELECT department_sk FROM DimDepartment)"),
@@ -101,17 +101,21 @@ async fn held(w: &Embedded) -> Held {
             departments: ints("SELECT department_sk FROM DimDepartment ORDER BY 1"),
             hours: ints("SELECT time_key FROM DimTime ORDER BY 1"),
             facts: one("SELECT count(*) FROM FactPatientFlow").unwrap(),
-            partitions,
+            files,
         })
     })
     .await
     .unwrap()
 }
 
-/// One i64/i32 column of a gold file, sorted.
-async fn gold_keys(lake: &Lake, file: &str, column: &str) -> Vec<i64> {
+/// One i64/i32 column of gold files, sorted.
+async fn gold_keys(lake: &Lake, files: &[&str], column: &str) -> Vec<i64> {
     let mut out = Vec::new();
-    for b in gold::read_table(lake, file).await.unwrap() {
+    let mut batches = Vec::new();
+    for file in files {
+        batches.extend(gold::read_table(lake, file).await.unwrap());
+    }
+    for b in batches {
         let a = b.column_by_name(column).unwrap();
         match a.data_type() {
             arrow_schema::DataType::Int64 => out.extend(a.as_primitive::<Int64Type>().values().iter().copied()),
@@ -129,11 +133,12 @@ async fn gold_keys(lake: &Lake, file: &str, column: &str) -> Vec<i64> {
 async fn racing_loads_of_different_builds_leave_one_consistent_build() {
     let (lake, builds) = six_builds().await;
     let newest = builds.last().unwrap();
-    let expected_patients = gold_keys(&lake, &newest.dim_patient, "patient_sk").await;
-    let expected_departments = gold_keys(&lake, &newest.dim_department, "department_sk").await;
-    let expected_hours = gold_keys(&lake, &newest.dim_time, "time_key").await;
-    let expected_partitions: Vec<(String, String)> =
-        newest.fact_patient_flow.iter().map(|(d, p)| (d.clone(), p.file.clone())).collect();
+    let patient_files: Vec<&str> = newest.dim_patient.iter().map(|f| f.file.as_str()).collect();
+    let expected_patients = gold_keys(&lake, &patient_files, "patient_sk").await;
+    let expected_departments = gold_keys(&lake, &[&newest.dim_department], "department_sk").await;
+    let expected_hours = gold_keys(&lake, &[&newest.dim_time], "time_key").await;
+    let expected_files: Vec<(String, String)> =
+        loaded_files(newest).into_iter().map(|(t, f)| (t.name().to_string(), f)).collect();
     assert!(expected_patients.len() > 12, "SCD2 versions of P1a");
 
     for round in 0..6usize {
@@ -163,14 +168,14 @@ async fn racing_loads_of_different_builds_leave_one_consistent_build() {
         assert_eq!(h.patients, expected_patients, "round {round}: DimPatient is the newest build's");
         assert_eq!(h.departments, expected_departments, "round {round}: DimDepartment");
         assert_eq!(h.hours, expected_hours, "round {round}: DimTime");
-        assert_eq!(h.partitions, expected_partitions, "round {round}: LoadedPartition");
+        assert_eq!(h.files, expected_files, "round {round}: LoadedFile");
         assert_eq!(h.facts as u64, newest.rows["FactPatientFlow"], "round {round}: fact rows");
 
         // A stale load afterwards changes nothing.
         let stale = handles[1].load(&lake, &builds[2]).await;
         assert!(matches!(stale, Err(patientflow::warehouse::Error::Newer { loaded: 6, offered: 3 })), "{stale:?}");
         let again = held(&handles[1]).await;
-        assert_eq!((again.patients, again.partitions), (h.patients, h.partitions));
+        assert_eq!((again.patients, again.files), (h.patients, h.files));
     }
 }
 

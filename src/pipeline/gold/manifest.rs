@@ -2,6 +2,11 @@
 //! create-if-absent. A build's table files are written first under their own folder; the manifest
 //! put is the single atomic commit. Readers take the highest manifest, so they see the previous
 //! build or the new one, never a mix; two builds racing for the same number cannot both commit.
+//!
+//! Each gold table is a set of immutable parquet files ([`TableFile`]); a build adds files and
+//! drops others, and loaders follow by the file names alone (see `warehouse::file_changes`).
+//! Manifests written before tables were file sets (one file per fact day and one DimPatient file)
+//! do not deserialize: such a gold is rebuilt from silver (see the README, "Upgrading").
 
 use std::collections::BTreeMap;
 
@@ -17,24 +22,54 @@ pub const MANIFESTS: &str = "_manifests";
 /// Where build files live in the gold container.
 pub const BUILDS: &str = "builds";
 
-/// One fact partition (a visit date) in a build.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FactPartition {
-    /// The parquet file.
+/// One immutable parquet file of a gold table. Files are never rewritten and their names are unique:
+/// a build adds some files to a table and drops others (Delta Lake's model).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFile {
+    /// The file's key in the gold container.
     pub file: String,
     /// Rows in the file.
     pub rows: u64,
-    /// The earliest instant after the build's clock at which some row's `is_currently_admitted`
-    /// flips (an admission or discharge still in the future); `None` when nothing will change.
-    /// A later build past this instant rewrites the partition.
+    /// No row's key (DimPatient: `patient_id`; FactPatientFlow: `fact_id`) is in any file of the
+    /// previous build: a loader appends the file without deleting anything first.
+    #[serde(default)]
+    pub fresh: bool,
+    /// Facts only: the earliest instant after the build's clock at which some row's
+    /// `is_currently_admitted` flips (an admission or discharge still in the future); `None` when
+    /// nothing will change. A later build past this instant rewrites the rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_change_us: Option<i64>,
+}
+
+/// One fact partition (a visit date) in a build: the files that hold its rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactPartition {
+    /// The partition's files; each `fact_id` is in exactly one file of the build.
+    pub files: Vec<TableFile>,
     /// The other days (`YYYY-MM-DD`) whose hours the rows reference (discharges); DimTime holds
     /// every hour of the partition days and of these.
     #[serde(default)]
     pub discharge_days: Vec<String>,
 }
 
+impl FactPartition {
+    /// Rows in the partition (all its files).
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+
+    /// The earliest census flip of any of its files (see [`TableFile::next_change_us`]).
+    pub fn next_change_us(&self) -> Option<i64> {
+        self.files.iter().filter_map(|f| f.next_change_us).min()
+    }
+}
+
 /// The committed state of gold after one build.
+///
+/// Invariants every build keeps (loaders rely on them): within one manifest each `patient_id` is in
+/// exactly one DimPatient file and each `fact_id` in exactly one fact file; a key present in build N
+/// is present in every later build (rows move between files, never vanish); files are immutable
+/// and their names unique.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Build number, from 1.
@@ -45,30 +80,41 @@ pub struct Manifest {
     pub as_of: String,
     /// Every silver file folded into gold so far (sorted).
     pub silver_files: Vec<String>,
-    /// DimDepartment file.
+    /// DimDepartment file (small: loaders replace the table whole).
     pub dim_department: String,
-    /// DimPatient file.
-    pub dim_patient: String,
-    /// DimTime file.
+    /// DimPatient files; each `patient_id` (all its SCD2 versions) is in exactly one.
+    pub dim_patient: Vec<TableFile>,
+    /// DimTime file (small: loaders replace the table whole).
     pub dim_time: String,
     /// FactPatientFlow partitions by visit date (`YYYY-MM-DD`).
     pub fact_patient_flow: BTreeMap<String, FactPartition>,
     /// Row counts per table.
     pub rows: BTreeMap<String, u64>,
-    /// The visit ledger's files by bucket (see `gold::ledger`); `None` in a gold built before the
-    /// ledger existed, which the next build rebuilds from silver.
+    /// Gold-internal files (the visit ledger, see `gold::ledger`); loaders never read them. `None`
+    /// in a gold built before the ledger existed, which the next build rebuilds from silver.
     #[serde(default)]
-    pub ledger: Option<BTreeMap<String, String>>,
+    pub ledger: Option<Vec<TableFile>>,
 }
 
 impl Manifest {
-    /// Every file this build references.
+    /// Every file this build references (the ledger's too).
     pub fn files(&self) -> Vec<String> {
-        let mut files = vec![self.dim_department.clone(), self.dim_patient.clone(), self.dim_time.clone()];
-        files.extend(self.fact_patient_flow.values().map(|p| p.file.clone()));
-        files.extend(self.ledger.iter().flat_map(|l| l.values().cloned()));
+        let mut files = vec![self.dim_department.clone(), self.dim_time.clone()];
+        files.extend(self.dim_patient.iter().map(|f| f.file.clone()));
+        files.extend(self.fact_patient_flow.values().flat_map(|p| p.files.iter().map(|f| f.file.clone())));
+        files.extend(self.ledger.iter().flatten().map(|f| f.file.clone()));
         files.retain(|f| !f.is_empty());
         files
+    }
+
+    /// Every fact file of the build, across partitions.
+    pub fn fact_files(&self) -> impl Iterator<Item = &TableFile> {
+        self.fact_patient_flow.values().flat_map(|p| p.files.iter())
+    }
+
+    /// The earliest census flip recorded in any fact partition.
+    pub fn next_change_us(&self) -> Option<i64> {
+        self.fact_patient_flow.values().filter_map(FactPartition::next_change_us).min()
     }
 }
 
@@ -97,7 +143,14 @@ pub async fn build_numbers(lake: &Lake) -> Result<Vec<u64>> {
 pub async fn read(lake: &Lake, n: u64) -> Result<Manifest> {
     let key = manifest_key(n);
     let bytes = lake.get(Container::Gold, &key).await?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let hint = if e.classify() == serde_json::error::Category::Data {
+            " (a manifest written before gold tables were sets of files is not read: rebuild gold from silver, see the README's \"Upgrading\")"
+        } else {
+            ""
+        };
+        Error::Corrupt { key: key.to_string(), detail: format!("{e}{hint}") }
+    })
 }
 
 /// The latest committed manifest, or `None` before the first build.
@@ -118,5 +171,50 @@ pub async fn commit(lake: &Lake, manifest: &Manifest) -> Result<()> {
             "gold build {} was committed by another builder first; this build's files are discarded",
             manifest.build
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fresh` and `next_change_us` default when absent; `next_change_us` is left out when `None`;
+    /// a partition's rows and next change are over its files; every file is listed, the ledger's too.
+    #[test]
+    fn table_files_round_trip_and_sum_up() {
+        let f: TableFile = serde_json::from_str(r#"{"file":"builds/1/a.parquet","rows":3}"#).unwrap();
+        assert_eq!(f, TableFile { file: "builds/1/a.parquet".into(), rows: 3, fresh: false, next_change_us: None });
+        assert!(!serde_json::to_string(&f).unwrap().contains("next_change_us"));
+        let file = |name: &str, rows: u64, next: Option<i64>| TableFile {
+            file: format!("builds/1/{name}.parquet"),
+            rows,
+            fresh: false,
+            next_change_us: next,
+        };
+        let p = FactPartition {
+            files: vec![file("f1", 3, Some(9)), file("f2", 2, Some(4)), file("f3", 1, None)],
+            discharge_days: vec![],
+        };
+        assert_eq!((p.rows(), p.next_change_us()), (6, Some(4)));
+        let mut m = Manifest {
+            dim_department: "builds/1/dep.parquet".into(),
+            dim_patient: vec![file("p1", 1, None), file("p2", 1, None)],
+            dim_time: "builds/1/time.parquet".into(),
+            ledger: Some(vec![file("l", 1, None)]),
+            ..Default::default()
+        };
+        m.fact_patient_flow.insert("2026-11-24".into(), p);
+        m.fact_patient_flow.insert("2026-11-25".into(), FactPartition::default());
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(m.next_change_us(), Some(4));
+        assert_eq!(m.fact_files().count(), 3);
+        let mut files = m.files();
+        files.sort();
+        let expected: Vec<String> = ["dep", "f1", "f2", "f3", "l", "p1", "p2", "time"]
+            .iter()
+            .map(|n| format!("builds/1/{n}.parquet"))
+            .collect();
+        assert_eq!(files, expected);
     }
 }

@@ -42,7 +42,7 @@ use serde::Serialize;
 use self::dims::{Days, Departments, Patients};
 use self::fact::FactRow;
 use self::input::{Interner, Visit};
-use self::manifest::{BUILDS, FactPartition, Manifest};
+use self::manifest::{BUILDS, FactPartition, Manifest, TableFile};
 use super::{Error, Result};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
 use crate::model::time::{rfc3339, to_micros};
@@ -191,17 +191,17 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         Some(m) if m.ledger.is_none() => {
             tracing::warn!(build = m.build, "Gold predates the visit ledger; rebuilding it from silver.");
             let all = lake.list(Container::Silver, &patient_flow_prefix()).await?;
-            let fresh = Manifest { build: m.build, ledger: Some(BTreeMap::new()), ..Default::default() };
+            let fresh = Manifest { build: m.build, ledger: Some(Vec::new()), ..Default::default() };
             (fresh, all.into_iter().map(|m| m.location).collect())
         }
         Some(m) => (m.clone(), pending_files),
-        None => (Manifest { ledger: Some(BTreeMap::new()), ..Default::default() }, pending_files),
+        None => (Manifest { ledger: Some(Vec::new()), ..Default::default() }, pending_files),
     };
     new_files.truncate(options.max_files_per_build.max(1));
     let due: Vec<i32> = prev
         .fact_patient_flow
         .iter()
-        .filter(|(_, p)| p.next_change_us.is_some_and(|t| t <= as_of))
+        .filter(|(_, p)| p.next_change_us().is_some_and(|t| t <= as_of))
         .filter_map(|(day, _)| day_number(day))
         .collect();
     if new_files.is_empty() && due.is_empty() {
@@ -227,19 +227,28 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     // Dimensions of the previous build (DimTime is derived from the fact days below).
     let mut departments = Departments::new();
     let mut patients = Patients::default();
-    if !prev.dim_patient.is_empty() {
+    if !prev.dim_department.is_empty() {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
-        dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients, &mut strings)?;
+    }
+    for f in &prev.dim_patient {
+        dims::read_patients(&read_table(lake, &f.file).await?, &mut patients, &mut strings)?;
     }
     metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
 
     // The ledger of the buckets of the patients this build sees.
-    let mut ledger_files = prev.ledger.clone().unwrap_or_default();
+    // The ledger's files by bucket name (a file is `<build dir>/ledger/<bucket name>.parquet`).
+    let mut ledger_files: BTreeMap<String, TableFile> = BTreeMap::new();
+    for f in prev.ledger.iter().flatten() {
+        let name = f.file.rsplit('/').next().and_then(|n| n.strip_suffix(".parquet"));
+        let name =
+            name.ok_or_else(|| Error::Corrupt { key: f.file.clone(), detail: "not a ledger bucket file".into() })?;
+        ledger_files.insert(name.to_string(), f.clone());
+    }
     let buckets: BTreeSet<u16> = visits.iter().map(|v| keys::ledger_bucket(&v.patient_id)).collect();
     let mut known = Vec::new();
     for b in &buckets {
-        if let Some(file) = ledger_files.get(&ledger::bucket_name(*b)) {
-            ledger::decode(file, &read_table(lake, file).await?, &mut known, &mut strings)?;
+        if let Some(f) = ledger_files.get(&ledger::bucket_name(*b)) {
+            ledger::decode(&f.file, &read_table(lake, &f.file).await?, &mut known, &mut strings)?;
         }
     }
     drop(strings);
@@ -313,7 +322,9 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     for &day in &touched {
         let mut rows: FxHashMap<i64, FactRow> = FxHashMap::default();
         if let Some(old) = prev.fact_patient_flow.get(&day_name(day)) {
-            fact::decode(&old.file, &read_table(lake, &old.file).await?, &mut rows)?;
+            for f in &old.files {
+                fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut rows)?;
+            }
         }
         for id in leaving.get(&day).into_iter().flatten() {
             if let Some(gone) = rows.remove(id) {
@@ -345,7 +356,9 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         let file = format!("{dir}/fact_patient_flow/visit_date={name}.parquet");
         let n = write_table(lake, &file, &FACT_PATIENT_FLOW, batch).await?;
         let discharge_days = discharge_days.into_iter().map(day_name).collect();
-        partitions.insert(name, FactPartition { file, rows: n, next_change_us, discharge_days });
+        // One file per day, holding rows earlier builds had too: never `fresh`.
+        let files = vec![TableFile { file, rows: n, fresh: false, next_change_us }];
+        partitions.insert(name, FactPartition { files, discharge_days });
         metrics.partitions_written += 1;
     }
 
@@ -363,8 +376,8 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         });
         let name = ledger::bucket_name(b);
         let file = format!("{dir}/ledger/{name}.parquet");
-        write_table(lake, &file, &ledger::LEDGER, ledger::encode(&rows)?).await?;
-        ledger_files.insert(name, file);
+        let rows = write_table(lake, &file, &ledger::LEDGER, ledger::encode(&rows)?).await?;
+        ledger_files.insert(name, TableFile { file, rows, ..Default::default() });
     }
     drop(ledger_rows);
 
@@ -383,12 +396,10 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         "DimDepartment".into(),
         write_table(lake, &dim_department, &DIM_DEPARTMENT, dims::departments_batch(&departments)?).await?,
     );
-    rows.insert(
-        "DimPatient".into(),
-        write_table(lake, &dim_patient, &DIM_PATIENT, dims::patients_batch(&patients)?).await?,
-    );
+    let patient_rows = write_table(lake, &dim_patient, &DIM_PATIENT, dims::patients_batch(&patients)?).await?;
+    rows.insert("DimPatient".into(), patient_rows);
     rows.insert("DimTime".into(), write_table(lake, &dim_time, &DIM_TIME, dims::time_batch(&days)?).await?);
-    rows.insert("FactPatientFlow".into(), partitions.values().map(|p| p.rows).sum());
+    rows.insert("FactPatientFlow".into(), partitions.values().map(FactPartition::rows).sum());
     metrics.rows = rows.clone();
 
     let manifest = Manifest {
@@ -397,11 +408,12 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         as_of: rfc3339(&options.now),
         silver_files: silver_files.into_iter().collect(),
         dim_department,
-        dim_patient,
+        // One file holding every patient: never `fresh`.
+        dim_patient: vec![TableFile { file: dim_patient, rows: patient_rows, ..Default::default() }],
         dim_time,
         fact_patient_flow: partitions,
         rows,
-        ledger: Some(ledger_files),
+        ledger: Some(ledger_files.into_values().collect()),
     };
     manifest::commit(lake, &manifest).await?;
     metrics.files_cleaned = cleanup(lake, options).await.unwrap_or_else(|error| {
@@ -459,14 +471,18 @@ fn day_number(name: &str) -> Option<i32> {
 /// Reads the tables of a committed build (for loaders and tests).
 pub async fn read_build(lake: &Lake, m: &Manifest) -> Result<GoldTables> {
     let mut facts = Vec::new();
-    for p in m.fact_patient_flow.values() {
-        facts.extend(read_table(lake, &p.file).await?);
+    for f in m.fact_files() {
+        facts.extend(read_table(lake, &f.file).await?);
+    }
+    let mut patients = Vec::new();
+    for f in &m.dim_patient {
+        patients.extend(read_table(lake, &f.file).await?);
     }
     Ok(GoldTables {
         build: m.build,
         as_of: m.as_of.clone(),
         dim_department: read_table(lake, &m.dim_department).await?,
-        dim_patient: read_table(lake, &m.dim_patient).await?,
+        dim_patient: patients,
         dim_time: read_table(lake, &m.dim_time).await?,
         fact_patient_flow: facts,
     })

@@ -61,7 +61,7 @@ pub async fn cleanup(lake: &Lake, options: &GoldOptions) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::model::time::{parse_utc, rfc3339};
-    use crate::pipeline::gold::manifest::{FactPartition, Manifest};
+    use crate::pipeline::gold::manifest::{FactPartition, Manifest, TableFile};
     use crate::storage::StorageConfig;
     use bytes::Bytes;
     use std::collections::BTreeSet;
@@ -74,16 +74,28 @@ mod tests {
             build_id: format!("{n:010}-00000000000000aa"),
             as_of: rfc3339(&as_of),
             dim_department: format!("{}/dim_department.parquet", dir(n)),
-            dim_patient: format!("{}/dim_patient.parquet", dir(n)),
+            dim_patient: vec![TableFile {
+                file: format!("{}/dim_patient.parquet", dir(n)),
+                rows: 1,
+                ..Default::default()
+            }],
             dim_time: format!("{}/dim_time.parquet", dir(n)),
             ..Default::default()
         };
         // The fact day is unchanged since build `fact_from`: its file stays in that folder.
         let file = format!("{}/fact_patient_flow/visit_date=2026-11-24.parquet", dir(fact_from));
-        m.fact_patient_flow.insert(
-            "2026-11-24".into(),
-            FactPartition { file, rows: 1, next_change_us: None, discharge_days: Default::default() },
-        );
+        // and the build adds a file of new visits to it; the ledger is one file per build.
+        let added = format!("{}/fact_patient_flow/visit_date=2026-11-24/new.parquet", dir(n));
+        let files = vec![
+            TableFile { file, rows: 1, ..Default::default() },
+            TableFile { file: added, rows: 1, fresh: true, next_change_us: Some(1) },
+        ];
+        m.ledger = Some(vec![TableFile {
+            file: format!("{}/ledger/bucket=000.parquet", dir(n)),
+            rows: 1,
+            ..Default::default()
+        }]);
+        m.fact_patient_flow.insert("2026-11-24".into(), FactPartition { files, discharge_days: Default::default() });
         m
     }
 
@@ -123,9 +135,13 @@ mod tests {
             "builds/0000000002-00000000000000aa/dim_patient.parquet",
             "builds/0000000002-00000000000000aa/dim_time.parquet",
             "builds/0000000002-00000000000000aa/fact_patient_flow/visit_date=2026-11-24.parquet",
+            "builds/0000000002-00000000000000aa/fact_patient_flow/visit_date=2026-11-24/new.parquet",
+            "builds/0000000002-00000000000000aa/ledger/bucket=000.parquet",
             "builds/0000000003-00000000000000aa/dim_department.parquet",
             "builds/0000000003-00000000000000aa/dim_patient.parquet",
             "builds/0000000003-00000000000000aa/dim_time.parquet",
+            "builds/0000000003-00000000000000aa/fact_patient_flow/visit_date=2026-11-24/new.parquet",
+            "builds/0000000003-00000000000000aa/ledger/bucket=000.parquet",
             "builds/0000000004-00000000000000cc/dim_time.parquet",
         ]
         .into_iter()
