@@ -8,6 +8,9 @@ mod eventhubs;
 mod exactly_once;
 mod functions;
 mod gold;
+// Loads of synthetic gold file sets into the embedded warehouse.
+#[cfg(feature = "embedded-warehouse")]
+mod loads;
 mod pipeline;
 mod properties;
 // `run` loads the embedded warehouse.

@@ -1,0 +1,424 @@
+//! Loads follow gold's file sets exactly: a warehouse that loads every build, one that skips builds
+//! (1, 3, 7), one that loads only the last, and random others all hold the same tables — the last
+//! build's rows, nothing more — whatever the builds did to the files: fresh files of new keys,
+//! files rewritten with changed rows, rows moved, merged or split between files.
+//!
+//! The builds are synthetic (written here, honouring gold's invariants: each key in exactly one
+//! file of a build, a key never leaves once in, files immutable with unique names), so the loader
+//! meets file-set shapes the gold build of the day may not produce yet.
+
+#![cfg(feature = "embedded-warehouse")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, SchemaRef};
+use bytes::Bytes;
+use patientflow::model::schema::{self, GOLD_TZ};
+use patientflow::pipeline::gold::manifest::{Manifest, TableFile};
+use patientflow::storage::parquet::{Codec, encode};
+use patientflow::storage::{Container, Lake, StorageConfig};
+use patientflow::warehouse::embedded::Embedded;
+use patientflow::warehouse::{Warehouse, loaded_files};
+use proptest::prelude::*;
+
+/// One row of a keyed table in the model: its key and the version of its content.
+type Row = (i64, u32);
+
+/// A gold file in the model.
+#[derive(Debug, Clone)]
+struct File {
+    name: String,
+    rows: Vec<Row>,
+    fresh: bool,
+}
+
+/// What a build does to one keyed table.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A fresh file of `n` new keys.
+    Fresh(usize),
+    /// Files `pick` (indices, modulo the count) are replaced by `parts` files holding their keys
+    /// (every `bump`-th row with new content) and `new` new keys: not fresh.
+    Rewrite { pick: Vec<usize>, parts: usize, bump: usize, new: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1..4usize).prop_map(Op::Fresh),
+        (prop::collection::vec(0..8usize, 1..3), 1..3usize, 1..4usize, 0..3usize)
+            .prop_map(|(pick, parts, bump, new)| Op::Rewrite { pick, parts, bump, new }),
+    ]
+}
+
+/// One build: the ops on DimPatient and on FactPatientFlow, and whether DimDepartment changes.
+type BuildPlan = (Vec<Op>, Vec<Op>, bool);
+
+fn build_plan() -> impl Strategy<Value = BuildPlan> {
+    (prop::collection::vec(op(), 1..3), prop::collection::vec(op(), 1..3), any::<bool>())
+}
+
+/// The model of one keyed table across builds.
+#[derive(Debug, Default)]
+struct Table {
+    prefix: &'static str,
+    files: Vec<File>,
+    next_key: i64,
+    written: usize,
+}
+
+impl Table {
+    fn new(prefix: &'static str) -> Self {
+        Self { prefix, ..Default::default() }
+    }
+
+    fn file(&mut self, build: usize, rows: Vec<Row>, fresh: bool) -> File {
+        self.written += 1;
+        File { name: format!("builds/{build}/{}/{}.parquet", self.prefix, self.written), rows, fresh }
+    }
+
+    fn new_keys(&mut self, n: usize) -> Vec<Row> {
+        let rows = (0..n as i64).map(|i| (self.next_key + i, 0)).collect();
+        self.next_key += n as i64;
+        rows
+    }
+
+    /// Applies `ops`; returns the files written.
+    fn apply(&mut self, build: usize, ops: &[Op]) -> Vec<File> {
+        let mut written = Vec::new();
+        for op in ops {
+            let new_files: Vec<File> = match op {
+                Op::Fresh(n) => {
+                    let rows = self.new_keys(*n);
+                    vec![self.file(build, rows, true)]
+                }
+                Op::Rewrite { pick, parts, bump, new } => {
+                    if self.files.is_empty() {
+                        continue;
+                    }
+                    let picked: BTreeSet<usize> = pick.iter().map(|p| p % self.files.len()).collect();
+                    let mut rows: Vec<Row> = Vec::new();
+                    for i in picked.iter().rev() {
+                        rows.extend(self.files.remove(*i).rows);
+                    }
+                    rows.sort_unstable();
+                    for (i, row) in rows.iter_mut().enumerate() {
+                        if i % bump == 0 {
+                            row.1 += 1;
+                        }
+                    }
+                    rows.extend(self.new_keys(*new));
+                    let size = rows.len().div_ceil(*parts).max(1);
+                    let chunks: Vec<Vec<Row>> = rows.chunks(size).map(<[Row]>::to_vec).collect();
+                    chunks.into_iter().map(|c| self.file(build, c, false)).collect()
+                }
+            };
+            self.files.extend(new_files.iter().cloned());
+            written.extend(new_files);
+        }
+        written
+    }
+
+    fn rows(&self) -> BTreeSet<Row> {
+        self.files.iter().flat_map(|f| f.rows.iter().copied()).collect()
+    }
+}
+
+/// A batch of `schema` for `rows`: the key column holds the key (DimPatient: `P<key>`), every other
+/// column a value derived from the key and the version, so a changed version changes every column.
+/// A patient has one to three SCD2 versions (rows), all in its file.
+fn batch(schema: &SchemaRef, rows: &[Row], patients: bool) -> RecordBatch {
+    let expanded: Vec<(i64, u32, i64)> = rows
+        .iter()
+        .flat_map(|&(k, v)| {
+            let versions = if patients { 1 + (k + i64::from(v)) % 3 } else { 1 };
+            (0..versions).map(move |j| (k, v, j))
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let name = field.name().as_str();
+            let salt = name.len() as i64;
+            let n = |(k, v, j): (i64, u32, i64)| k * 1000 + i64::from(v) * 10 + j + salt;
+            let array: ArrayRef = match field.data_type() {
+                DataType::Int64 => {
+                    let mut b = Int64Builder::new();
+                    for &r in &expanded {
+                        b.append_value(if name == "fact_id" { r.0 } else { n(r) });
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Int32 => {
+                    let mut b = Int32Builder::new();
+                    for &r in &expanded {
+                        b.append_value((n(r) % 1_000_000) as i32);
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Utf8 => {
+                    let mut b = StringBuilder::new();
+                    for &r in &expanded {
+                        if name == "patient_id" {
+                            b.append_value(format!("P{}", r.0));
+                        } else {
+                            b.append_value(format!("{name}-{}", n(r)));
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Boolean => {
+                    let mut b = BooleanBuilder::new();
+                    for &r in &expanded {
+                        b.append_value(n(r) % 2 == 0);
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Date32 => {
+                    let mut b = Date32Builder::new();
+                    for &r in &expanded {
+                        b.append_value(20_000 + (n(r) % 100) as i32);
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Float64 => {
+                    let mut b = Float64Builder::new();
+                    for &r in &expanded {
+                        b.append_value(n(r) as f64 / 4.0);
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Timestamp(..) => {
+                    let mut b = TimestampMillisecondBuilder::new().with_timezone(GOLD_TZ);
+                    for &r in &expanded {
+                        b.append_value(1_790_000_000_000 + n(r));
+                    }
+                    Arc::new(b.finish())
+                }
+                other => panic!("no synthetic values for {other}"),
+            };
+            array
+        })
+        .collect();
+    RecordBatch::try_new(Arc::clone(schema), columns).unwrap()
+}
+
+async fn put(lake: &Lake, name: &str, schema: &SchemaRef, batch: RecordBatch) {
+    let bytes: Bytes = encode(schema, &[batch], Codec::Fast).unwrap();
+    lake.put(Container::Gold, &name.into(), bytes).await.unwrap();
+}
+
+/// Writes the builds of `plans` into `lake`; returns their manifests and the rows the last build's
+/// keyed tables hold, by the model.
+async fn builds(lake: &Lake, plans: &[BuildPlan]) -> (Vec<Manifest>, BTreeSet<Row>, BTreeSet<Row>) {
+    let (mut patients, mut facts) = (Table::new("dim_patient"), Table::new("fact"));
+    let mut manifests = Vec::new();
+    let mut department = String::new();
+    for (i, (patient_ops, fact_ops, new_department)) in plans.iter().enumerate() {
+        let build = i + 1;
+        let before = (patients.rows(), facts.rows());
+        for f in patients.apply(build, patient_ops) {
+            put(lake, &f.name, &schema::DIM_PATIENT, batch(&schema::DIM_PATIENT, &f.rows, true)).await;
+        }
+        for f in facts.apply(build, fact_ops) {
+            put(lake, &f.name, &schema::FACT_PATIENT_FLOW, batch(&schema::FACT_PATIENT_FLOW, &f.rows, false)).await;
+        }
+        // The model's own invariants: each key in one file; no key ever leaves.
+        for (table, was) in [(&patients, before.0), (&facts, before.1)] {
+            let keys: Vec<i64> = table.files.iter().flat_map(|f| f.rows.iter().map(|r| r.0)).collect();
+            let unique: BTreeSet<i64> = keys.iter().copied().collect();
+            assert_eq!(keys.len(), unique.len(), "a key in two files");
+            assert!(was.iter().all(|r| unique.contains(&r.0)), "a key left");
+        }
+        if *new_department || department.is_empty() {
+            department = format!("builds/{build}/dim_department.parquet");
+            put(
+                lake,
+                &department,
+                &schema::DIM_DEPARTMENT,
+                batch(&schema::DIM_DEPARTMENT, &[(build as i64, 0)], false),
+            )
+            .await;
+        }
+        let dim_time = format!("builds/{build}/dim_time.parquet");
+        put(lake, &dim_time, &schema::DIM_TIME, batch(&schema::DIM_TIME, &[(1, build as u32), (2, 0)], false)).await;
+        let table_file = |f: &File| TableFile {
+            file: f.name.clone(),
+            rows: f.rows.len() as u64,
+            fresh: f.fresh,
+            ..Default::default()
+        };
+        let mut m = Manifest {
+            build: build as u64,
+            build_id: format!("{build:010}-0000000000000000"),
+            as_of: "2026-11-24T12:00:00.000000Z".into(),
+            dim_department: department.clone(),
+            dim_patient: patients.files.iter().map(table_file).collect(),
+            dim_time,
+            ..Default::default()
+        };
+        // The loader does not care which day a file is under: spread them over three.
+        for (j, f) in facts.files.iter().enumerate() {
+            let day = format!("2026-11-2{}", j % 3);
+            m.fact_patient_flow.entry(day).or_default().files.push(table_file(f));
+        }
+        m.rows.insert("FactPatientFlow".into(), facts.rows().len() as u64);
+        manifests.push(m);
+    }
+    (manifests, patients.rows(), facts.rows())
+}
+
+/// Every table of a warehouse as sorted rows of text.
+async fn contents(w: &Embedded) -> BTreeMap<&'static str, Vec<String>> {
+    w.with_conn(|c| {
+        let mut out = BTreeMap::new();
+        for (table, row) in [
+            ("DimDepartment", "CAST(t AS VARCHAR)"),
+            ("DimPatient", "CAST(t AS VARCHAR)"),
+            ("DimTime", "CAST(t AS VARCHAR)"),
+            ("FactPatientFlow", "CAST(t AS VARCHAR)"),
+            ("LoadedFile", "table_name || ' ' || file"),
+        ] {
+            let mut s = c.prepare(&format!("SELECT {row} FROM {table} t ORDER BY 1")).unwrap();
+            let rows = s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect();
+            out.insert(table, rows);
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap()
+}
+
+/// (key, version) of the rows a warehouse's keyed table holds, read back from the synthetic values.
+async fn keyed_rows(w: &Embedded) -> (BTreeSet<Row>, BTreeSet<Row>, i64) {
+    w.with_conn(|c| {
+        let salt = "patient_sk".len() as i64;
+        let mut s = c.prepare("SELECT DISTINCT patient_sk FROM DimPatient").unwrap();
+        let patients = s
+            .query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|sk| {
+                let v = sk.unwrap() - salt;
+                (v.div_euclid(1000), (v.rem_euclid(1000) / 10) as u32)
+            })
+            .collect();
+        let salt = "patient_sk".len() as i64;
+        let mut s = c.prepare("SELECT fact_id, patient_sk FROM FactPatientFlow").unwrap();
+        let facts = s
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .unwrap()
+            .map(|r| {
+                let (id, sk) = r.unwrap();
+                (id, ((sk - salt).rem_euclid(1000) / 10) as u32)
+            })
+            .collect();
+        let rows: i64 = c.query_row("SELECT count(*) FROM FactPatientFlow", [], |r| r.get(0)).unwrap();
+        Ok((patients, facts, rows))
+    })
+    .await
+    .unwrap()
+}
+
+async fn load_sequence(lake: &Lake, builds: &[Manifest], sequence: &[usize]) -> (tempfile::TempDir, Embedded) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Embedded::open(&dir.path().join("w.duckdb")).unwrap();
+    for &n in sequence {
+        let m = &builds[n - 1];
+        let out = w.load(lake, m).await.unwrap();
+        assert!(out.loaded, "build {n} of {sequence:?}");
+        assert_eq!(out.build, m.build);
+    }
+    (dir, w)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Each case makes some twenty loads, and DuckDB in a test build takes a fraction of a second for
+/// each: five cases by default; PROPTEST_CASES=100 explores further.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 100, ..ProptestConfig::default() })]
+
+    /// Loading every build, builds 1, 3 and 7, a random subsequence, or the last alone: the same
+    /// tables, holding exactly the last build's rows; loading the last build again changes nothing.
+    #[test]
+    fn any_sequence_of_loads_ending_at_a_build_gives_that_build(
+        plans in prop::collection::vec(build_plan(), 7),
+        skip in prop::collection::vec(any::<bool>(), 6),
+    ) {
+        runtime().block_on(async {
+            let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+            let (manifests, patients, facts) = builds(&lake, &plans).await;
+            let every: Vec<usize> = (1..=7).collect();
+            let random: Vec<usize> = (1..=6).filter(|n| !skip[n - 1]).chain([7]).collect();
+            let (_d, reference) = load_sequence(&lake, &manifests, &every).await;
+            let expected = contents(&reference).await;
+            let (held_patients, held_facts, fact_rows) = keyed_rows(&reference).await;
+            prop_assert_eq!(&held_patients, &patients, "DimPatient holds the last build's patients");
+            prop_assert_eq!(&held_facts, &facts, "FactPatientFlow holds the last build's facts");
+            prop_assert_eq!(fact_rows as usize, facts.len(), "each fact once");
+            let files: BTreeSet<String> = loaded_files(&manifests[6]).into_iter().map(|(t, f)| format!("{t} {f}")).collect();
+            prop_assert_eq!(&expected["LoadedFile"], &files.into_iter().collect::<Vec<_>>(), "LoadedFile: the last build's files");
+            for sequence in [vec![1, 3, 7], random, vec![7]] {
+                let (_d, w) = load_sequence(&lake, &manifests, &sequence).await;
+                prop_assert_eq!(&contents(&w).await, &expected, "{:?}", sequence);
+            }
+            let again = reference.load(&lake, &manifests[6]).await.unwrap();
+            prop_assert!(!again.loaded);
+            prop_assert_eq!(&contents(&reference).await, &expected, "a second load of build 7 changes nothing");
+            Ok(())
+        })?;
+    }
+}
+
+/// A warehouse loaded before gold tables were file sets (it records fact days in `LoadedPartition`)
+/// is emptied when it opens: the rebuilt gold then loads whole, with no row of the old one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_loaded_before_file_sets_is_emptied_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let old_layout = "DROP TABLE LoadedFile;
+        CREATE TABLE LoadedPartition (visit_date VARCHAR NOT NULL, file VARCHAR NOT NULL);
+        INSERT INTO LoadedPartition VALUES ('2026-11-24', 'builds/0000000009-aa/fact.parquet');
+        INSERT INTO LoadLog VALUES (9, '0000000009-aa', TIMESTAMP '2026-11-24 12:00:00', 0);
+        INSERT INTO DimDepartment VALUES (1, 'ICU', 1);";
+    Embedded::open(&path)
+        .unwrap()
+        .with_conn(move |c| {
+            c.execute_batch(old_layout).map_err(|e| patientflow::warehouse::Error::Database(e.to_string()))
+        })
+        .await
+        .unwrap();
+
+    let w = Embedded::open(&path).unwrap();
+    assert_eq!(w.loaded_build().await.unwrap(), None, "LoadLog is emptied");
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let (manifests, _, facts) = builds(&lake, &[(vec![Op::Fresh(3)], vec![Op::Fresh(4)], true)]).await;
+    let out = w.load(&lake, &manifests[0]).await.unwrap();
+    assert_eq!((out.build, out.fact_rows_total), (1, facts.len() as u64), "build 1 loads though 9 was held");
+    let held = contents(&w).await;
+    assert_eq!(held["DimDepartment"].len(), 1, "the old ICU row is gone: {:?}", held["DimDepartment"]);
+    let old: i64 = w
+        .with_conn(|c| {
+            c.query_row(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'LoadedPartition'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| patientflow::warehouse::Error::Database(e.to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(old, 0, "the old record is dropped");
+}
