@@ -414,6 +414,14 @@ impl Warehouse for Synapse {
                     return Ok(LoadMetrics { build: b, loaded: false, ..Default::default() });
                 }
                 Some(b) if b > manifest.build => return Err(Error::Newer { loaded: b, offered: manifest.build }),
+                // Every load records files (a build has at least DimDepartment's and DimTime's): a
+                // pool with a build and no files was loaded before gold's file sets, and its rows
+                // cannot be matched to files.
+                Some(b) if loaded.is_empty() => {
+                    return Err(Error::Database(format!(
+                        "the pool holds build {b} loaded before gold tables were sets of files (dbo.LoadedFile is empty); empty it as the README's \"Upgrading\" says, then load again"
+                    )));
+                }
                 _ => {}
             }
             let changes = file_changes(manifest, &loaded);
