@@ -565,7 +565,7 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
             };
             let loaded = match since {
                 Some(n) => {
-                    manifest::read(&lake, n).await?.fact_patient_flow.into_iter().map(|(d, p)| (d, p.file)).collect()
+                    manifest::read(&lake, n).await?.fact_patient_flow.iter().map(|(d, p)| (d.clone(), crate::warehouse::day_files(p))).collect()
                 }
                 None => Default::default(),
             };

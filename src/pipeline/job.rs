@@ -121,7 +121,7 @@ pub struct GoldJobReport {
 /// Whether a census flip recorded in `m` (some partition's `next_change_us`) is due at `now`.
 pub fn census_due(m: &Manifest, now: &NaiveDateTime) -> bool {
     let now = to_micros(now);
-    m.fact_patient_flow.values().any(|p| p.next_change_us.is_some_and(|t| t <= now))
+    m.fact_patient_flow.values().any(|p| p.next_change_us().is_some_and(|t| t <= now))
 }
 
 fn holds(m: &Manifest, wanted: &[String]) -> bool {

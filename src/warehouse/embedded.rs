@@ -224,13 +224,17 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         _ => {}
     }
     let changes = super::fact_changes(manifest, &files);
+    let patients: Vec<String> = manifest.dim_patient.iter().map(|f| f.file.clone()).collect();
     let dims = [
-        ("DimDepartment", &manifest.dim_department),
-        ("DimPatient", &manifest.dim_patient),
-        ("DimTime", &manifest.dim_time),
+        ("DimDepartment", vec![manifest.dim_department.clone()]),
+        ("DimPatient", patients),
+        ("DimTime", vec![manifest.dim_time.clone()]),
     ];
-    for (table, file) in dims {
-        let batches = rt.block_on(crate::pipeline::gold::read_table(lake, file))?;
+    for (table, files) in dims {
+        let mut batches = Vec::new();
+        for file in &files {
+            batches.extend(rt.block_on(crate::pipeline::gold::read_table(lake, file))?);
+        }
         tx.execute(&format!("DELETE FROM {table}"), []).map_err(db)?;
         let mut appender = tx.appender(table).map_err(db)?;
         for b in batches {
@@ -241,7 +245,10 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     let mut written = 0;
     let partitions = changes.replace.len() as u64;
     for (day, file) in &changes.replace {
-        let batches = rt.block_on(crate::pipeline::gold::read_table(lake, file))?;
+        let mut batches = Vec::new();
+        for f in file.split('|') {
+            batches.extend(rt.block_on(crate::pipeline::gold::read_table(lake, f))?);
+        }
         tx.execute("DELETE FROM FactPatientFlow WHERE visit_date = CAST(? AS DATE)", [day]).map_err(db)?;
         tx.execute("DELETE FROM LoadedPartition WHERE visit_date = ?", [day]).map_err(db)?;
         let mut appender = tx.appender("FactPatientFlow").map_err(db)?;

@@ -69,11 +69,16 @@ pub fn fact_changes(manifest: &Manifest, loaded: &BTreeMap<String, String>) -> F
     let replace = manifest
         .fact_patient_flow
         .iter()
-        .filter(|(day, p)| loaded.get(*day) != Some(&p.file))
-        .map(|(day, p)| (day.clone(), p.file.clone()))
+        .filter(|(day, p)| loaded.get(*day) != Some(&day_files(p)))
+        .map(|(day, p)| (day.clone(), day_files(p)))
         .collect();
     let remove = loaded.keys().filter(|d| !manifest.fact_patient_flow.contains_key(*d)).cloned().collect();
     FactChanges { replace, remove }
+}
+
+/// TEMPORARY: a day's files joined by `|`.
+pub fn day_files(p: &crate::pipeline::gold::manifest::FactPartition) -> String {
+    p.files.iter().map(|f| f.file.as_str()).collect::<Vec<_>>().join("|")
 }
 
 /// A star-schema warehouse that gold builds are loaded into.

@@ -168,7 +168,7 @@ pub fn load_sql(
         writeln!(w, "-- 1. Stage: COPY INTO round-robin heaps private to this load, from the build's parquet files.");
     for (table, key) in [
         ("DimDepartment", Some(&manifest.dim_department)),
-        ("DimPatient", Some(&manifest.dim_patient)),
+        ("DimPatient", manifest.dim_patient.first().map(|f| &f.file)),
         ("DimTime", Some(&manifest.dim_time)),
         ("FactPatientFlow", None),
     ] {
@@ -394,7 +394,7 @@ impl Warehouse for Synapse {
             let now = results.last().and_then(|r| r.first()).and_then(|row| row.get::<i64, _>(0)).map(|b| b as u64);
             if now == Some(manifest.build) {
                 let rows: u64 =
-                    changes.replace.iter().filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows)).sum();
+                    changes.replace.iter().filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows())).sum();
                 return Ok(LoadMetrics {
                     build: manifest.build,
                     loaded: true,

@@ -162,8 +162,8 @@ pub async fn check_invariants(lake: &Lake) {
         assert_eq!(vs.last().unwrap().1, None, "{p}: the last version is open");
     }
     let mut fact_ids = std::collections::HashSet::new();
-    for (day, p) in &m.fact_patient_flow {
-        for b in gold::read_table(lake, &p.file).await.unwrap() {
+    for (day, f) in m.fact_patient_flow.iter().flat_map(|(day, p)| p.files.iter().map(move |f| (day, f))) {
+        for b in gold::read_table(lake, &f.file).await.unwrap() {
             let id = col(&b, "fact_id").as_primitive::<Int64Type>();
             let sk = col(&b, "patient_sk").as_primitive::<Int64Type>();
             let adm = micros(&b, "admission_time");

@@ -17,21 +17,47 @@ pub const MANIFESTS: &str = "_manifests";
 /// Where build files live in the gold container.
 pub const BUILDS: &str = "builds";
 
-/// One fact partition (a visit date) in a build.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FactPartition {
-    /// The parquet file.
+/// One immutable parquet file of a gold table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFile {
+    /// Key in the gold container.
     pub file: String,
     /// Rows in the file.
     pub rows: u64,
-    /// The earliest instant after the build's clock at which some row's `is_currently_admitted`
-    /// flips (an admission or discharge still in the future); `None` when nothing will change.
-    /// A later build past this instant rewrites the partition.
+    /// No row's key (DimPatient: `patient_id`; FactPatientFlow: `fact_id`) is in any file of the
+    /// previous build: a loader appends it without deleting anything first.
+    #[serde(default)]
+    pub fresh: bool,
+    /// Facts only: the earliest instant after the build's clock at which some row's
+    /// `is_currently_admitted` flips; a later build past it rewrites the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_change_us: Option<i64>,
+    /// Facts only: the other days (`YYYY-MM-DD`) whose hours the rows reference (discharges).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discharge_days: Vec<String>,
+}
+
+/// One fact partition (a visit date): its files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FactPartition {
+    /// The partition's files.
+    pub files: Vec<TableFile>,
     /// The other days (`YYYY-MM-DD`) whose hours the rows reference (discharges); DimTime holds
     /// every hour of the partition days and of these.
     #[serde(default)]
     pub discharge_days: Vec<String>,
+}
+
+impl FactPartition {
+    /// Rows in the partition.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+
+    /// The earliest instant at which some row's `is_currently_admitted` flips.
+    pub fn next_change_us(&self) -> Option<i64> {
+        self.files.iter().filter_map(|f| f.next_change_us).min()
+    }
 }
 
 /// The committed state of gold after one build.
@@ -47,26 +73,30 @@ pub struct Manifest {
     pub silver_files: Vec<String>,
     /// DimDepartment file.
     pub dim_department: String,
-    /// DimPatient file.
-    pub dim_patient: String,
+    /// DimPatient files: each patient is in exactly one (the `i`-th belongs to ledger segment `i`).
+    pub dim_patient: Vec<TableFile>,
     /// DimTime file.
     pub dim_time: String,
     /// FactPatientFlow partitions by visit date (`YYYY-MM-DD`).
     pub fact_patient_flow: BTreeMap<String, FactPartition>,
     /// Row counts per table.
     pub rows: BTreeMap<String, u64>,
-    /// The visit ledger's files by bucket (see `gold::ledger`); `None` in a gold built before the
-    /// ledger existed, which the next build rebuilds from silver.
+    /// The visit ledger's segments, oldest first (see `gold::ledger`); `None` in a gold built
+    /// before the ledger existed, which the next build rebuilds from silver.
     #[serde(default)]
-    pub ledger: Option<BTreeMap<String, String>>,
+    pub ledger: Option<Vec<TableFile>>,
 }
 
 impl Manifest {
     /// Every file this build references.
     pub fn files(&self) -> Vec<String> {
-        let mut files = vec![self.dim_department.clone(), self.dim_patient.clone(), self.dim_time.clone()];
-        files.extend(self.fact_patient_flow.values().map(|p| p.file.clone()));
-        files.extend(self.ledger.iter().flat_map(|l| l.values().cloned()));
+        let mut files = vec![self.dim_department.clone(), self.dim_time.clone()];
+        files.extend(self.dim_patient.iter().map(|f| f.file.clone()));
+        files.extend(self.fact_patient_flow.values().flat_map(|p| p.files.iter().map(|f| f.file.clone())));
+        for segment in self.ledger.iter().flatten() {
+            files.push(segment.file.clone());
+            files.push(super::ledger::keys_file(&segment.file));
+        }
         files.retain(|f| !f.is_empty());
         files
     }

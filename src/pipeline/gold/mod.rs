@@ -39,10 +39,13 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use serde::Serialize;
 
-use self::dims::{Days, Departments, Patients};
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+
+use self::dims::{Days, Departments};
 use self::fact::FactRow;
-use self::input::{Interner, Visit};
-use self::manifest::{BUILDS, FactPartition, Manifest};
+use self::input::Visits;
+use self::manifest::{BUILDS, FactPartition, Manifest, TableFile};
 use super::{Error, Result};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
 use crate::model::time::{rfc3339, to_micros};
@@ -142,46 +145,84 @@ pub async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::Recor
     parquet::decode(bytes).map(|(_, b)| b).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
 }
 
-async fn write_table(
-    lake: &Lake,
-    key: &str,
-    schema: &arrow_schema::SchemaRef,
-    batch: arrow_array::RecordBatch,
-) -> Result<u64> {
-    let rows = batch.num_rows() as u64;
-    let bytes = parquet::encode(schema, &[batch], Codec::Fast)?;
-    lake.put(Container::Gold, &Path::from(key), bytes).await?;
-    Ok(rows)
-}
-
-/// Reads silver files a few at a time, turning each into visits as it arrives, so the decoded
-/// columns of only a handful of files are in memory at once. One vector for all visits: a single
-/// large allocation goes back to the system whole when the build drops it, where a vector per file
-/// left the allocator holding the freed pieces (measured: 645 → 530 MB peak on 1M events).
-async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Result<Vec<Visit>> {
+/// Reads silver files a few at a time (decoding on blocking threads) and adds their rows.
+async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits) -> Result<()> {
     let mut decoded = futures::stream::iter(files.iter().cloned())
         .map(|key| async move {
             let bytes = lake.get(Container::Silver, &key).await?;
-            let (_, batches) =
-                parquet::decode(bytes).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
-            Ok::<_, Error>((key.to_string(), batches))
+            let name = key.to_string();
+            let batches = tokio::task::spawn_blocking(move || parquet::decode(bytes))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::Corrupt { key: name.clone(), detail: e.to_string() })?
+                .1;
+            Ok::<_, Error>((name, batches))
         })
         .buffered(4);
-    let mut visits = Vec::new();
     while let Some((key, batches)) = decoded.try_next().await? {
-        input::visits(&key, &batches, &mut visits, strings)?;
+        visits.add_silver(&key, &batches)?;
     }
-    Ok(visits)
+    Ok(())
+}
+
+/// Parquet encodes and uploads on blocking threads, a few at a time, so a build's many files use
+/// every core.
+struct Uploads<'a> {
+    lake: &'a Lake,
+    running: futures::stream::FuturesUnordered<futures::future::BoxFuture<'a, Result<()>>>,
+}
+
+impl<'a> Uploads<'a> {
+    const IN_FLIGHT: usize = 4;
+
+    fn new(lake: &'a Lake) -> Self {
+        Self { lake, running: Default::default() }
+    }
+
+    async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
+        while self.running.len() >= Self::IN_FLIGHT {
+            self.running.next().await.transpose()?;
+        }
+        let rows = batch.num_rows() as u64;
+        let (lake, schema) = (self.lake, Arc::clone(schema));
+        self.running.push(Box::pin(async move {
+            let bytes = tokio::task::spawn_blocking(move || parquet::encode(&schema, &[batch], Codec::Fast))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            lake.put(Container::Gold, &Path::from(key), bytes).await?;
+            Ok(())
+        }));
+        Ok(rows)
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        while let Some(done) = self.running.next().await {
+            done?;
+        }
+        Ok(())
+    }
+}
+
+/// A patient whose visits this build changed.
+struct Changed {
+    /// A record of the patient (for its id and key).
+    record: u32,
+    /// The patient's DimPatient versions after the build.
+    versions: Vec<dims::PatientVersion>,
+    /// The ledger segment that held the patient before, if any.
+    home: Option<usize>,
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
 /// nothing) when there is nothing new.
 ///
-/// Gold is a function of the set of events folded in: the new events are merged into the visit
-/// ledger of the patients they concern (each visit keeps its winning event, the latest by
-/// [`Visit::order_key`], so a redelivered or older event changes nothing), and those patients'
-/// SCD2 versions and fact rows are recomputed from their ledger. Only rows that differ are
-/// rewritten: the fact days they leave or land on, and the ledger buckets of those patients.
+/// Gold is a function of the set of events folded in: the new events are merged into the ledger
+/// rows of the patients they concern (each visit keeps its winning event, the latest by
+/// [`OrderKey`](input::OrderKey), so a redelivered or older event changes nothing), and those
+/// patients' SCD2 versions and fact rows are recomputed from their visits. Only what differs is
+/// written: a ledger segment and a DimPatient file for the changed patients (and the older
+/// DimPatient files they leave), and new fact files for the rows that changed, moved or flipped —
+/// the files those rows leave are rewritten; every other file is kept as it is.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let (latest, pending_files) = pending(lake).await?;
     let as_of = to_micros(&options.now);
@@ -191,25 +232,21 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         Some(m) if m.ledger.is_none() => {
             tracing::warn!(build = m.build, "Gold predates the visit ledger; rebuilding it from silver.");
             let all = lake.list(Container::Silver, &patient_flow_prefix()).await?;
-            let fresh = Manifest { build: m.build, ledger: Some(BTreeMap::new()), ..Default::default() };
+            let fresh = Manifest { build: m.build, ledger: Some(Vec::new()), ..Default::default() };
             (fresh, all.into_iter().map(|m| m.location).collect())
         }
         Some(m) => (m.clone(), pending_files),
-        None => (Manifest { ledger: Some(BTreeMap::new()), ..Default::default() }, pending_files),
+        None => (Manifest { ledger: Some(Vec::new()), ..Default::default() }, pending_files),
     };
     new_files.truncate(options.max_files_per_build.max(1));
-    let due: Vec<i32> = prev
-        .fact_patient_flow
-        .iter()
-        .filter(|(_, p)| p.next_change_us.is_some_and(|t| t <= as_of))
-        .filter_map(|(day, _)| day_number(day))
-        .collect();
-    if new_files.is_empty() && due.is_empty() {
+    let due = |f: &TableFile| f.next_change_us.is_some_and(|t| t <= as_of);
+    let any_due = prev.fact_patient_flow.values().flat_map(|p| &p.files).any(due);
+    if new_files.is_empty() && !any_due {
         return Ok(BuildOutcome::NothingNew { build: latest.map(|m| m.build) });
     }
 
-    let mut strings = Interner::default();
-    let visits = read_silver(lake, &new_files, &mut strings).await?;
+    let mut visits = Visits::default();
+    read_silver(lake, &new_files, &mut visits).await?;
     let build = prev.build + 1;
     let mut silver_files: BTreeSet<String> = prev.silver_files.iter().cloned().collect();
     silver_files.extend(new_files.iter().map(ToString::to_string));
@@ -220,71 +257,101 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         build,
         builds: 1,
         silver_files: new_files.len() as u64,
-        rows_in: visits.len() as u64,
+        rows_in: visits.rows.len() as u64,
         ..Default::default()
     };
 
-    // Dimensions of the previous build (DimTime is derived from the fact days below).
     let mut departments = Departments::new();
-    let mut patients = Patients::default();
-    if !prev.dim_patient.is_empty() {
+    if !prev.dim_department.is_empty() {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
-        dims::read_patients(&read_table(lake, &prev.dim_patient).await?, &mut patients, &mut strings)?;
     }
     metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
 
-    // The ledger of the buckets of the patients this build sees.
-    let mut ledger_files = prev.ledger.clone().unwrap_or_default();
-    let buckets: BTreeSet<u16> = visits.iter().map(|v| keys::ledger_bucket(&v.patient_id)).collect();
-    let mut known = Vec::new();
-    for b in &buckets {
-        if let Some(file) = ledger_files.get(&ledger::bucket_name(*b)) {
-            ledger::decode(file, &read_table(lake, file).await?, &mut known, &mut strings)?;
+    // The ledger rows of the patients this build sees: newest segment first, each patient from the
+    // newest segment that holds it.
+    let prev_ledger = prev.ledger.clone().unwrap_or_default();
+    if prev_ledger.len() != prev.dim_patient.len() {
+        return Err(Error::Corrupt {
+            key: manifest::manifest_key(prev.build).to_string(),
+            detail: format!(
+                "{} ledger segments but {} DimPatient files; they must pair up (remove the gold container's \
+                 _manifests to rebuild gold from silver)",
+                prev_ledger.len(),
+                prev.dim_patient.len()
+            ),
+        });
+    }
+    let mut segments: Vec<(TableFile, TableFile)> = prev_ledger.into_iter().zip(prev.dim_patient.iter().cloned()).collect();
+    let mut wanted: Vec<i64> = visits.rows.iter().map(|v| v.patient_key).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut home: FxHashMap<i64, usize> = FxHashMap::default();
+    for s in (0..segments.len()).rev() {
+        if wanted.is_empty() {
+            break;
         }
-    }
-    drop(strings);
-    let mut ledger_rows: FxHashMap<Arc<str>, FxHashMap<i64, Visit>> = FxHashMap::default();
-    for v in known {
-        ledger_rows.entry(Arc::clone(&v.patient_id)).or_default().insert(v.fact_id(), v);
-    }
-    let mut incoming: BTreeMap<Arc<str>, Vec<Visit>> = BTreeMap::new();
-    for v in visits {
-        incoming.entry(Arc::clone(&v.patient_id)).or_default().push(v);
-    }
-
-    // Each patient with news: merge, then recompute versions and facts and keep what differs.
-    let mut changed_rows: Vec<FactRow> = Vec::new();
-    let mut leaving: BTreeMap<i32, FxHashSet<i64>> = BTreeMap::new();
-    let mut changed_buckets: BTreeSet<u16> = BTreeSet::new();
-    for (pid, news) in incoming {
-        let winners = ledger_rows.entry(Arc::clone(&pid)).or_default();
-        let before: Vec<Visit> = winners.values().cloned().collect();
-        let mut changed = false;
-        for v in news {
-            let id = v.fact_id();
-            if winners.get(&id).is_none_or(|w| w.order_key() < v.order_key()) {
-                winners.insert(id, v);
-                changed = true;
-            }
-        }
-        if !changed {
+        let file = &segments[s].0.file;
+        let sidecar = ledger::keys_file(file);
+        let hits = ledger::matching(&wanted, &ledger::decode_keys(&sidecar, &read_table(lake, &sidecar).await?)?);
+        if hits.is_empty() {
             continue;
         }
-        changed_buckets.insert(keys::ledger_bucket(&pid));
-        let old_versions = dims::versions(&pid, &before.iter().collect::<Vec<_>>());
-        let new_versions = dims::versions(&pid, &winners.values().collect::<Vec<_>>());
+        let hits: FxHashSet<i64> = hits.into_iter().collect();
+        ledger::decode(file, &read_table(lake, file).await?, |k| hits.contains(&k), &mut visits)?;
+        home.extend(hits.iter().map(|&k| (k, s)));
+        wanted.retain(|k| !hits.contains(k));
+    }
+    drop(wanted);
+    visits.rank();
+
+    // Group the records by patient, then by visit.
+    let mut order: Vec<(i64, i64, u32)> =
+        visits.rows.iter().enumerate().map(|(i, v)| (v.patient_key, v.fact_id, i as u32)).collect();
+    order.sort_unstable();
+    let mut changed: Vec<Changed> = Vec::new();
+    let mut ledger_rows: Vec<u32> = Vec::new();
+    let mut fact_rows: Vec<(bool, FactRow)> = Vec::new();
+    let mut leaving: FxHashSet<i64> = FxHashSet::default();
+    let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
+    let (mut old_winners, mut new_winners) = (Vec::new(), Vec::new());
+    for patient in order.chunk_by(|a, b| a.0 == b.0) {
+        old_winners.clear();
+        new_winners.clear();
+        let mut is_changed = false;
+        for visit in patient.chunk_by(|a, b| a.1 == b.1) {
+            // The winner: the latest event; for the same event twice, the copy folded first.
+            let rank = |&(_, _, i): &(i64, i64, u32)| {
+                let v = &visits.rows[i as usize];
+                (visits.order_key(v), v.known, std::cmp::Reverse(i))
+            };
+            let best = visit.iter().max_by_key(|r| rank(r)).map_or(0, |r| r.2);
+            new_winners.push(best);
+            is_changed |= !visits.rows[best as usize].known;
+            old_winners.extend(visit.iter().map(|r| r.2).filter(|&i| visits.rows[i as usize].known));
+        }
+        if !is_changed {
+            continue;
+        }
+        let first = patient[0].2;
+        let pid = visits.patient_id(&visits.rows[first as usize]);
+        let new_versions = dims::versions(&visits, pid, &mut new_winners);
         let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-        metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
-        if before.is_empty() {
-            metrics.patients.new_patients += 1;
-        }
         let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-        for v in &before {
-            let row = FactRow::of(v, &old_versions, as_of).ok_or_else(uncovered)?;
-            old_rows.insert(row.fact_id, row);
+        if old_winners.is_empty() {
+            metrics.patients.new_patients += 1;
+        } else {
+            let old_versions = dims::versions(&visits, pid, &mut old_winners);
+            metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+            for &i in &old_winners {
+                let row = FactRow::of(&visits, &visits.rows[i as usize], &old_versions, as_of).ok_or_else(uncovered)?;
+                old_rows.insert(row.fact_id, row);
+            }
         }
-        for v in winners.values() {
-            let row = FactRow::of(v, &new_versions, as_of).ok_or_else(uncovered)?;
+        if old_winners.is_empty() {
+            metrics.patients.versions_closed += closed(&new_versions);
+        }
+        for &i in &new_winners {
+            let row = FactRow::of(&visits, &visits.rows[i as usize], &new_versions, as_of).ok_or_else(uncovered)?;
             match old_rows.get(&row.fact_id) {
                 Some(old) if old.same_row(&row) => continue,
                 Some(old) => {
@@ -295,78 +362,144 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
                     } else if !old.same_visit_content(&row) {
                         metrics.facts_updated += 1;
                     }
-                    leaving.entry(old.visit_date).or_default().insert(old.fact_id);
+                    leaving.insert(old.fact_id);
+                    leaving_days.insert(old.visit_date);
+                    fact_rows.push((false, row));
                 }
-                None => metrics.facts_inserted += 1,
+                None => {
+                    metrics.facts_inserted += 1;
+                    fact_rows.push((true, row));
+                }
             }
-            changed_rows.push(row);
         }
-        patients.insert(pid, new_versions);
+        ledger_rows.extend_from_slice(&new_winners);
+        let home = home.get(&patient[0].0).copied();
+        changed.push(Changed { record: first, versions: new_versions, home });
     }
+    drop(order);
 
-    // Facts: the days rows leave or land on, and the days whose census flag flips.
-    let mut touched: BTreeSet<i32> = leaving.keys().copied().collect();
-    touched.extend(changed_rows.iter().map(|r| r.visit_date));
-    touched.extend(due);
-    let mut by_day: BTreeMap<i32, FxHashMap<i64, FactRow>> = BTreeMap::new();
-    let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
-    for &day in &touched {
-        let mut rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-        if let Some(old) = prev.fact_patient_flow.get(&day_name(day)) {
-            fact::decode(&old.file, &read_table(lake, &old.file).await?, &mut rows)?;
+    let mut uploads = Uploads::new(lake);
+
+    // DimPatient and the ledger: one new segment for the changed patients; the DimPatient files
+    // they leave are rewritten without them (a segment whose patients all left is dropped).
+    let mut leavers: BTreeMap<usize, FxHashSet<&str>> = BTreeMap::new();
+    for c in &changed {
+        if let Some(s) = c.home {
+            leavers.entry(s).or_default().insert(visits.patient_id(&visits.rows[c.record as usize]));
         }
-        for id in leaving.get(&day).into_iter().flatten() {
-            if let Some(gone) = rows.remove(id) {
-                first_seen.insert(gone.fact_id, gone.ingested_us);
-            }
+    }
+    let mut dropped: BTreeSet<usize> = BTreeSet::new();
+    for (&s, ids) in &leavers {
+        let old = &segments[s].1;
+        let mut kept = Vec::new();
+        for b in read_table(lake, &old.file).await? {
+            let id = b
+                .column_by_name("patient_id")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| Error::Corrupt { key: old.file.clone(), detail: "no `patient_id` column".into() })?;
+            let keep: arrow_array::BooleanArray = id.iter().map(|p| Some(!ids.contains(p.unwrap_or_default()))).collect();
+            kept.push(arrow_select::filter::filter_record_batch(&b, &keep)?);
         }
-        by_day.insert(day, rows);
-    }
-    for mut row in changed_rows {
-        // The first ingestion time is kept: it says when gold first knew the visit.
-        row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(as_of);
-        by_day.entry(row.visit_date).or_default().insert(row.fact_id, row);
-    }
-    let mut partitions = prev.fact_patient_flow.clone();
-    for (day, rows) in by_day {
-        let name = day_name(day);
-        if rows.is_empty() {
-            partitions.remove(&name);
+        let batch = arrow_select::concat::concat_batches(&DIM_PATIENT, &kept)?;
+        if batch.num_rows() == 0 {
+            dropped.insert(s);
             continue;
         }
-        let mut rows: Vec<FactRow> = rows.into_values().collect();
-        let next_change_us = rows.iter().filter_map(|r| r.next_change(as_of)).min();
-        let discharge_days: BTreeSet<i32> = rows
-            .iter()
-            .filter_map(|r| r.discharge_us.filter(|&d| keys::time_key(d).is_some()).map(keys::epoch_days))
-            .filter(|&d| d != day)
-            .collect();
-        let batch = fact::encode(&mut rows, as_of)?;
-        let file = format!("{dir}/fact_patient_flow/visit_date={name}.parquet");
-        let n = write_table(lake, &file, &FACT_PATIENT_FLOW, batch).await?;
-        let discharge_days = discharge_days.into_iter().map(day_name).collect();
-        partitions.insert(name, FactPartition { file, rows: n, next_change_us, discharge_days });
-        metrics.partitions_written += 1;
+        let file = format!("{dir}/dim_patient/rest-{s:05}.parquet");
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, batch).await?;
+        segments[s].1 = TableFile { file, rows, ..Default::default() };
     }
-
-    // The ledger buckets that changed.
-    let mut by_bucket: BTreeMap<u16, Vec<&Visit>> = BTreeMap::new();
-    for (pid, winners) in &ledger_rows {
-        let b = keys::ledger_bucket(pid);
-        if changed_buckets.contains(&b) {
-            by_bucket.entry(b).or_default().extend(winners.values());
-        }
-    }
-    for (b, mut rows) in by_bucket {
-        rows.sort_unstable_by(|x, y| {
-            (&x.patient_id, x.admission_us, x.order_key()).cmp(&(&y.patient_id, y.admission_us, y.order_key()))
-        });
-        let name = ledger::bucket_name(b);
-        let file = format!("{dir}/ledger/{name}.parquet");
-        write_table(lake, &file, &ledger::LEDGER, ledger::encode(&rows)?).await?;
-        ledger_files.insert(name, file);
+    let mut segments: Vec<(TableFile, TableFile)> =
+        segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
+    if !changed.is_empty() {
+        let file = format!("{dir}/ledger/segment.parquet");
+        let keys_batch = ledger::encode_keys(&visits, &ledger_rows)?;
+        uploads.put(ledger::keys_file(&file), &ledger::KEYS, keys_batch).await?;
+        let rows = uploads.put(file.clone(), &ledger::LEDGER, ledger::encode(&visits, &ledger_rows)?).await?;
+        let segment = TableFile { file, rows, ..Default::default() };
+        let batch = dims::patients_batch(
+            changed.iter().map(|c| (visits.patient_id(&visits.rows[c.record as usize]), c.versions.as_slice())),
+        )?;
+        let file = format!("{dir}/dim_patient/segment.parquet");
+        let fresh = changed.iter().all(|c| c.home.is_none());
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, batch).await?;
+        segments.push((segment, TableFile { file, rows, fresh, ..Default::default() }));
     }
     drop(ledger_rows);
+    drop(changed);
+
+    // Facts: the days rows leave or land on, and the files whose census flag flips or that are
+    // small enough to compact.
+    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
+    for (fresh, row) in fact_rows {
+        by_day.entry(row.visit_date).or_default().push((fresh, row));
+    }
+    let mut partitions = prev.fact_patient_flow.clone();
+    let mut touched: BTreeSet<i32> = by_day.keys().copied().collect();
+    touched.extend(leaving_days.iter().copied());
+    touched.extend(
+        partitions.iter().filter(|(_, p)| p.files.iter().any(due)).filter_map(|(day, _)| day_number(day)),
+    );
+    let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
+    let mut kept: BTreeMap<i32, Vec<TableFile>> = BTreeMap::new();
+    for &day in &touched {
+        let part = partitions.remove(&day_name(day)).unwrap_or_default();
+        let small = part.files.iter().filter(|f| (f.rows as usize) < fact::MIN_FILE_ROWS).count();
+        let compact = small + 1 >= fact::MAX_SMALL_FILES;
+        let mut keep = Vec::new();
+        for f in part.files {
+            let is_due = due(&f);
+            let is_small = compact && (f.rows as usize) < fact::MIN_FILE_ROWS;
+            if !(is_due || is_small || leaving_days.contains(&day)) {
+                keep.push(f);
+                continue;
+            }
+            let mut rows = Vec::new();
+            fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut rows)?;
+            let n = rows.len();
+            rows.retain(|r| {
+                let leaves = leaving.contains(&r.fact_id);
+                if leaves {
+                    first_seen.insert(r.fact_id, r.ingested_us);
+                }
+                !leaves
+            });
+            if !is_due && !is_small && rows.len() == n {
+                keep.push(f);
+                continue;
+            }
+            by_day.entry(day).or_default().extend(rows.into_iter().map(|r| (false, r)));
+        }
+        kept.insert(day, keep);
+    }
+    for (day, mut rows) in by_day {
+        let name = day_name(day);
+        let mut files = kept.remove(&day).unwrap_or_default();
+        for (_, row) in &mut rows {
+            // The first ingestion time is kept: it says when gold first knew the visit.
+            row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(row.ingested_us);
+        }
+        if !rows.is_empty() {
+            metrics.partitions_written += 1;
+        }
+        for (n, (fresh, mut rows)) in fact::split_files(rows, as_of).into_iter().enumerate() {
+            let next_change_us = rows.iter().filter_map(|r| r.next_change(as_of)).min();
+            let discharge_days = fact::discharge_days(&rows, day).into_iter().map(day_name).collect();
+            let file = format!("{dir}/fact_patient_flow/visit_date={name}/part-{n:04}.parquet");
+            let batch = fact::encode(&mut rows, as_of)?;
+            let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, batch).await?;
+            files.push(TableFile { file, rows, fresh, next_change_us, discharge_days });
+        }
+        if !files.is_empty() {
+            partitions.insert(name, partition(files));
+        }
+    }
+    for (day, files) in kept {
+        if !files.is_empty() {
+            partitions.insert(day_name(day), partition(files));
+        }
+    }
+    drop(visits);
 
     // DimTime: every hour of each day a fact references.
     let mut days = Days::new();
@@ -374,23 +507,20 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         days.extend(day_number(name));
         days.extend(p.discharge_days.iter().filter_map(|d| day_number(d)));
     }
-
     let dim_department = format!("{dir}/dim_department.parquet");
-    let dim_patient = format!("{dir}/dim_patient.parquet");
     let dim_time = format!("{dir}/dim_time.parquet");
     let mut rows = BTreeMap::new();
     rows.insert(
         "DimDepartment".into(),
-        write_table(lake, &dim_department, &DIM_DEPARTMENT, dims::departments_batch(&departments)?).await?,
+        uploads.put(dim_department.clone(), &DIM_DEPARTMENT, dims::departments_batch(&departments)?).await?,
     );
-    rows.insert(
-        "DimPatient".into(),
-        write_table(lake, &dim_patient, &DIM_PATIENT, dims::patients_batch(&patients)?).await?,
-    );
-    rows.insert("DimTime".into(), write_table(lake, &dim_time, &DIM_TIME, dims::time_batch(&days)?).await?);
-    rows.insert("FactPatientFlow".into(), partitions.values().map(|p| p.rows).sum());
+    rows.insert("DimTime".into(), uploads.put(dim_time.clone(), &DIM_TIME, dims::time_batch(&days)?).await?);
+    rows.insert("DimPatient".into(), segments.iter().map(|(_, d)| d.rows).sum());
+    rows.insert("FactPatientFlow".into(), partitions.values().map(FactPartition::rows).sum());
+    uploads.finish().await?;
     metrics.rows = rows.clone();
 
+    let (ledger, dim_patient) = segments.into_iter().unzip();
     let manifest = Manifest {
         build,
         build_id,
@@ -401,7 +531,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         dim_time,
         fact_patient_flow: partitions,
         rows,
-        ledger: Some(ledger_files),
+        ledger: Some(ledger),
     };
     manifest::commit(lake, &manifest).await?;
     metrics.files_cleaned = cleanup(lake, options).await.unwrap_or_else(|error| {
@@ -409,6 +539,13 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         0
     });
     Ok(BuildOutcome::Built(metrics))
+}
+
+/// A fact partition of `files`, with the discharge days of them all.
+fn partition(files: Vec<TableFile>) -> FactPartition {
+    let discharge_days: BTreeSet<&String> = files.iter().flat_map(|f| &f.discharge_days).collect();
+    let discharge_days = discharge_days.into_iter().cloned().collect();
+    FactPartition { files, discharge_days }
 }
 
 fn uncovered() -> Error {
@@ -459,14 +596,18 @@ fn day_number(name: &str) -> Option<i32> {
 /// Reads the tables of a committed build (for loaders and tests).
 pub async fn read_build(lake: &Lake, m: &Manifest) -> Result<GoldTables> {
     let mut facts = Vec::new();
-    for p in m.fact_patient_flow.values() {
-        facts.extend(read_table(lake, &p.file).await?);
+    for f in m.fact_patient_flow.values().flat_map(|p| &p.files) {
+        facts.extend(read_table(lake, &f.file).await?);
+    }
+    let mut patients = Vec::new();
+    for f in &m.dim_patient {
+        patients.extend(read_table(lake, &f.file).await?);
     }
     Ok(GoldTables {
         build: m.build,
         as_of: m.as_of.clone(),
         dim_department: read_table(lake, &m.dim_department).await?,
-        dim_patient: read_table(lake, &m.dim_patient).await?,
+        dim_patient: patients,
         dim_time: read_table(lake, &m.dim_time).await?,
         fact_patient_flow: facts,
     })

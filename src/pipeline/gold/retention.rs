@@ -74,7 +74,10 @@ mod tests {
             build_id: format!("{n:010}-00000000000000aa"),
             as_of: rfc3339(&as_of),
             dim_department: format!("{}/dim_department.parquet", dir(n)),
-            dim_patient: format!("{}/dim_patient.parquet", dir(n)),
+            dim_patient: vec![super::super::manifest::TableFile {
+                file: format!("{}/dim_patient.parquet", dir(n)),
+                ..Default::default()
+            }],
             dim_time: format!("{}/dim_time.parquet", dir(n)),
             ..Default::default()
         };
@@ -82,7 +85,10 @@ mod tests {
         let file = format!("{}/fact_patient_flow/visit_date=2026-11-24.parquet", dir(fact_from));
         m.fact_patient_flow.insert(
             "2026-11-24".into(),
-            FactPartition { file, rows: 1, next_change_us: None, discharge_days: Default::default() },
+            FactPartition {
+                files: vec![super::super::manifest::TableFile { file, rows: 1, ..Default::default() }],
+                discharge_days: Default::default(),
+            },
         );
         m
     }
