@@ -12,7 +12,7 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use chrono::{Datelike, Timelike};
 
-use super::input::Visits;
+use super::input::{Visit, Visits};
 use super::keys;
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
@@ -30,7 +30,7 @@ pub type Departments = BTreeMap<(String, i32), i64>;
 pub fn add_departments(departments: &mut Departments, visits: &Visits) -> usize {
     let before = departments.len();
     let mut seen: rustc_hash::FxHashSet<(u32, Option<i32>)> = rustc_hash::FxHashSet::default();
-    for v in &visits.rows {
+    for v in visits.iter() {
         if seen.insert((v.department, v.hospital_id)) {
             let (d, h) = visits.department_of(v);
             departments.entry((d.to_string(), h)).or_insert_with(|| keys::department_sk(d, h));
@@ -101,17 +101,13 @@ pub struct ScdStats {
 /// one version. A version starts at its first record's admission and ends where the next begins, so
 /// versions never overlap, and its key derives from its content (patient, start, attributes).
 ///
-/// `records` (indices into `visits`) are sorted in place by (admission, order key).
-pub fn versions(visits: &Visits, patient_id: &str, records: &mut [u32]) -> Vec<PatientVersion> {
+/// `records` are sorted in place by (admission, order key).
+pub fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit]) -> Vec<PatientVersion> {
     // The order key is unique per event: an unstable sort is deterministic.
-    records.sort_unstable_by_key(|&i| {
-        let v = &visits.rows[i as usize];
-        (v.admission_us, visits.order_key(v))
-    });
+    records.sort_unstable_by_key(|v| (v.admission_us, visits.order_key(v)));
     let mut out: Vec<PatientVersion> = Vec::new();
-    for (n, &i) in records.iter().enumerate() {
-        let v = &visits.rows[i as usize];
-        if records.get(n + 1).is_some_and(|&next| visits.rows[next as usize].admission_us == v.admission_us) {
+    for (n, v) in records.iter().enumerate() {
+        if records.get(n + 1).is_some_and(|next| next.admission_us == v.admission_us) {
             continue; // a later record at the same instant holds
         }
         let gender = visits.dict.arc(v.gender);
@@ -140,39 +136,61 @@ pub fn patient_sk_at(versions: &[PatientVersion], t: i64) -> Option<i64> {
     versions.get(i.saturating_sub(1)).map(|v| v.patient_sk)
 }
 
-/// Encodes DimPatient rows: each patient's versions, in the given order.
-pub fn patients_batch<'a>(patients: impl IntoIterator<Item = (&'a str, &'a [PatientVersion])>) -> Result<RecordBatch> {
-    let mut sk = Int64Builder::new();
-    let mut id = StringBuilder::new();
-    let mut gender = StringBuilder::new();
-    let mut age = Int32Builder::new();
-    let mut hash = Int64Builder::new();
-    let mut from = TimestampMillisecondBuilder::new().with_timezone(GOLD_TZ);
-    let mut to = TimestampMillisecondBuilder::new().with_timezone(GOLD_TZ);
-    let mut current = BooleanBuilder::new();
-    for (pid, versions) in patients {
-        for v in versions {
-            sk.append_value(v.patient_sk);
-            id.append_value(pid);
-            gender.append_option(v.gender.as_deref());
-            age.append_option(v.age);
-            hash.append_value(v.attr_hash);
-            from.append_value(to_gold_ms(v.effective_from));
-            to.append_option(v.effective_to.map(to_gold_ms));
-            current.append_value(v.effective_to.is_none());
+/// Builds DimPatient rows patient by patient.
+pub struct PatientsBuilder {
+    sk: Int64Builder,
+    id: StringBuilder,
+    gender: StringBuilder,
+    age: Int32Builder,
+    hash: Int64Builder,
+    from: TimestampMillisecondBuilder,
+    to: TimestampMillisecondBuilder,
+    current: BooleanBuilder,
+}
+
+impl PatientsBuilder {
+    /// A builder with room for about `n` versions.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            sk: Int64Builder::with_capacity(n),
+            id: StringBuilder::with_capacity(n, n * 36),
+            gender: StringBuilder::with_capacity(n, n * 6),
+            age: Int32Builder::with_capacity(n),
+            hash: Int64Builder::with_capacity(n),
+            from: TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ),
+            to: TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ),
+            current: BooleanBuilder::with_capacity(n),
         }
     }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(sk.finish()),
-        Arc::new(id.finish()),
-        Arc::new(gender.finish()),
-        Arc::new(age.finish()),
-        Arc::new(hash.finish()),
-        Arc::new(from.finish()),
-        Arc::new(to.finish()),
-        Arc::new(current.finish()),
-    ];
-    Ok(RecordBatch::try_new(Arc::clone(&DIM_PATIENT), cols)?)
+
+    /// Appends a patient's versions.
+    pub fn append(&mut self, patient_id: &str, versions: &[PatientVersion]) {
+        for v in versions {
+            self.sk.append_value(v.patient_sk);
+            self.id.append_value(patient_id);
+            self.gender.append_option(v.gender.as_deref());
+            self.age.append_option(v.age);
+            self.hash.append_value(v.attr_hash);
+            self.from.append_value(to_gold_ms(v.effective_from));
+            self.to.append_option(v.effective_to.map(to_gold_ms));
+            self.current.append_value(v.effective_to.is_none());
+        }
+    }
+
+    /// The rows.
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.sk.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.gender.finish()),
+            Arc::new(self.age.finish()),
+            Arc::new(self.hash.finish()),
+            Arc::new(self.from.finish()),
+            Arc::new(self.to.finish()),
+            Arc::new(self.current.finish()),
+        ];
+        Ok(RecordBatch::try_new(Arc::clone(&DIM_PATIENT), cols)?)
+    }
 }
 
 /// DimPatient rows as (patient id, version), for tests and checks.
@@ -263,9 +281,10 @@ pub fn time_batch(days: &Days) -> Result<RecordBatch> {
 mod tests {
     use super::*;
 
-    use crate::pipeline::gold::input::{Record, Visit};
+    use crate::pipeline::gold::input::Record;
 
     fn visit(visits: &mut Visits, id: &str, at: i64, age: i32) -> u32 {
+        let n = visits.len() as u32;
         visits.push(Record {
             patient_id: id,
             gender: Some("Female"),
@@ -284,15 +303,27 @@ mod tests {
                 ..Visit::EMPTY
             },
         });
-        visits.rows.len() as u32 - 1
+        n
+    }
+
+    /// The records of `visits` by arrival.
+    fn records(visits: &Visits) -> Vec<Visit> {
+        let mut all: Vec<Visit> = visits.iter().copied().collect();
+        all.sort_by_key(|v| v.input);
+        all
+    }
+
+    fn pick<'a>(all: &'a [Visit], ids: &[u32]) -> Vec<&'a Visit> {
+        ids.iter().map(|&i| &all[i as usize]).collect()
     }
 
     #[test]
     fn scd2_opens_a_version_per_change_with_its_own_key() {
         let mut visits = Visits::default();
-        let mut records = vec![visit(&mut visits, "a", 10, 40), visit(&mut visits, "a", 20, 40), visit(&mut visits, "a", 30, 41)];
+        let ids = vec![visit(&mut visits, "a", 10, 40), visit(&mut visits, "a", 20, 40), visit(&mut visits, "a", 30, 41)];
         visits.rank();
-        let v = versions(&visits, "a", &mut records);
+        let all = records(&visits);
+        let v = versions(&visits, "a", &mut pick(&all, &ids));
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].effective_from, v[0].effective_to), (10, Some(30)));
         assert_eq!((v[1].effective_from, v[1].effective_to, v[1].age), (30, None, Some(41)));
@@ -303,10 +334,11 @@ mod tests {
 
         // A late record inside the first version splits it: history is a function of the set.
         let mut visits = Visits::default();
-        let mut more: Vec<u32> =
+        let more: Vec<u32> =
             [(10, 40), (20, 40), (30, 41), (15, 39)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
         visits.rank();
-        let v = versions(&visits, "a", &mut more);
+        let all = records(&visits);
+        let v = versions(&visits, "a", &mut pick(&all, &more));
         let spans: Vec<_> = v.iter().map(|x| (x.effective_from, x.effective_to, x.age)).collect();
         assert_eq!(
             spans,
@@ -317,21 +349,24 @@ mod tests {
     #[test]
     fn scd2_does_not_depend_on_arrival_order_and_the_latest_record_holds_at_an_instant() {
         let mut visits = Visits::default();
-        let mut records: Vec<u32> = [(10_000, 40), (30_000, 41)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
-        let late = visit(&mut visits, "a", 10_000, 41);
-        visits.rows[late as usize].enqueued_us = 99_000;
-        visits.rows[late as usize].sequence_number = 99;
-        records.push(late);
-        records.push(visit(&mut visits, "a", 20_000, 40));
+        let mut ids: Vec<u32> = [(10_000, 40), (30_000, 41)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
+        ids.push(visit(&mut visits, "a", 10_000, 41));
+        ids.push(visit(&mut visits, "a", 20_000, 40));
         visits.rank();
-        let forward = versions(&visits, "a", &mut records.clone());
-        let mut backward: Vec<u32> = records.iter().rev().copied().collect();
-        assert_eq!(forward, versions(&visits, "a", &mut backward));
+        let mut all = records(&visits);
+        // The third record is sent later than the others (a late event about the same instant).
+        all[2].enqueued_us = 99_000;
+        all[2].sequence_number = 99;
+        let forward = versions(&visits, "a", &mut pick(&all, &ids));
+        let backward: Vec<u32> = ids.iter().rev().copied().collect();
+        assert_eq!(forward, versions(&visits, "a", &mut pick(&all, &backward)));
         // Millisecond-aligned, as gold's input is, so the encoded file round-trips exactly.
         // At 10 the later-sent record (age 41) holds; 20 (age 40) then differs; 30 differs again.
         let spans: Vec<_> = forward.iter().map(|x| (x.effective_from, x.age)).collect();
         assert_eq!(spans, [(10_000, Some(41)), (20_000, Some(40)), (30_000, Some(41))]);
-        let batch = patients_batch([("a", forward.as_slice())]).unwrap();
+        let mut builder = PatientsBuilder::with_capacity(3);
+        builder.append("a", &forward);
+        let batch = builder.finish().unwrap();
         let back = read_patients(&[batch]).unwrap();
         assert_eq!(back, forward.into_iter().map(|v| ("a".to_string(), v)).collect::<Vec<_>>());
     }

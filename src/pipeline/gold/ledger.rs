@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::builder::{ArrayBuilder, Int32Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
@@ -57,68 +57,103 @@ pub fn keys_file(segment: &str) -> String {
     }
 }
 
-/// Encodes a segment's records (in the given order).
-pub fn encode(visits: &Visits, rows: &[u32]) -> Result<RecordBatch> {
-    let n = rows.len();
-    let mut key = Int64Builder::with_capacity(n);
-    let mut patient = StringBuilder::with_capacity(n, n * 36);
-    let mut gender = StringBuilder::with_capacity(n, n * 6);
-    let mut age = Int32Builder::with_capacity(n);
-    let mut department = StringBuilder::with_capacity(n, n * 12);
-    let mut hospital = Int32Builder::with_capacity(n);
-    let mut bed = Int32Builder::with_capacity(n);
-    let mut admission = Int64Builder::with_capacity(n);
-    let mut admission_sent = Int64Builder::with_capacity(n);
-    let mut discharge = Int64Builder::with_capacity(n);
-    let mut hub = StringBuilder::with_capacity(n, n * 12);
-    let mut partition = StringBuilder::with_capacity(n, n * 2);
-    let mut seq = Int64Builder::with_capacity(n);
-    let mut enqueued = Int64Builder::with_capacity(n);
-    let mut file = StringBuilder::with_capacity(n, n * 80);
-    for &i in rows {
-        let v = &visits.rows[i as usize];
-        key.append_value(v.patient_key);
-        patient.append_value(visits.patient_id(v));
-        gender.append_option(visits.str(v.gender));
-        age.append_option(v.age);
-        department.append_option(visits.str(v.department));
-        hospital.append_option(v.hospital_id);
-        bed.append_option(v.bed_id);
-        admission.append_value(v.admission_us);
-        admission_sent.append_option(v.admission_sent_us);
-        discharge.append_option(v.discharge_us);
-        hub.append_value(visits.str(v.event_hub).unwrap_or_default());
-        partition.append_value(visits.str(v.partition_id).unwrap_or_default());
-        seq.append_value(v.sequence_number);
-        enqueued.append_value(v.enqueued_us);
-        file.append_value(visits.str(v.bronze_file).unwrap_or_default());
-    }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(key.finish()),
-        Arc::new(patient.finish()),
-        Arc::new(gender.finish()),
-        Arc::new(age.finish()),
-        Arc::new(department.finish()),
-        Arc::new(hospital.finish()),
-        Arc::new(bed.finish()),
-        Arc::new(admission.finish()),
-        Arc::new(admission_sent.finish()),
-        Arc::new(discharge.finish()),
-        Arc::new(hub.finish()),
-        Arc::new(partition.finish()),
-        Arc::new(seq.finish()),
-        Arc::new(enqueued.finish()),
-        Arc::new(file.finish()),
-    ];
-    Ok(RecordBatch::try_new(Arc::clone(&LEDGER), cols)?)
+/// Builds a segment's columns record by record.
+pub struct SegmentBuilder {
+    key: Int64Builder,
+    patient: StringBuilder,
+    gender: StringBuilder,
+    age: Int32Builder,
+    department: StringBuilder,
+    hospital: Int32Builder,
+    bed: Int32Builder,
+    admission: Int64Builder,
+    admission_sent: Int64Builder,
+    discharge: Int64Builder,
+    hub: StringBuilder,
+    partition: StringBuilder,
+    seq: Int64Builder,
+    enqueued: Int64Builder,
+    file: StringBuilder,
+    keys: Vec<i64>,
 }
 
-/// The key sidecar of a segment: its distinct patient keys, ascending.
-pub fn encode_keys(visits: &Visits, rows: &[u32]) -> Result<RecordBatch> {
-    let mut keys: Vec<i64> = rows.iter().map(|&i| visits.rows[i as usize].patient_key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    Ok(RecordBatch::try_new(Arc::clone(&KEYS), vec![Arc::new(Int64Array::from(keys))])?)
+impl SegmentBuilder {
+    /// A builder with room for about `n` records.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            key: Int64Builder::with_capacity(n),
+            patient: StringBuilder::with_capacity(n, n * 36),
+            gender: StringBuilder::with_capacity(n, n * 6),
+            age: Int32Builder::with_capacity(n),
+            department: StringBuilder::with_capacity(n, n * 12),
+            hospital: Int32Builder::with_capacity(n),
+            bed: Int32Builder::with_capacity(n),
+            admission: Int64Builder::with_capacity(n),
+            admission_sent: Int64Builder::with_capacity(n),
+            discharge: Int64Builder::with_capacity(n),
+            hub: StringBuilder::with_capacity(n, n * 12),
+            partition: StringBuilder::with_capacity(n, n * 2),
+            seq: Int64Builder::with_capacity(n),
+            enqueued: Int64Builder::with_capacity(n),
+            file: StringBuilder::with_capacity(n, n * 80),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Appends a record; records must come in patient key order.
+    pub fn append(&mut self, visits: &Visits, patient_id: &str, v: &Visit) {
+        if self.keys.last() != Some(&v.patient_key) {
+            self.keys.push(v.patient_key);
+        }
+        self.key.append_value(v.patient_key);
+        self.patient.append_value(patient_id);
+        self.gender.append_option(visits.str(v.gender));
+        self.age.append_option(v.age);
+        self.department.append_option(visits.str(v.department));
+        self.hospital.append_option(v.hospital_id);
+        self.bed.append_option(v.bed_id);
+        self.admission.append_value(v.admission_us);
+        self.admission_sent.append_option(v.admission_sent_us);
+        self.discharge.append_option(v.discharge_us);
+        self.hub.append_value(visits.str(v.event_hub).unwrap_or_default());
+        self.partition.append_value(visits.str(v.partition_id).unwrap_or_default());
+        self.seq.append_value(v.sequence_number);
+        self.enqueued.append_value(v.enqueued_us);
+        self.file.append_value(visits.str(v.bronze_file).unwrap_or_default());
+    }
+
+    /// Records appended so far.
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The segment and its key sidecar.
+    pub fn finish(mut self) -> Result<(RecordBatch, RecordBatch)> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.key.finish()),
+            Arc::new(self.patient.finish()),
+            Arc::new(self.gender.finish()),
+            Arc::new(self.age.finish()),
+            Arc::new(self.department.finish()),
+            Arc::new(self.hospital.finish()),
+            Arc::new(self.bed.finish()),
+            Arc::new(self.admission.finish()),
+            Arc::new(self.admission_sent.finish()),
+            Arc::new(self.discharge.finish()),
+            Arc::new(self.hub.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.enqueued.finish()),
+            Arc::new(self.file.finish()),
+        ];
+        let keys = RecordBatch::try_new(Arc::clone(&KEYS), vec![Arc::new(Int64Array::from(self.keys))])?;
+        Ok((RecordBatch::try_new(Arc::clone(&LEDGER), cols)?, keys))
+    }
 }
 
 /// Decodes a key sidecar.
@@ -223,16 +258,21 @@ mod tests {
                 ..Visit::EMPTY
             },
         });
-        let batch = encode(&visits, &[0]).unwrap();
+        let a = *visits.iter().next().unwrap();
+        let mut segment = SegmentBuilder::with_capacity(1);
+        segment.append(&visits, "p", &a);
+        let (batch, keys) = segment.finish().unwrap();
+        assert_eq!(decode_keys("k", &[keys]).unwrap(), [a.patient_key]);
         let mut back = Visits::default();
         decode("k", &[batch.clone()], |_| true, &mut back).unwrap();
-        let (a, b) = (visits.rows[0], back.rows[0]);
+        let b = *back.iter().next().unwrap();
         assert_eq!(Visit { known: true, ..a }, b);
-        assert_eq!(back.patient_id(&b), "p");
+        let bucket = back.buckets.iter().find(|x| !x.rows.is_empty()).unwrap();
+        assert_eq!(bucket.patient_id(&b), "p");
         assert_eq!((back.str(b.department), back.str(b.gender)), (Some("ICU"), None));
         let mut none = Visits::default();
         decode("k", &[batch], |_| false, &mut none).unwrap();
-        assert!(none.rows.is_empty());
+        assert!(none.is_empty());
         assert_eq!(keys_file("builds/x/ledger/seg.parquet"), "builds/x/ledger/seg.keys.parquet");
         assert_eq!(matching(&[1, 3, 5, 9], &[0, 3, 4, 9, 10]), [3, 9]);
     }

@@ -186,7 +186,7 @@ impl<'a> Uploads<'a> {
         let rows = batch.num_rows() as u64;
         let (lake, schema) = (self.lake, Arc::clone(schema));
         self.running.push(Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || parquet::encode(&schema, &[batch], Codec::Fast))
+            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &batch))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             lake.put(Container::Gold, &Path::from(key), bytes).await?;
@@ -203,14 +203,36 @@ impl<'a> Uploads<'a> {
     }
 }
 
-/// A patient whose visits this build changed.
-struct Changed {
-    /// A record of the patient (for its id and key).
-    record: u32,
-    /// The patient's DimPatient versions after the build.
-    versions: Vec<dims::PatientVersion>,
-    /// The ledger segment that held the patient before, if any.
-    home: Option<usize>,
+/// Columns whose values are (nearly) all distinct: a dictionary would only cost time.
+const DISTINCT: [&str; 16] = [
+    "patient_key",
+    "patient_id",
+    "patient_sk",
+    "fact_id",
+    "sequence_number",
+    "admission_us",
+    "admission_sent_us",
+    "discharge_us",
+    "enqueued_us",
+    "admission_time",
+    "discharge_time",
+    "enqueued_time",
+    "effective_from",
+    "effective_to",
+    "length_of_stay_hours",
+    "attr_hash",
+];
+
+/// Encodes a gold file: the lake's settings for its layer (Snappy, page statistics), without
+/// dictionaries on the columns whose values are distinct.
+fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
+    let mut props = parquet::writer_properties_builder(Codec::Fast);
+    for field in schema.fields() {
+        if DISTINCT.contains(&field.name().as_str()) {
+            props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
+        }
+    }
+    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props.build())?)
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
@@ -257,7 +279,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         build,
         builds: 1,
         silver_files: new_files.len() as u64,
-        rows_in: visits.rows.len() as u64,
+        rows_in: visits.len() as u64,
         ..Default::default()
     };
 
@@ -282,7 +304,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         });
     }
     let mut segments: Vec<(TableFile, TableFile)> = prev_ledger.into_iter().zip(prev.dim_patient.iter().cloned()).collect();
-    let mut wanted: Vec<i64> = visits.rows.iter().map(|v| v.patient_key).collect();
+    let mut wanted: Vec<i64> = visits.iter().map(|v| v.patient_key).collect();
     wanted.sort_unstable();
     wanted.dedup();
     let mut home: FxHashMap<i64, usize> = FxHashMap::default();
@@ -303,91 +325,87 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
     drop(wanted);
     visits.rank();
+    for bucket in &mut visits.buckets {
+        bucket.sort();
+    }
 
-    // Group the records by patient, then by visit.
-    let mut order: Vec<(i64, i64, u32)> =
-        visits.rows.iter().enumerate().map(|(i, v)| (v.patient_key, v.fact_id, i as u32)).collect();
-    order.sort_unstable();
-    let mut changed: Vec<Changed> = Vec::new();
-    let mut ledger_rows: Vec<u32> = Vec::new();
+    // Patient by patient (buckets and their records are in patient key order), visit by visit.
+    let mut segment = ledger::SegmentBuilder::with_capacity(visits.len());
+    let mut new_patients = dims::PatientsBuilder::with_capacity(visits.len());
+    let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
     let mut fact_rows: Vec<(bool, FactRow)> = Vec::new();
     let mut leaving: FxHashSet<i64> = FxHashSet::default();
     let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
-    let (mut old_winners, mut new_winners) = (Vec::new(), Vec::new());
-    for patient in order.chunk_by(|a, b| a.0 == b.0) {
-        old_winners.clear();
-        new_winners.clear();
-        let mut is_changed = false;
-        for visit in patient.chunk_by(|a, b| a.1 == b.1) {
-            // The winner: the latest event; for the same event twice, the copy folded first.
-            let rank = |&(_, _, i): &(i64, i64, u32)| {
-                let v = &visits.rows[i as usize];
-                (visits.order_key(v), v.known, std::cmp::Reverse(i))
-            };
-            let best = visit.iter().max_by_key(|r| rank(r)).map_or(0, |r| r.2);
-            new_winners.push(best);
-            is_changed |= !visits.rows[best as usize].known;
-            old_winners.extend(visit.iter().map(|r| r.2).filter(|&i| visits.rows[i as usize].known));
-        }
-        if !is_changed {
-            continue;
-        }
-        let first = patient[0].2;
-        let pid = visits.patient_id(&visits.rows[first as usize]);
-        let new_versions = dims::versions(&visits, pid, &mut new_winners);
-        let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-        let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-        if old_winners.is_empty() {
-            metrics.patients.new_patients += 1;
-        } else {
-            let old_versions = dims::versions(&visits, pid, &mut old_winners);
-            metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
-            for &i in &old_winners {
-                let row = FactRow::of(&visits, &visits.rows[i as usize], &old_versions, as_of).ok_or_else(uncovered)?;
-                old_rows.insert(row.fact_id, row);
+    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
+    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
+    for bucket in &visits.buckets {
+        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
+            old_winners.clear();
+            new_winners.clear();
+            let mut is_changed = false;
+            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
+                // The winner: the latest event; for the same event twice, the copy folded first.
+                let Some(best) = visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
+                else {
+                    continue;
+                };
+                new_winners.push(best);
+                is_changed |= !best.known;
+                old_winners.extend(visit.iter().filter(|v| v.known));
             }
-        }
-        if old_winners.is_empty() {
-            metrics.patients.versions_closed += closed(&new_versions);
-        }
-        for &i in &new_winners {
-            let row = FactRow::of(&visits, &visits.rows[i as usize], &new_versions, as_of).ok_or_else(uncovered)?;
-            match old_rows.get(&row.fact_id) {
-                Some(old) if old.same_row(&row) => continue,
-                Some(old) => {
-                    let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
-                        == (&row.partition_id, row.sequence_number, row.enqueued_us);
-                    if same_event {
-                        metrics.patients.facts_repointed += 1;
-                    } else if !old.same_visit_content(&row) {
-                        metrics.facts_updated += 1;
+            if !is_changed {
+                continue;
+            }
+            let pid = bucket.patient_id(&patient[0]);
+            let new_versions = dims::versions(&visits, pid, &mut new_winners);
+            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
+            if old_winners.is_empty() {
+                metrics.patients.new_patients += 1;
+                metrics.patients.versions_closed += closed(&new_versions);
+            } else {
+                let old_versions = dims::versions(&visits, pid, &mut old_winners);
+                metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+                for v in &old_winners {
+                    let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
+                    old_rows.insert(row.fact_id, row);
+                }
+            }
+            for v in &new_winners {
+                let row = FactRow::of(&visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
+                match old_rows.get(&row.fact_id) {
+                    Some(old) if old.same_row(&row) => continue,
+                    Some(old) => {
+                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
+                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
+                        if same_event {
+                            metrics.patients.facts_repointed += 1;
+                        } else if !old.same_visit_content(&row) {
+                            metrics.facts_updated += 1;
+                        }
+                        leaving.insert(old.fact_id);
+                        leaving_days.insert(old.visit_date);
+                        fact_rows.push((false, row));
                     }
-                    leaving.insert(old.fact_id);
-                    leaving_days.insert(old.visit_date);
-                    fact_rows.push((false, row));
-                }
-                None => {
-                    metrics.facts_inserted += 1;
-                    fact_rows.push((true, row));
+                    None => {
+                        metrics.facts_inserted += 1;
+                        fact_rows.push((true, row));
+                    }
                 }
             }
+            for v in &new_winners {
+                segment.append(&visits, pid, v);
+            }
+            new_patients.append(pid, &new_versions);
+            if let Some(&s) = home.get(&patient[0].patient_key) {
+                leavers.entry(s).or_default().insert(pid.to_string());
+            }
         }
-        ledger_rows.extend_from_slice(&new_winners);
-        let home = home.get(&patient[0].0).copied();
-        changed.push(Changed { record: first, versions: new_versions, home });
     }
-    drop(order);
 
     let mut uploads = Uploads::new(lake);
 
     // DimPatient and the ledger: one new segment for the changed patients; the DimPatient files
     // they leave are rewritten without them (a segment whose patients all left is dropped).
-    let mut leavers: BTreeMap<usize, FxHashSet<&str>> = BTreeMap::new();
-    for c in &changed {
-        if let Some(s) = c.home {
-            leavers.entry(s).or_default().insert(visits.patient_id(&visits.rows[c.record as usize]));
-        }
-    }
     let mut dropped: BTreeSet<usize> = BTreeSet::new();
     for (&s, ids) in &leavers {
         let old = &segments[s].1;
@@ -411,22 +429,17 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
     let mut segments: Vec<(TableFile, TableFile)> =
         segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
-    if !changed.is_empty() {
+    if !segment.is_empty() {
         let file = format!("{dir}/ledger/segment.parquet");
-        let keys_batch = ledger::encode_keys(&visits, &ledger_rows)?;
+        let (rows_batch, keys_batch) = segment.finish()?;
         uploads.put(ledger::keys_file(&file), &ledger::KEYS, keys_batch).await?;
-        let rows = uploads.put(file.clone(), &ledger::LEDGER, ledger::encode(&visits, &ledger_rows)?).await?;
-        let segment = TableFile { file, rows, ..Default::default() };
-        let batch = dims::patients_batch(
-            changed.iter().map(|c| (visits.patient_id(&visits.rows[c.record as usize]), c.versions.as_slice())),
-        )?;
+        let rows = uploads.put(file.clone(), &ledger::LEDGER, rows_batch).await?;
+        let ledger_file = TableFile { file, rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
-        let fresh = changed.iter().all(|c| c.home.is_none());
-        let rows = uploads.put(file.clone(), &DIM_PATIENT, batch).await?;
-        segments.push((segment, TableFile { file, rows, fresh, ..Default::default() }));
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, new_patients.finish()?).await?;
+        segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
-    drop(ledger_rows);
-    drop(changed);
+    drop(leavers);
 
     // Facts: the days rows leave or land on, and the files whose census flag flips or that are
     // small enough to compact.
