@@ -58,7 +58,7 @@ impl FactRow {
         Some(FactRow {
             fact_id: v.fact_id,
             patient_sk: dims::patient_sk_at(versions, v.admission_us)?,
-            department_sk: keys::department_sk(department, hospital),
+            department_sk: visits.department_sk(v.department, hospital, department),
             admission_us: v.admission_us,
             discharge_us: v.discharge_us,
             bed_id: v.bed_id,

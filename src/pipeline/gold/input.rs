@@ -162,6 +162,7 @@ pub struct Visits {
     pub dict: Dict,
     ranks: Vec<u32>,
     len: u32,
+    department_sks: std::sync::Mutex<FxHashMap<(u32, i32), i64>>,
 }
 
 impl Default for Visits {
@@ -171,6 +172,7 @@ impl Default for Visits {
             dict: Dict::default(),
             ranks: Vec::new(),
             len: 0,
+            department_sks: Default::default(),
         }
     }
 }
@@ -343,6 +345,13 @@ impl Visits {
     /// The record's [`OrderKey`] (after [`Visits::rank`]).
     pub fn order_key(&self, v: &Visit) -> OrderKey {
         (v.enqueued_us, self.ranks[v.partition_id as usize], v.sequence_number, self.ranks[v.event_hub as usize])
+    }
+
+    /// [`keys::department_sk`] of a department (by its dictionary id and name) and hospital,
+    /// hashed once per distinct pair.
+    pub fn department_sk(&self, id: u32, hospital: i32, department: &str) -> i64 {
+        let mut cache = self.department_sks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cache.entry((id, hospital)).or_insert_with(|| keys::department_sk(department, hospital))
     }
 
     /// The department and hospital a visit is filed under (unknown members for nulls).

@@ -333,7 +333,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut segment = ledger::SegmentBuilder::with_capacity(visits.len());
     let mut new_patients = dims::PatientsBuilder::with_capacity(visits.len());
     let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
-    let mut fact_rows: Vec<(bool, FactRow)> = Vec::new();
+    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
     let mut leaving: FxHashSet<i64> = FxHashSet::default();
     let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
     let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
@@ -384,11 +384,11 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
                         }
                         leaving.insert(old.fact_id);
                         leaving_days.insert(old.visit_date);
-                        fact_rows.push((false, row));
+                        by_day.entry(row.visit_date).or_default().push((false, row));
                     }
                     None => {
                         metrics.facts_inserted += 1;
-                        fact_rows.push((true, row));
+                        by_day.entry(row.visit_date).or_default().push((true, row));
                     }
                 }
             }
@@ -440,13 +440,11 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
     drop(leavers);
+    // Fact rows own their strings: the records are no longer needed.
+    drop(visits);
 
     // Facts: the days rows leave or land on, and the files whose census flag flips or that are
     // small enough to compact.
-    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
-    for (fresh, row) in fact_rows {
-        by_day.entry(row.visit_date).or_default().push((fresh, row));
-    }
     let mut partitions = prev.fact_patient_flow.clone();
     let mut touched: BTreeSet<i32> = by_day.keys().copied().collect();
     touched.extend(leaving_days.iter().copied());
@@ -512,7 +510,6 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
             partitions.insert(day_name(day), partition(files));
         }
     }
-    drop(visits);
 
     // DimTime: every hour of each day a fact references.
     let mut days = Days::new();
