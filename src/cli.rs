@@ -564,9 +564,12 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
                 None => manifest::latest(&lake).await?.ok_or_else(|| anyhow::anyhow!("gold has no build yet"))?,
             };
             let loaded = match since {
-                Some(n) => {
-                    manifest::read(&lake, n).await?.fact_patient_flow.iter().map(|(d, p)| (d.clone(), crate::warehouse::day_files(p))).collect()
-                }
+                Some(n) => manifest::read(&lake, n)
+                    .await?
+                    .fact_patient_flow
+                    .iter()
+                    .map(|(d, p)| (d.clone(), crate::warehouse::day_files(p)))
+                    .collect(),
                 None => Default::default(),
             };
             let gold_url = args.gold.synapse.synapse_gold_url.clone().ok_or_else(|| {

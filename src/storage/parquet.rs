@@ -51,10 +51,14 @@ pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Resu
 }
 
 /// Encodes batches with the given writer settings.
-pub fn encode_with(schema: &SchemaRef, batches: &[RecordBatch], props: WriterProperties) -> Result<Bytes, ParquetError> {
+pub fn encode_with(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    props: WriterProperties,
+) -> Result<Bytes, ParquetError> {
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(props))
-        .map_err(|e| ParquetError(e.to_string()))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(props)).map_err(|e| ParquetError(e.to_string()))?;
     for batch in batches {
         writer.write(batch).map_err(|e| ParquetError(e.to_string()))?;
     }

@@ -393,8 +393,11 @@ impl Warehouse for Synapse {
             };
             let now = results.last().and_then(|r| r.first()).and_then(|row| row.get::<i64, _>(0)).map(|b| b as u64);
             if now == Some(manifest.build) {
-                let rows: u64 =
-                    changes.replace.iter().filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows())).sum();
+                let rows: u64 = changes
+                    .replace
+                    .iter()
+                    .filter_map(|(d, _)| manifest.fact_patient_flow.get(d).map(|p| p.rows()))
+                    .sum();
                 return Ok(LoadMetrics {
                     build: manifest.build,
                     loaded: true,

@@ -299,8 +299,10 @@ async fn superseded_files_are_cleaned_after_the_retention() {
     let keep = GoldOptions::new(t(NOW), Duration::from_secs(3600));
     let gold::BuildOutcome::Built(m) = gold::build(&lake, &keep).await.unwrap() else { panic!() };
     assert_eq!(m.files_cleaned, 0, "within the retention both builds stay readable");
-    let first: std::collections::BTreeSet<String> = manifest::read(&lake, 1).await.unwrap().files().into_iter().collect();
-    let second: std::collections::BTreeSet<String> = manifest::read(&lake, 2).await.unwrap().files().into_iter().collect();
+    let first: std::collections::BTreeSet<String> =
+        manifest::read(&lake, 1).await.unwrap().files().into_iter().collect();
+    let second: std::collections::BTreeSet<String> =
+        manifest::read(&lake, 2).await.unwrap().files().into_iter().collect();
     let superseded = first.difference(&second).count();
     // The in-memory store stamps files with the wall clock: a clock far past it makes them old.
     let later = GoldOptions::new(t("2999-01-01T00:00:00"), Duration::from_secs(3600));

@@ -76,7 +76,8 @@ async fn the_generated_load_sql_matches_the_golden_file() {
     gold::build(&lake, &opts("2026-11-24T12:00:00")).await.unwrap();
     let first = manifest::read(&lake, 1).await.unwrap();
     let second = manifest::read(&lake, 2).await.unwrap();
-    let loaded = first.fact_patient_flow.iter().map(|(d, p)| (d.clone(), patientflow::warehouse::day_files(p))).collect();
+    let loaded =
+        first.fact_patient_flow.iter().map(|(d, p)| (d.clone(), patientflow::warehouse::day_files(p))).collect();
     let changes = fact_changes(&second, &loaded);
     assert_eq!(changes.replace.len(), 1, "only the new day is copied: {changes:?}");
     assert!(changes.remove.is_empty());
@@ -368,7 +369,8 @@ async fn every_gold_column_is_a_parquet_type_copy_into_maps_to_its_declared_syna
         ("dbo.DimPatient", last.dim_patient[0].file.clone()),
         ("dbo.DimTime", last.dim_time.clone()),
     ];
-    files.extend(last.fact_patient_flow.values().map(|p| ("dbo.FactPatientFlow", patientflow::warehouse::day_files(p))));
+    files
+        .extend(last.fact_patient_flow.values().map(|p| ("dbo.FactPatientFlow", patientflow::warehouse::day_files(p))));
     assert_eq!(files.len(), 6, "three dimensions and three fact days");
     let mut timestamps = 0;
     for (table, key) in files {

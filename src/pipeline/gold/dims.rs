@@ -320,7 +320,8 @@ mod tests {
     #[test]
     fn scd2_opens_a_version_per_change_with_its_own_key() {
         let mut visits = Visits::default();
-        let ids = vec![visit(&mut visits, "a", 10, 40), visit(&mut visits, "a", 20, 40), visit(&mut visits, "a", 30, 41)];
+        let ids =
+            vec![visit(&mut visits, "a", 10, 40), visit(&mut visits, "a", 20, 40), visit(&mut visits, "a", 30, 41)];
         visits.rank();
         let all = records(&visits);
         let v = versions(&visits, "a", &mut pick(&all, &ids));
@@ -349,7 +350,8 @@ mod tests {
     #[test]
     fn scd2_does_not_depend_on_arrival_order_and_the_latest_record_holds_at_an_instant() {
         let mut visits = Visits::default();
-        let mut ids: Vec<u32> = [(10_000, 40), (30_000, 41)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
+        let mut ids: Vec<u32> =
+            [(10_000, 40), (30_000, 41)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
         ids.push(visit(&mut visits, "a", 10_000, 41));
         ids.push(visit(&mut visits, "a", 20_000, 40));
         visits.rank();

@@ -13,9 +13,9 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 
 use super::dims::{self, PatientVersion};
-use super::keys::epoch_days;
 use super::input::{Visit, Visits};
 use super::keys;
+use super::keys::epoch_days;
 use crate::model::schema::{FACT_PATIENT_FLOW, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
 
@@ -265,20 +265,20 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut Vec<FactRow>) -> Re
         let visit = col("visit_date")?.as_primitive::<arrow_array::types::Date32Type>();
         for i in 0..b.num_rows() {
             into.push(FactRow {
-                    fact_id: fact_id.value(i),
-                    patient_sk: patient.value(i),
-                    department_sk: dept.value(i),
-                    admission_us: adm.value(i),
-                    discharge_us: (!dis.is_null(i)).then(|| dis.value(i)),
-                    bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
-                    hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
-                    partition_id: shared(&mut last_part, part.value(i)),
-                    sequence_number: seq.value(i),
-                    enqueued_us: enq.value(i),
-                    bronze_file: shared(&mut last_file, file.value(i)),
-                    ingested_us: ingested.value(i),
-                    visit_date: visit.value(i),
-                });
+                fact_id: fact_id.value(i),
+                patient_sk: patient.value(i),
+                department_sk: dept.value(i),
+                admission_us: adm.value(i),
+                discharge_us: (!dis.is_null(i)).then(|| dis.value(i)),
+                bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
+                hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
+                partition_id: shared(&mut last_part, part.value(i)),
+                sequence_number: seq.value(i),
+                enqueued_us: enq.value(i),
+                bronze_file: shared(&mut last_file, file.value(i)),
+                ingested_us: ingested.value(i),
+                visit_date: visit.value(i),
+            });
         }
     }
     Ok(())

@@ -356,10 +356,7 @@ impl Visits {
 
     /// The department and hospital a visit is filed under (unknown members for nulls).
     pub fn department_of(&self, v: &Visit) -> (&str, i32) {
-        (
-            self.str(v.department).unwrap_or(keys::UNKNOWN_DEPARTMENT),
-            v.hospital_id.unwrap_or(keys::UNKNOWN_HOSPITAL),
-        )
+        (self.str(v.department).unwrap_or(keys::UNKNOWN_DEPARTMENT), v.hospital_id.unwrap_or(keys::UNKNOWN_HOSPITAL))
     }
 }
 

@@ -24,6 +24,13 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use super::input::{Record, Visit, Visits, column};
 use crate::pipeline::Result;
 
+/// Segments with fewer records than this are small: [`MAX_SMALL_SEGMENTS`] small segments in a
+/// row at the end of the list are merged into one by the next build.
+pub const SMALL_SEGMENT_ROWS: usize = 64 * 1024;
+
+/// See [`SMALL_SEGMENT_ROWS`].
+pub const MAX_SMALL_SEGMENTS: usize = 8;
+
 /// The ledger's schema.
 pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![

@@ -303,7 +303,16 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
             ),
         });
     }
-    let mut segments: Vec<(TableFile, TableFile)> = prev_ledger.into_iter().zip(prev.dim_patient.iter().cloned()).collect();
+    let mut segments: Vec<(TableFile, TableFile)> =
+        prev_ledger.into_iter().zip(prev.dim_patient.iter().cloned()).collect();
+    // Compaction: the small segments frequent small builds leave behind are merged once there are
+    // enough of them, so a lookup reads a bounded number of sidecars.
+    let small = segments.iter().rposition(|(l, _)| l.rows as usize >= ledger::SMALL_SEGMENT_ROWS).map_or(0, |i| i + 1);
+    if segments.len() - small >= ledger::MAX_SMALL_SEGMENTS {
+        let merged = merge_segments(lake, &segments[small..], &dir).await?;
+        segments.truncate(small);
+        segments.push(merged);
+    }
     let mut wanted: Vec<i64> = visits.iter().map(|v| v.patient_key).collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -345,7 +354,8 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
             let mut is_changed = false;
             for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
                 // The winner: the latest event; for the same event twice, the copy folded first.
-                let Some(best) = visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
+                let Some(best) =
+                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
                 else {
                     continue;
                 };
@@ -415,7 +425,8 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
                 .column_by_name("patient_id")
                 .and_then(|c| c.as_string_opt::<i32>())
                 .ok_or_else(|| Error::Corrupt { key: old.file.clone(), detail: "no `patient_id` column".into() })?;
-            let keep: arrow_array::BooleanArray = id.iter().map(|p| Some(!ids.contains(p.unwrap_or_default()))).collect();
+            let keep: arrow_array::BooleanArray =
+                id.iter().map(|p| Some(!ids.contains(p.unwrap_or_default()))).collect();
             kept.push(arrow_select::filter::filter_record_batch(&b, &keep)?);
         }
         let batch = arrow_select::concat::concat_batches(&DIM_PATIENT, &kept)?;
@@ -448,9 +459,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut partitions = prev.fact_patient_flow.clone();
     let mut touched: BTreeSet<i32> = by_day.keys().copied().collect();
     touched.extend(leaving_days.iter().copied());
-    touched.extend(
-        partitions.iter().filter(|(_, p)| p.files.iter().any(due)).filter_map(|(day, _)| day_number(day)),
-    );
+    touched.extend(partitions.iter().filter(|(_, p)| p.files.iter().any(due)).filter_map(|(day, _)| day_number(day)));
     let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
     let mut kept: BTreeMap<i32, Vec<TableFile>> = BTreeMap::new();
     for &day in &touched {
@@ -549,6 +558,59 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         0
     });
     Ok(BuildOutcome::Built(metrics))
+}
+
+/// Merges ledger segments (oldest first) into one, each patient's records taken from the newest
+/// segment that holds the patient, and their DimPatient files (which hold each patient once) into
+/// one file.
+async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) -> Result<(TableFile, TableFile)> {
+    let mut seen: FxHashSet<i64> = FxHashSet::default();
+    let mut kept: Vec<RecordBatch> = Vec::new();
+    for (segment, _) in run.iter().rev() {
+        let mut keys_here: FxHashSet<i64> = FxHashSet::default();
+        for b in read_table(lake, &segment.file).await? {
+            let keys = input::column(&b, &segment.file, "patient_key", |c| {
+                c.as_primitive_opt::<arrow_array::types::Int64Type>()
+            })?;
+            let keep: arrow_array::BooleanArray = keys.values().iter().map(|k| Some(!seen.contains(k))).collect();
+            keys_here.extend(keys.values().iter().copied());
+            kept.push(arrow_select::filter::filter_record_batch(&b, &keep)?);
+        }
+        seen.extend(keys_here);
+    }
+    let all = arrow_select::concat::concat_batches(&ledger::LEDGER, &kept)?;
+    drop(kept);
+    let keys = input::column(&all, "merged segment", "patient_key", |c| {
+        c.as_primitive_opt::<arrow_array::types::Int64Type>()
+    })?;
+    // A stable sort by key keeps each patient's records in their order.
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by_key(|&i| keys.value(i as usize));
+    let order = arrow_array::UInt32Array::from(order);
+    let columns = all
+        .columns()
+        .iter()
+        .map(|c| arrow_select::take::take(c, &order, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let merged = RecordBatch::try_new(Arc::clone(&ledger::LEDGER), columns)?;
+    let mut distinct: Vec<i64> = seen.into_iter().collect();
+    distinct.sort_unstable();
+    let sidecar =
+        RecordBatch::try_new(Arc::clone(&ledger::KEYS), vec![Arc::new(arrow_array::Int64Array::from(distinct))])?;
+    let file = format!("{dir}/ledger/merged.parquet");
+    lake.put(Container::Gold, &Path::from(ledger::keys_file(&file)), encode(&ledger::KEYS, &sidecar)?).await?;
+    let rows = merged.num_rows() as u64;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, &merged)?).await?;
+    let segment = TableFile { file, rows, ..Default::default() };
+    let mut patients = Vec::new();
+    for (_, dim) in run {
+        patients.extend(read_table(lake, &dim.file).await?);
+    }
+    let patients = arrow_select::concat::concat_batches(&DIM_PATIENT, &patients)?;
+    let file = format!("{dir}/dim_patient/merged.parquet");
+    let rows = patients.num_rows() as u64;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &patients)?).await?;
+    Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
 /// A fact partition of `files`, with the discharge days of them all.
