@@ -468,4 +468,31 @@ async fn a_backlog_is_folded_in_bounded_builds_with_the_same_result() {
     assert_eq!(sorted(&a.fact_patient_flow, "fact_id"), sorted(&b.fact_patient_flow, "fact_id"));
     assert_eq!(sorted(&a.dim_patient, "patient_sk"), sorted(&b.dim_patient, "patient_sk"));
     assert_eq!(m.facts_inserted, one.facts_inserted);
+
+    // Bounded by rows: a build stops taking files once it holds 30 rows (two files of 20).
+    let (state_rows, lake_rows) = util::memory().await;
+    for i in 0..5 {
+        let bodies: Vec<Vec<u8>> = (0..20)
+            .map(|j| {
+                event(
+                    &format!("P{}", (i * 20 + j) % 37),
+                    "Male",
+                    30 + j,
+                    "ICU",
+                    1,
+                    j + 1,
+                    &format!("2026-11-{}T0{}:00:00", 18 + i, j % 10),
+                    None,
+                )
+            })
+            .collect();
+        land(&state_rows, &lake_rows, "0", i * 100, &bodies).await;
+    }
+    let by_rows = GoldOptions { max_rows_per_build: 30, ..options(NOW) };
+    let (outcome, _) = gold::build_all(&lake_rows, &by_rows).await.unwrap();
+    let BuildOutcome::Built(r) = outcome else { panic!("{outcome:?}") };
+    assert_eq!((r.builds, r.silver_files, r.rows_in), (3, 5, 100));
+    let c = tables(&lake_rows).await;
+    assert_eq!(sorted(&c.fact_patient_flow, "fact_id"), sorted(&b.fact_patient_flow, "fact_id"));
+    assert_eq!(sorted(&c.dim_patient, "patient_sk"), sorted(&b.dim_patient, "patient_sk"));
 }

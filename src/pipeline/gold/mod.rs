@@ -63,12 +63,15 @@ pub struct GoldOptions {
     /// At most this many silver files are folded into one build, so a build's memory is bounded
     /// by this, not by how much silver waits; [`build_all`] commits as many builds as needed.
     pub max_files_per_build: usize,
+    /// A build stops taking silver files once it holds this many rows (at least one file is
+    /// taken), so its memory follows this whatever the size of the files.
+    pub max_rows_per_build: usize,
 }
 
 impl GoldOptions {
-    /// Options with the default of 1,024 silver files per build.
+    /// Options with the defaults of 1,024 silver files and 262,144 rows per build.
     pub fn new(now: NaiveDateTime, retention: Duration) -> Self {
-        Self { now, retention, max_files_per_build: 1024 }
+        Self { now, retention, max_files_per_build: 1024, max_rows_per_build: 262_144 }
     }
 }
 
@@ -145,8 +148,9 @@ pub async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::Recor
     parquet::decode(bytes).map(|(_, b)| b).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
 }
 
-/// Reads silver files a few at a time (decoding on blocking threads) and adds their rows.
-async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits) -> Result<()> {
+/// Reads silver files a few at a time (decoding on blocking threads) and adds their rows, until
+/// `max_rows` are in; returns how many files it took.
+async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits, max_rows: usize) -> Result<usize> {
     let mut decoded = futures::stream::iter(files.iter().cloned())
         .map(|key| async move {
             let bytes = lake.get(Container::Silver, &key).await?;
@@ -159,10 +163,14 @@ async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits) -> Result
             Ok::<_, Error>((name, batches))
         })
         .buffered(4);
-    while let Some((key, batches)) = decoded.try_next().await? {
+    let mut taken = 0;
+    while visits.len() < max_rows.max(1)
+        && let Some((key, batches)) = decoded.try_next().await?
+    {
         visits.add_silver(&key, &batches)?;
+        taken += 1;
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// Parquet encodes and uploads on blocking threads, a few at a time, so a build's many files use
@@ -268,7 +276,8 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
 
     let mut visits = Visits::default();
-    read_silver(lake, &new_files, &mut visits).await?;
+    let taken = read_silver(lake, &new_files, &mut visits, options.max_rows_per_build).await?;
+    new_files.truncate(taken);
     let build = prev.build + 1;
     let mut silver_files: BTreeSet<String> = prev.silver_files.iter().cloned().collect();
     silver_files.extend(new_files.iter().map(ToString::to_string));
