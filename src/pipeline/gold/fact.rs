@@ -118,34 +118,44 @@ impl FactRow {
     }
 }
 
-/// How far apart the flip instants of one fact file's rows may lie: a build rewrites a file once its
-/// earliest flip is due, so rows whose census flag flips at about the same time share files, and a
-/// build rewrites only the rows that flip (and those that share their window), not the day.
+/// Rows whose census flag flips within a day of the build share files by six-hour window of
+/// their flip instant; later flips share a file per day. A build rewrites a file once its earliest
+/// flip is due, so it rewrites about the rows that flip (each row at most twice per flip: once
+/// from a day file into its six-hour window, once when it flips), never a day's history.
 pub const FLIP_WINDOW_US: i64 = 6 * 3_600_000_000;
 
-/// Fewer rows than this make a small file: windows are merged until a file has at least this many
-/// rows, and a day's small files are compacted once it has [`MAX_SMALL_FILES`] of them.
+/// See [`FLIP_WINDOW_US`].
+pub const FAR_FLIP_WINDOW_US: i64 = 24 * 3_600_000_000;
+
+/// Files with fewer rows than this whose rows never flip again are small: once a day has
+/// [`MAX_SMALL_FILES`] of them, the next build that touches the day merges them.
 pub const MIN_FILE_ROWS: usize = 16 * 1024;
 
 /// See [`MIN_FILE_ROWS`].
 pub const MAX_SMALL_FILES: usize = 8;
 
-/// Splits one day's rows into files: rows new to gold apart from the rest (a loader appends those
-/// without deleting), then by flip window, merging neighbouring windows until a file has
-/// [`MIN_FILE_ROWS`] rows. Returns each file's rows and whether they are all new.
+/// Which file of its day a row belongs in: rows new to gold apart from the rest (a loader appends
+/// those without deleting), then by flip window (see [`FLIP_WINDOW_US`]); settled rows last.
+fn file_class(fresh: bool, r: &FactRow, as_of: i64) -> (bool, u8, i64) {
+    match r.next_change(as_of) {
+        None => (!fresh, 2, 0),
+        Some(t) if t - as_of <= FAR_FLIP_WINDOW_US => (!fresh, 0, t.div_euclid(FLIP_WINDOW_US)),
+        Some(t) => (!fresh, 1, t.div_euclid(FAR_FLIP_WINDOW_US)),
+    }
+}
+
+/// Splits one day's rows into files by [`file_class`]. Returns each file's rows and whether they
+/// are all new.
 pub fn split_files(mut rows: Vec<(bool, FactRow)>, as_of: i64) -> Vec<(bool, Vec<FactRow>)> {
-    let window = |r: &FactRow| r.next_change(as_of).map_or(i64::MAX, |t| t.div_euclid(FLIP_WINDOW_US));
-    rows.sort_by_cached_key(|(fresh, r)| (!*fresh, window(r), r.admission_us, r.fact_id));
+    rows.sort_by_cached_key(|(fresh, r)| (file_class(*fresh, r, as_of), r.admission_us, r.fact_id));
     let mut files: Vec<(bool, Vec<FactRow>)> = Vec::new();
-    let mut last: Option<(bool, i64)> = None;
+    let mut last = None;
     for (fresh, row) in rows {
-        let w = window(&row);
-        let same_class = files.last().is_some_and(|(f, _)| *f == fresh);
-        let full = files.last().is_some_and(|(_, r)| r.len() >= MIN_FILE_ROWS);
-        if !same_class || (full && last != Some((fresh, w))) {
+        let class = file_class(fresh, &row, as_of);
+        if last != Some(class) {
             files.push((fresh, Vec::new()));
+            last = Some(class);
         }
-        last = Some((fresh, w));
         if let Some((_, rs)) = files.last_mut() {
             rs.push(row);
         }

@@ -473,12 +473,12 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut kept: BTreeMap<i32, Vec<TableFile>> = BTreeMap::new();
     for &day in &touched {
         let part = partitions.remove(&day_name(day)).unwrap_or_default();
-        let small = part.files.iter().filter(|f| (f.rows as usize) < fact::MIN_FILE_ROWS).count();
-        let compact = small + 1 >= fact::MAX_SMALL_FILES;
+        let is_settled_small = |f: &TableFile| f.next_change_us.is_none() && (f.rows as usize) < fact::MIN_FILE_ROWS;
+        let compact = part.files.iter().filter(|f| is_settled_small(f)).count() + 1 >= fact::MAX_SMALL_FILES;
         let mut keep = Vec::new();
         for f in part.files {
             let is_due = due(&f);
-            let is_small = compact && (f.rows as usize) < fact::MIN_FILE_ROWS;
+            let is_small = compact && is_settled_small(&f);
             if !(is_due || is_small || leaving_days.contains(&day)) {
                 keep.push(f);
                 continue;
