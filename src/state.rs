@@ -150,6 +150,7 @@ impl AppState {
             now,
             retention: self.0.gold.retention,
             max_files_per_build: self.0.gold.max_files_per_build,
+            max_rows_per_build: self.0.gold.max_rows_per_build,
             trigger,
         }
     }

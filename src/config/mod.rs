@@ -207,6 +207,10 @@ pub struct GoldArgs {
     /// (a build's memory is bounded by this, not by the backlog).
     #[arg(long, env = "PATIENTFLOW_GOLD_MAX_FILES_PER_BUILD", default_value_t = 1024)]
     pub gold_max_files_per_build: usize,
+    /// Silver rows folded into one gold build at most (it stops taking files past this): a
+    /// build's memory follows this, whatever the size of the files.
+    #[arg(long, env = "PATIENTFLOW_GOLD_MAX_ROWS_PER_BUILD", default_value_t = 262_144)]
+    pub gold_max_rows_per_build: usize,
     /// Hours superseded gold build files are kept before cleanup.
     #[arg(long, env = "PATIENTFLOW_GOLD_RETENTION_HOURS", default_value_t = 168)]
     pub gold_retention_hours: u64,
@@ -250,8 +254,12 @@ impl GoldArgs {
         if self.gold_max_files_per_build == 0 {
             return Err(ConfigError("PATIENTFLOW_GOLD_MAX_FILES_PER_BUILD must be at least 1".into()));
         }
+        if self.gold_max_rows_per_build == 0 {
+            return Err(ConfigError("PATIENTFLOW_GOLD_MAX_ROWS_PER_BUILD must be at least 1".into()));
+        }
         Ok(GoldSettings {
             max_files_per_build: self.gold_max_files_per_build,
+            max_rows_per_build: self.gold_max_rows_per_build,
             min_new_files: self.gold_min_new_files,
             retention: Duration::from_secs(self.gold_retention_hours * 3600),
             adf_callbacks,

@@ -74,6 +74,8 @@ pub struct GoldSettings {
     pub adf_callbacks: crate::adf::CallbackPolicy,
     /// Silver files folded into one gold build at most (bounds a build's memory).
     pub max_files_per_build: usize,
+    /// Silver rows folded into one gold build at most (bounds a build's memory).
+    pub max_rows_per_build: usize,
     /// Bronze files without a silver file that one timer run refines at most (reconciliation).
     pub reconcile_max_files: usize,
 }
@@ -85,6 +87,7 @@ impl Default for GoldSettings {
             retention: Duration::from_secs(7 * 24 * 3600),
             adf_callbacks: crate::adf::CallbackPolicy::default(),
             max_files_per_build: 1024,
+            max_rows_per_build: 262_144,
             reconcile_max_files: 64,
         }
     }

@@ -50,6 +50,8 @@ pub struct JobOptions {
     pub retention: Duration,
     /// Silver files per build at most.
     pub max_files_per_build: usize,
+    /// Silver rows per build at most.
+    pub max_rows_per_build: usize,
     /// What started the job.
     pub trigger: Trigger,
 }
@@ -194,6 +196,7 @@ async fn build(
 ) -> Result<()> {
     let gold_options = GoldOptions {
         max_files_per_build: options.max_files_per_build,
+        max_rows_per_build: options.max_rows_per_build,
         ..GoldOptions::new(options.now, options.retention)
     };
     for attempt in 1..=MAX_BUILD_ATTEMPTS {

@@ -30,6 +30,11 @@ pub enum Codec {
 /// The writer settings of every lake file: the layer's codec, page statistics for pruning, and
 /// no `created_by` drift beyond the library version.
 pub fn writer_properties(codec: Codec) -> WriterProperties {
+    writer_properties_builder(codec).build()
+}
+
+/// [`writer_properties`], still open for per-column settings.
+pub fn writer_properties_builder(codec: Codec) -> parquet::file::properties::WriterPropertiesBuilder {
     let compression = match codec {
         Codec::Archive => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
         Codec::Fast => Compression::SNAPPY,
@@ -38,14 +43,22 @@ pub fn writer_properties(codec: Codec) -> WriterProperties {
         .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
-        .build()
 }
 
 /// Encodes batches (all of `schema`) into one parquet file in memory.
 pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Result<Bytes, ParquetError> {
+    encode_with(schema, batches, writer_properties(codec))
+}
+
+/// Encodes batches with the given writer settings.
+pub fn encode_with(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    props: WriterProperties,
+) -> Result<Bytes, ParquetError> {
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(writer_properties(codec)))
-        .map_err(|e| ParquetError(e.to_string()))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(props)).map_err(|e| ParquetError(e.to_string()))?;
     for batch in batches {
         writer.write(batch).map_err(|e| ParquetError(e.to_string()))?;
     }

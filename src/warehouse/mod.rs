@@ -246,7 +246,7 @@ mod tests {
     use crate::pipeline::gold::manifest::FactPartition;
 
     fn file(name: &str, fresh: bool) -> TableFile {
-        TableFile { file: format!("builds/{name}.parquet"), rows: 1, fresh, next_change_us: None }
+        TableFile { file: format!("builds/{name}.parquet"), rows: 1, fresh, ..Default::default() }
     }
 
     fn build(n: u64, patients: &[(&str, bool)], facts: &[(&str, bool)]) -> Manifest {

@@ -650,3 +650,62 @@ async fn a_gold_without_a_ledger_is_rebuilt_from_silver() {
     let (_, reference) = at_once(&[a, b, c]).await;
     assert_eq!(snapshot(&lake).await, reference);
 }
+
+/// Frequent small builds (one per event, as a busy timer makes them) leave many small ledger
+/// segments and fact files; compaction bounds both, and the tables still equal a single build's.
+#[tokio::test]
+async fn many_small_builds_compact_and_give_the_same_tables() {
+    let base = t("2026-11-24T00:00:00");
+    let events: Vec<Sent> = (0..40)
+        .map(|i| {
+            // Seven patients return again and again, with birthdays and discharge updates; every
+            // third event is a new patient.
+            let patient = if i % 3 == 0 { format!("N{i}") } else { format!("P{}", i % 7) };
+            let admission = format!("2026-11-{:02}T{:02}:00:00", 20 + i % 3, i % 24);
+            let discharge = (i % 4 == 0).then(|| format!("2026-11-{:02}T23:30:00", 20 + i % 3));
+            Sent {
+                partition: "0".into(),
+                seq: 100 + i as i64,
+                enqueued: base + chrono::Duration::seconds(i as i64),
+                body: body(
+                    &patient,
+                    30 + (i / 7) as i64,
+                    ["ICU", "Surgery"][i % 2],
+                    Some(&admission),
+                    discharge.as_deref(),
+                ),
+            }
+        })
+        .collect();
+    let all: Vec<&Sent> = events.iter().collect();
+    let (once_lake, once) = at_once(&events).await;
+    check_invariants(&once_lake).await;
+
+    let (state, lake) = util::memory().await;
+    let mut merged = 0;
+    for e in &all {
+        deliver(&state, &lake, std::slice::from_ref(e)).await;
+        build_all(&lake, 1024).await;
+        let m = manifest::latest(&lake).await.unwrap().unwrap();
+        let segments = m.ledger.as_ref().unwrap().len();
+        merged += m
+            .ledger
+            .iter()
+            .flatten()
+            .filter(|s| s.file.contains(&m.build_id) && s.file.ends_with("merged.parquet"))
+            .count();
+        assert!(segments <= gold::ledger::MAX_SMALL_SEGMENTS, "{segments} ledger segments");
+        assert_eq!(segments, m.dim_patient.len(), "a DimPatient file per segment");
+        for (day, p) in &m.fact_patient_flow {
+            let small = p
+                .files
+                .iter()
+                .filter(|f| f.next_change_us.is_none() && (f.rows as usize) < gold::fact::MIN_FILE_ROWS)
+                .count();
+            assert!(small <= gold::fact::MAX_SMALL_FILES, "{day}: {small} small files");
+        }
+    }
+    assert!(merged >= 2, "compaction ran {merged} times");
+    check_invariants(&lake).await;
+    assert_eq!(snapshot(&lake).await, once);
+}

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -13,8 +12,8 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use chrono::{Datelike, Timelike};
 
-use super::input::{Interner, Visit};
-use super::keys::{self, UNKNOWN_DEPARTMENT, UNKNOWN_HOSPITAL};
+use super::input::{Visit, Visits};
+use super::keys;
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
 
@@ -27,17 +26,15 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
 /// DimDepartment rows: (department, hospital) → key. A BTreeMap keeps the file bytes deterministic.
 pub type Departments = BTreeMap<(String, i32), i64>;
 
-/// The department and hospital a visit is filed under (unknown members for nulls).
-pub fn department_of(v: &Visit) -> (&str, i32) {
-    (v.department.as_deref().unwrap_or(UNKNOWN_DEPARTMENT), v.hospital_id.unwrap_or(UNKNOWN_HOSPITAL))
-}
-
-/// Adds the departments of `visits`; returns how many were new.
-pub fn add_departments<'a>(departments: &mut Departments, visits: impl IntoIterator<Item = &'a Visit>) -> usize {
+/// Adds the departments of the records; returns how many were new.
+pub fn add_departments(departments: &mut Departments, visits: &Visits) -> usize {
     let before = departments.len();
-    for v in visits {
-        let (d, h) = department_of(v);
-        departments.entry((d.to_string(), h)).or_insert_with(|| keys::department_sk(d, h));
+    let mut seen: rustc_hash::FxHashSet<(u32, Option<i32>)> = rustc_hash::FxHashSet::default();
+    for v in visits.iter() {
+        if seen.insert((v.department, v.hospital_id)) {
+            let (d, h) = visits.department_of(v);
+            departments.entry((d.to_string(), h)).or_insert_with(|| keys::department_sk(d, h));
+        }
     }
     departments.len() - before
 }
@@ -86,9 +83,6 @@ pub struct PatientVersion {
     pub effective_to: Option<i64>,
 }
 
-/// DimPatient: every patient's versions, oldest first. The last version is the current one.
-pub type Patients = FxHashMap<Arc<str>, Vec<PatientVersion>>;
-
 /// What a build did to DimPatient.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScdStats {
@@ -103,19 +97,21 @@ pub struct ScdStats {
 
 /// A patient's SCD2 versions, a function of the set of the patient's visit records (each visit's
 /// winning event): records sort by admission time, and at one instant the latest record (by
-/// [`Visit::order_key`]) holds; consecutive instants with equal attribute hashes are one version.
-/// A version starts at its first record's admission and ends where the next begins, so versions
-/// never overlap, and its key derives from its content (patient, start, attributes).
-pub fn versions(patient_id: &str, records: &[&Visit]) -> Vec<PatientVersion> {
-    let mut order: Vec<&Visit> = records.to_vec();
+/// [`OrderKey`](super::input::OrderKey)) holds; consecutive instants with equal attribute hashes are
+/// one version. A version starts at its first record's admission and ends where the next begins, so
+/// versions never overlap, and its key derives from its content (patient, start, attributes).
+///
+/// `records` are sorted in place by (admission, order key).
+pub fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit]) -> Vec<PatientVersion> {
     // The order key is unique per event: an unstable sort is deterministic.
-    order.sort_unstable_by(|a, b| (a.admission_us, a.order_key()).cmp(&(b.admission_us, b.order_key())));
+    records.sort_unstable_by_key(|v| (v.admission_us, visits.order_key(v)));
     let mut out: Vec<PatientVersion> = Vec::new();
-    for (i, v) in order.iter().enumerate() {
-        if order.get(i + 1).is_some_and(|next| next.admission_us == v.admission_us) {
+    for (n, v) in records.iter().enumerate() {
+        if records.get(n + 1).is_some_and(|next| next.admission_us == v.admission_us) {
             continue; // a later record at the same instant holds
         }
-        let hash = keys::attr_hash(v.gender.as_deref(), v.age);
+        let gender = visits.dict.arc(v.gender);
+        let hash = keys::attr_hash(gender.map(|g| &**g), v.age);
         let from = v.admission_us;
         match out.last_mut() {
             Some(last) if last.attr_hash == hash => continue,
@@ -124,7 +120,7 @@ pub fn versions(patient_id: &str, records: &[&Visit]) -> Vec<PatientVersion> {
         }
         out.push(PatientVersion {
             patient_sk: keys::patient_sk(patient_id, from, hash),
-            gender: v.gender.clone(),
+            gender: gender.cloned(),
             age: v.age,
             attr_hash: hash,
             effective_from: from,
@@ -140,46 +136,66 @@ pub fn patient_sk_at(versions: &[PatientVersion], t: i64) -> Option<i64> {
     versions.get(i.saturating_sub(1)).map(|v| v.patient_sk)
 }
 
-/// Encodes DimPatient, ordered by patient id then version.
-pub fn patients_batch(patients: &Patients) -> Result<RecordBatch> {
-    let mut ids: Vec<&Arc<str>> = patients.keys().collect();
-    ids.sort_unstable();
-    let n: usize = patients.values().map(Vec::len).sum();
-    let mut sk = Int64Builder::with_capacity(n);
-    let mut id = StringBuilder::with_capacity(n, n * 36);
-    let mut gender = StringBuilder::with_capacity(n, n * 6);
-    let mut age = Int32Builder::with_capacity(n);
-    let mut hash = Int64Builder::with_capacity(n);
-    let mut from = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
-    let mut to = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
-    let mut current = BooleanBuilder::with_capacity(n);
-    for pid in ids {
-        for v in &patients[pid] {
-            sk.append_value(v.patient_sk);
-            id.append_value(&**pid);
-            gender.append_option(v.gender.as_deref());
-            age.append_option(v.age);
-            hash.append_value(v.attr_hash);
-            from.append_value(to_gold_ms(v.effective_from));
-            to.append_option(v.effective_to.map(to_gold_ms));
-            current.append_value(v.effective_to.is_none());
-        }
-    }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(sk.finish()),
-        Arc::new(id.finish()),
-        Arc::new(gender.finish()),
-        Arc::new(age.finish()),
-        Arc::new(hash.finish()),
-        Arc::new(from.finish()),
-        Arc::new(to.finish()),
-        Arc::new(current.finish()),
-    ];
-    Ok(RecordBatch::try_new(Arc::clone(&DIM_PATIENT), cols)?)
+/// Builds DimPatient rows patient by patient.
+pub struct PatientsBuilder {
+    sk: Int64Builder,
+    id: StringBuilder,
+    gender: StringBuilder,
+    age: Int32Builder,
+    hash: Int64Builder,
+    from: TimestampMillisecondBuilder,
+    to: TimestampMillisecondBuilder,
+    current: BooleanBuilder,
 }
 
-/// Decodes DimPatient.
-pub fn read_patients(batches: &[RecordBatch], into: &mut Patients, strings: &mut Interner) -> Result<()> {
+impl PatientsBuilder {
+    /// A builder with room for about `n` versions.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            sk: Int64Builder::with_capacity(n),
+            id: StringBuilder::with_capacity(n, n * 36),
+            gender: StringBuilder::with_capacity(n, n * 6),
+            age: Int32Builder::with_capacity(n),
+            hash: Int64Builder::with_capacity(n),
+            from: TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ),
+            to: TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ),
+            current: BooleanBuilder::with_capacity(n),
+        }
+    }
+
+    /// Appends a patient's versions.
+    pub fn append(&mut self, patient_id: &str, versions: &[PatientVersion]) {
+        for v in versions {
+            self.sk.append_value(v.patient_sk);
+            self.id.append_value(patient_id);
+            self.gender.append_option(v.gender.as_deref());
+            self.age.append_option(v.age);
+            self.hash.append_value(v.attr_hash);
+            self.from.append_value(to_gold_ms(v.effective_from));
+            self.to.append_option(v.effective_to.map(to_gold_ms));
+            self.current.append_value(v.effective_to.is_none());
+        }
+    }
+
+    /// The rows.
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.sk.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.gender.finish()),
+            Arc::new(self.age.finish()),
+            Arc::new(self.hash.finish()),
+            Arc::new(self.from.finish()),
+            Arc::new(self.to.finish()),
+            Arc::new(self.current.finish()),
+        ];
+        Ok(RecordBatch::try_new(Arc::clone(&DIM_PATIENT), cols)?)
+    }
+}
+
+/// DimPatient rows as (patient id, version), for tests and checks.
+pub fn read_patients(batches: &[RecordBatch]) -> Result<Vec<(String, PatientVersion)>> {
+    let mut out = Vec::new();
     for b in batches {
         let sk = column(b, "patient_sk")?.as_primitive::<Int64Type>();
         let id = column(b, "patient_id")?.as_string::<i32>();
@@ -195,17 +211,20 @@ pub fn read_patients(batches: &[RecordBatch], into: &mut Patients, strings: &mut
         let from = ts("effective_from")?;
         let to = ts("effective_to")?;
         for i in 0..b.num_rows() {
-            into.entry(strings.get(id.value(i))).or_default().push(PatientVersion {
-                patient_sk: sk.value(i),
-                gender: (!gender.is_null(i)).then(|| strings.get(gender.value(i))),
-                age: (!age.is_null(i)).then(|| age.value(i)),
-                attr_hash: hash.value(i),
-                effective_from: from.value(i),
-                effective_to: (!to.is_null(i)).then(|| to.value(i)),
-            });
+            out.push((
+                id.value(i).to_string(),
+                PatientVersion {
+                    patient_sk: sk.value(i),
+                    gender: (!gender.is_null(i)).then(|| Arc::from(gender.value(i))),
+                    age: (!age.is_null(i)).then(|| age.value(i)),
+                    attr_hash: hash.value(i),
+                    effective_from: from.value(i),
+                    effective_to: (!to.is_null(i)).then(|| to.value(i)),
+                },
+            ));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// DimTime: the days (since the epoch) whose hours facts reference; every hour of each is a row.
@@ -262,29 +281,50 @@ pub fn time_batch(days: &Days) -> Result<RecordBatch> {
 mod tests {
     use super::*;
 
-    fn visit(id: &str, at: i64, age: i32) -> Visit {
-        Visit {
-            patient_id: Arc::from(id),
-            gender: Some(Arc::from("Female")),
-            age: Some(age),
-            department: Some(Arc::from("ICU")),
-            admission_us: at,
-            admission_sent_us: Some(at),
-            discharge_us: None,
-            bed_id: Some(1),
-            hospital_id: Some(1),
-            event_hub: Arc::from("h"),
-            partition_id: Arc::from("0"),
-            sequence_number: at,
-            enqueued_us: at,
-            bronze_file: Arc::from("f"),
-        }
+    use crate::pipeline::gold::input::Record;
+
+    fn visit(visits: &mut Visits, id: &str, at: i64, age: i32) -> u32 {
+        let n = visits.len() as u32;
+        visits.push(Record {
+            patient_id: id,
+            gender: Some("Female"),
+            department: Some("ICU"),
+            event_hub: "h",
+            partition_id: "0",
+            bronze_file: "f",
+            visit: Visit {
+                age: Some(age),
+                admission_us: at,
+                admission_sent_us: Some(at),
+                bed_id: Some(1),
+                hospital_id: Some(1),
+                sequence_number: at,
+                enqueued_us: at,
+                ..Visit::EMPTY
+            },
+        });
+        n
+    }
+
+    /// The records of `visits` by arrival.
+    fn records(visits: &Visits) -> Vec<Visit> {
+        let mut all: Vec<Visit> = visits.iter().copied().collect();
+        all.sort_by_key(|v| v.input);
+        all
+    }
+
+    fn pick<'a>(all: &'a [Visit], ids: &[u32]) -> Vec<&'a Visit> {
+        ids.iter().map(|&i| &all[i as usize]).collect()
     }
 
     #[test]
     fn scd2_opens_a_version_per_change_with_its_own_key() {
-        let records = [visit("a", 10, 40), visit("a", 20, 40), visit("a", 30, 41)];
-        let v = versions("a", &records.iter().collect::<Vec<_>>());
+        let mut visits = Visits::default();
+        let ids =
+            vec![visit(&mut visits, "a", 10, 40), visit(&mut visits, "a", 20, 40), visit(&mut visits, "a", 30, 41)];
+        visits.rank();
+        let all = records(&visits);
+        let v = versions(&visits, "a", &mut pick(&all, &ids));
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].effective_from, v[0].effective_to), (10, Some(30)));
         assert_eq!((v[1].effective_from, v[1].effective_to, v[1].age), (30, None, Some(41)));
@@ -294,8 +334,12 @@ mod tests {
         assert_eq!(patient_sk_at(&v, 5), Some(v[0].patient_sk));
 
         // A late record inside the first version splits it: history is a function of the set.
-        let more = [visit("a", 10, 40), visit("a", 20, 40), visit("a", 30, 41), visit("a", 15, 39)];
-        let v = versions("a", &more.iter().collect::<Vec<_>>());
+        let mut visits = Visits::default();
+        let more: Vec<u32> =
+            [(10, 40), (20, 40), (30, 41), (15, 39)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
+        visits.rank();
+        let all = records(&visits);
+        let v = versions(&visits, "a", &mut pick(&all, &more));
         let spans: Vec<_> = v.iter().map(|x| (x.effective_from, x.effective_to, x.age)).collect();
         assert_eq!(
             spans,
@@ -305,23 +349,28 @@ mod tests {
 
     #[test]
     fn scd2_does_not_depend_on_arrival_order_and_the_latest_record_holds_at_an_instant() {
-        let mut late = visit("a", 10_000, 41);
-        late.enqueued_us = 99_000;
-        late.sequence_number = 99;
-        let records = [visit("a", 10_000, 40), visit("a", 30_000, 41), late, visit("a", 20_000, 40)];
-        let forward = versions("a", &records.iter().collect::<Vec<_>>());
-        let backward = versions("a", &records.iter().rev().collect::<Vec<_>>());
-        assert_eq!(forward, backward);
+        let mut visits = Visits::default();
+        let mut ids: Vec<u32> =
+            [(10_000, 40), (30_000, 41)].into_iter().map(|(t, a)| visit(&mut visits, "a", t, a)).collect();
+        ids.push(visit(&mut visits, "a", 10_000, 41));
+        ids.push(visit(&mut visits, "a", 20_000, 40));
+        visits.rank();
+        let mut all = records(&visits);
+        // The third record is sent later than the others (a late event about the same instant).
+        all[2].enqueued_us = 99_000;
+        all[2].sequence_number = 99;
+        let forward = versions(&visits, "a", &mut pick(&all, &ids));
+        let backward: Vec<u32> = ids.iter().rev().copied().collect();
+        assert_eq!(forward, versions(&visits, "a", &mut pick(&all, &backward)));
         // Millisecond-aligned, as gold's input is, so the encoded file round-trips exactly.
         // At 10 the later-sent record (age 41) holds; 20 (age 40) then differs; 30 differs again.
         let spans: Vec<_> = forward.iter().map(|x| (x.effective_from, x.age)).collect();
         assert_eq!(spans, [(10_000, Some(41)), (20_000, Some(40)), (30_000, Some(41))]);
-        let mut p = Patients::default();
-        p.insert(Arc::from("a"), forward);
-        let batch = patients_batch(&p).unwrap();
-        let mut back = Patients::default();
-        read_patients(&[batch], &mut back, &mut Interner::default()).unwrap();
-        assert_eq!(back, p);
+        let mut builder = PatientsBuilder::with_capacity(3);
+        builder.append("a", &forward);
+        let batch = builder.finish().unwrap();
+        let back = read_patients(&[batch]).unwrap();
+        assert_eq!(back, forward.into_iter().map(|v| ("a".to_string(), v)).collect::<Vec<_>>());
     }
 
     #[test]

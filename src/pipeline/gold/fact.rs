@@ -2,7 +2,6 @@
 //! by [`Visit::order_key`]) and the patient version valid at its admission, partitioned by visit
 //! date — the date of the admission the row carries — so a build rewrites only the days it touches.
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -14,8 +13,9 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 
 use super::dims::{self, PatientVersion};
-use super::input::Visit;
+use super::input::{Visit, Visits};
 use super::keys;
+use super::keys::epoch_days;
 use crate::model::schema::{FACT_PATIENT_FLOW, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
 
@@ -53,20 +53,20 @@ pub struct FactRow {
 impl FactRow {
     /// The row of a visit whose winning event is `v`, for the patient's `versions`; `None` only if
     /// the versions do not cover the visit (they always do when built from the same records).
-    pub fn of(v: &Visit, versions: &[PatientVersion], ingested_us: i64) -> Option<FactRow> {
-        let (department, hospital) = dims::department_of(v);
+    pub fn of(visits: &Visits, v: &Visit, versions: &[PatientVersion], ingested_us: i64) -> Option<FactRow> {
+        let (department, hospital) = visits.department_of(v);
         Some(FactRow {
-            fact_id: v.fact_id(),
+            fact_id: v.fact_id,
             patient_sk: dims::patient_sk_at(versions, v.admission_us)?,
-            department_sk: keys::department_sk(department, hospital),
+            department_sk: visits.department_sk(v.department, hospital, department),
             admission_us: v.admission_us,
             discharge_us: v.discharge_us,
             bed_id: v.bed_id,
             hospital_id: v.hospital_id,
-            partition_id: std::sync::Arc::clone(&v.partition_id),
+            partition_id: visits.dict.arc(v.partition_id).cloned().unwrap_or_else(|| Arc::from("")),
             sequence_number: v.sequence_number,
             enqueued_us: v.enqueued_us,
-            bronze_file: std::sync::Arc::clone(&v.bronze_file),
+            bronze_file: visits.dict.arc(v.bronze_file).cloned().unwrap_or_else(|| Arc::from("")),
             ingested_us,
             visit_date: keys::epoch_days(v.admission_us),
         })
@@ -116,6 +116,59 @@ impl FactRow {
         }
         [Some(self.admission_us), self.discharge_us].into_iter().flatten().filter(|&t| t > as_of).min()
     }
+}
+
+/// Rows whose census flag flips within a day of the build share files by six-hour window of
+/// their flip instant; later flips share a file per day. A build rewrites a file once its earliest
+/// flip is due, so it rewrites about the rows that flip (each row at most twice per flip: once
+/// from a day file into its six-hour window, once when it flips), never a day's history.
+pub const FLIP_WINDOW_US: i64 = 6 * 3_600_000_000;
+
+/// See [`FLIP_WINDOW_US`].
+pub const FAR_FLIP_WINDOW_US: i64 = 24 * 3_600_000_000;
+
+/// Files with fewer rows than this whose rows never flip again are small: once a day has
+/// [`MAX_SMALL_FILES`] of them, the next build that touches the day merges them.
+pub const MIN_FILE_ROWS: usize = 16 * 1024;
+
+/// See [`MIN_FILE_ROWS`].
+pub const MAX_SMALL_FILES: usize = 8;
+
+/// Which file of its day a row belongs in: rows new to gold apart from the rest (a loader appends
+/// those without deleting), then by flip window (see [`FLIP_WINDOW_US`]); settled rows last.
+fn file_class(fresh: bool, r: &FactRow, as_of: i64) -> (bool, u8, i64) {
+    match r.next_change(as_of) {
+        None => (!fresh, 2, 0),
+        Some(t) if t - as_of <= FAR_FLIP_WINDOW_US => (!fresh, 0, t.div_euclid(FLIP_WINDOW_US)),
+        Some(t) => (!fresh, 1, t.div_euclid(FAR_FLIP_WINDOW_US)),
+    }
+}
+
+/// Splits one day's rows into files by [`file_class`]. Returns each file's rows and whether they
+/// are all new.
+pub fn split_files(mut rows: Vec<(bool, FactRow)>, as_of: i64) -> Vec<(bool, Vec<FactRow>)> {
+    rows.sort_by_cached_key(|(fresh, r)| (file_class(*fresh, r, as_of), r.admission_us, r.fact_id));
+    let mut files: Vec<(bool, Vec<FactRow>)> = Vec::new();
+    let mut last = None;
+    for (fresh, row) in rows {
+        let class = file_class(fresh, &row, as_of);
+        if last != Some(class) {
+            files.push((fresh, Vec::new()));
+            last = Some(class);
+        }
+        if let Some((_, rs)) = files.last_mut() {
+            rs.push(row);
+        }
+    }
+    files
+}
+
+/// The other days whose hours a file's rows reference (keyable discharges on another day).
+pub fn discharge_days(rows: &[FactRow], day: i32) -> std::collections::BTreeSet<i32> {
+    rows.iter()
+        .filter_map(|r| r.discharge_us.filter(|&d| keys::time_key(d).is_some()).map(epoch_days))
+        .filter(|&d| d != day)
+        .collect()
 }
 
 /// Encodes a partition's rows (sorted by admission, then key, for deterministic bytes).
@@ -184,7 +237,18 @@ pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
 }
 
 /// Decodes a partition file.
-pub fn decode(key: &str, batches: &[RecordBatch], into: &mut FxHashMap<i64, FactRow>) -> Result<()> {
+pub fn decode(key: &str, batches: &[RecordBatch], into: &mut Vec<FactRow>) -> Result<()> {
+    // Lineage strings repeat row after row: share one allocation per run of equal values.
+    let mut last_part: Option<Arc<str>> = None;
+    let mut last_file: Option<Arc<str>> = None;
+    let shared = |last: &mut Option<Arc<str>>, s: &str| match last {
+        Some(a) if &**a == s => Arc::clone(a),
+        _ => {
+            let a: Arc<str> = Arc::from(s);
+            *last = Some(Arc::clone(&a));
+            a
+        }
+    };
     for b in batches {
         let col = |name: &str| {
             b.column_by_name(name)
@@ -210,24 +274,21 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut FxHashMap<i64, Fact
         let ingested = ts("ingested_at")?;
         let visit = col("visit_date")?.as_primitive::<arrow_array::types::Date32Type>();
         for i in 0..b.num_rows() {
-            into.insert(
-                fact_id.value(i),
-                FactRow {
-                    fact_id: fact_id.value(i),
-                    patient_sk: patient.value(i),
-                    department_sk: dept.value(i),
-                    admission_us: adm.value(i),
-                    discharge_us: (!dis.is_null(i)).then(|| dis.value(i)),
-                    bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
-                    hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
-                    partition_id: Arc::from(part.value(i)),
-                    sequence_number: seq.value(i),
-                    enqueued_us: enq.value(i),
-                    bronze_file: Arc::from(file.value(i)),
-                    ingested_us: ingested.value(i),
-                    visit_date: visit.value(i),
-                },
-            );
+            into.push(FactRow {
+                fact_id: fact_id.value(i),
+                patient_sk: patient.value(i),
+                department_sk: dept.value(i),
+                admission_us: adm.value(i),
+                discharge_us: (!dis.is_null(i)).then(|| dis.value(i)),
+                bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
+                hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
+                partition_id: shared(&mut last_part, part.value(i)),
+                sequence_number: seq.value(i),
+                enqueued_us: enq.value(i),
+                bronze_file: shared(&mut last_file, file.value(i)),
+                ingested_us: ingested.value(i),
+                visit_date: visit.value(i),
+            });
         }
     }
     Ok(())
@@ -293,8 +354,8 @@ mod tests {
         let r = FactRow { admission_us: 1_000, discharge_us: Some(1_000 + 7_200_000_000), enqueued_us: 2_000, ..r };
         let mut rows = vec![FactRow { ingested_us: 3_000, ..r }];
         let b = encode(&mut rows, 200).unwrap();
-        let mut back = FxHashMap::default();
+        let mut back = Vec::new();
         decode("k", &[b], &mut back).unwrap();
-        assert_eq!(back[&1], rows[0]);
+        assert_eq!(back, rows);
     }
 }

@@ -2,7 +2,7 @@
 //! order of arrival, so the same input always yields the same surrogate keys.
 
 use chrono::{Datelike, Timelike};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::model::time::from_micros;
 
@@ -11,13 +11,30 @@ pub const UNKNOWN_DEPARTMENT: &str = "Unknown";
 /// The hospital id of rows that have none.
 pub const UNKNOWN_HOSPITAL: i32 = -1;
 
+/// xxh3 of the length-prefixed parts, shifted to be non-negative (so it fits BIGINT everywhere and
+/// sorts sanely). The parts are laid out in one stack buffer and hashed in one call — the same value
+/// as streaming them, without the streaming state — unless they are too long for it.
 fn hash(parts: &[&[u8]]) -> i64 {
+    let mut buf = [0u8; 256];
+    let mut len = 0;
+    for p in parts {
+        let end = len + 8 + p.len();
+        if end > buf.len() {
+            return hash_streaming(parts);
+        }
+        buf[len..len + 8].copy_from_slice(&(p.len() as u64).to_le_bytes());
+        buf[len + 8..end].copy_from_slice(p);
+        len = end;
+    }
+    (xxh3_64(&buf[..len]) >> 1) as i64
+}
+
+fn hash_streaming(parts: &[&[u8]]) -> i64 {
     let mut h = Xxh3::new();
     for p in parts {
         h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    // Non-negative, so it fits BIGINT everywhere and sorts sanely.
     (h.digest() >> 1) as i64
 }
 
@@ -59,14 +76,10 @@ pub fn fact_id_at_position(event_hub: &str, partition_id: &str, sequence_number:
     hash(&[b"visit-at", event_hub.as_bytes(), partition_id.as_bytes(), &sequence_number.to_le_bytes()])
 }
 
-/// The ledger bucket (`0..LEDGER_BUCKETS`) that holds a patient's visits.
-pub fn ledger_bucket(patient_id: &str) -> u16 {
-    (hash(&[b"bucket", patient_id.as_bytes()]) % i64::from(LEDGER_BUCKETS)) as u16
+/// A patient's key in the visit ledger: what ledger segments are sorted and looked up by.
+pub fn patient_key(patient_id: &str) -> i64 {
+    hash(&[b"bucket", patient_id.as_bytes()])
 }
-
-/// How many buckets the visit ledger is split into: a build reads and rewrites only the buckets of
-/// the patients it sees.
-pub const LEDGER_BUCKETS: u16 = 32;
 
 /// A build's file-name nonce: a hash of its inputs (silver files folded so far and its clock), so a
 /// retried build writes the same names and a racing build with other inputs writes other names.
@@ -126,6 +139,14 @@ mod tests {
         assert_eq!(attr_hash(Some("Male"), Some(40)), attr_hash(Some("Male"), Some(40)));
         assert_ne!(attr_hash(Some("Male"), Some(40)), attr_hash(Some("Male"), Some(41)));
         assert_ne!(attr_hash(None, Some(40)), attr_hash(Some("-"), Some(40)).wrapping_add(1));
+    }
+
+    #[test]
+    fn one_shot_hashing_equals_streaming() {
+        let long = "x".repeat(300);
+        for parts in [&[b"a".as_slice(), b"".as_slice(), b"ccc".as_slice()][..], &[long.as_bytes(), b"y"], &[]] {
+            assert_eq!(hash(parts), hash_streaming(parts));
+        }
     }
 
     #[test]

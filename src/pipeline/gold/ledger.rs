@@ -1,24 +1,40 @@
 //! The visit ledger: gold's own record of every visit's winning event (the latest by
-//! [`Visit::order_key`]), split into buckets by patient. It is what makes gold a function of the set
-//! of events: a build merges new events into the ledger of the patients it sees and recomputes
-//! those patients' SCD2 versions and facts from it, without reading other patients' history.
+//! [`OrderKey`](super::input::OrderKey)). It is what makes gold a function of the set of events: a
+//! build merges new events into the ledger rows of the patients it sees and recomputes those
+//! patients' SCD2 versions and facts from them, without reading other patients' history.
+//!
+//! The ledger is a list of **segments**, oldest first. Each build that changes patients appends one
+//! segment holding the whole visit set of each patient it changed, sorted by [`keys::patient_key`].
+//! A patient's visits are those of the newest segment that holds the patient (older segments may
+//! keep stale copies until compaction drops them). Next to each segment, a sidecar file lists its
+//! distinct patient keys, sorted: a build finds the patients it must read by merging its own sorted
+//! keys with each sidecar (8 bytes per patient, the one part of a build that reads all of history),
+//! then decodes only the segments that hold some of them.
 //!
 //! Internal to gold (loaders never read it); timestamps are plain µs integers.
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::builder::{ArrayBuilder, Int32Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use super::input::{Interner, Visit};
-use crate::pipeline::{Error, Result};
+use super::input::{Record, Visit, Visits, column};
+use crate::pipeline::Result;
+
+/// Segments with fewer records than this are small: [`MAX_SMALL_SEGMENTS`] small segments in a
+/// row at the end of the list are merged into one by the next build.
+pub const SMALL_SEGMENT_ROWS: usize = 64 * 1024;
+
+/// See [`SMALL_SEGMENT_ROWS`].
+pub const MAX_SMALL_SEGMENTS: usize = 8;
 
 /// The ledger's schema.
 pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
+        Field::new("patient_key", DataType::Int64, false),
         Field::new("patient_id", DataType::Utf8, false),
         Field::new("gender", DataType::Utf8, true),
         Field::new("age", DataType::Int32, true),
@@ -36,105 +52,193 @@ pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// The name of bucket `b` (`bucket=007`).
-pub fn bucket_name(b: u16) -> String {
-    format!("bucket={b:03}")
-}
+/// The schema of a segment's key sidecar.
+pub static KEYS: LazyLock<SchemaRef> =
+    LazyLock::new(|| Arc::new(Schema::new(vec![Field::new("patient_key", DataType::Int64, false)])));
 
-/// Encodes a bucket's visits (in the given order).
-pub fn encode(visits: &[&Visit]) -> Result<RecordBatch> {
-    let n = visits.len();
-    let mut patient = StringBuilder::with_capacity(n, n * 36);
-    let mut gender = StringBuilder::new();
-    let mut age = Int32Builder::with_capacity(n);
-    let mut department = StringBuilder::new();
-    let mut hospital = Int32Builder::with_capacity(n);
-    let mut bed = Int32Builder::with_capacity(n);
-    let mut admission = Int64Builder::with_capacity(n);
-    let mut admission_sent = Int64Builder::with_capacity(n);
-    let mut discharge = Int64Builder::with_capacity(n);
-    let mut hub = StringBuilder::new();
-    let mut partition = StringBuilder::new();
-    let mut seq = Int64Builder::with_capacity(n);
-    let mut enqueued = Int64Builder::with_capacity(n);
-    let mut file = StringBuilder::new();
-    for v in visits {
-        patient.append_value(&*v.patient_id);
-        gender.append_option(v.gender.as_deref());
-        age.append_option(v.age);
-        department.append_option(v.department.as_deref());
-        hospital.append_option(v.hospital_id);
-        bed.append_option(v.bed_id);
-        admission.append_value(v.admission_us);
-        admission_sent.append_option(v.admission_sent_us);
-        discharge.append_option(v.discharge_us);
-        hub.append_value(&*v.event_hub);
-        partition.append_value(&*v.partition_id);
-        seq.append_value(v.sequence_number);
-        enqueued.append_value(v.enqueued_us);
-        file.append_value(&*v.bronze_file);
+/// The key sidecar of a segment file (`…/seg.parquet` → `…/seg.keys.parquet`).
+pub fn keys_file(segment: &str) -> String {
+    match segment.strip_suffix(".parquet") {
+        Some(stem) => format!("{stem}.keys.parquet"),
+        None => format!("{segment}.keys"),
     }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(patient.finish()),
-        Arc::new(gender.finish()),
-        Arc::new(age.finish()),
-        Arc::new(department.finish()),
-        Arc::new(hospital.finish()),
-        Arc::new(bed.finish()),
-        Arc::new(admission.finish()),
-        Arc::new(admission_sent.finish()),
-        Arc::new(discharge.finish()),
-        Arc::new(hub.finish()),
-        Arc::new(partition.finish()),
-        Arc::new(seq.finish()),
-        Arc::new(enqueued.finish()),
-        Arc::new(file.finish()),
-    ];
-    Ok(RecordBatch::try_new(Arc::clone(&LEDGER), cols)?)
 }
 
-/// Decodes a bucket file into visits.
-pub fn decode(key: &str, batches: &[RecordBatch], out: &mut Vec<Visit>, strings: &mut Interner) -> Result<()> {
+/// Builds a segment's columns record by record.
+pub struct SegmentBuilder {
+    key: Int64Builder,
+    patient: StringBuilder,
+    gender: StringBuilder,
+    age: Int32Builder,
+    department: StringBuilder,
+    hospital: Int32Builder,
+    bed: Int32Builder,
+    admission: Int64Builder,
+    admission_sent: Int64Builder,
+    discharge: Int64Builder,
+    hub: StringBuilder,
+    partition: StringBuilder,
+    seq: Int64Builder,
+    enqueued: Int64Builder,
+    file: StringBuilder,
+    keys: Vec<i64>,
+}
+
+impl SegmentBuilder {
+    /// A builder with room for about `n` records.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            key: Int64Builder::with_capacity(n),
+            patient: StringBuilder::with_capacity(n, n * 36),
+            gender: StringBuilder::with_capacity(n, n * 6),
+            age: Int32Builder::with_capacity(n),
+            department: StringBuilder::with_capacity(n, n * 12),
+            hospital: Int32Builder::with_capacity(n),
+            bed: Int32Builder::with_capacity(n),
+            admission: Int64Builder::with_capacity(n),
+            admission_sent: Int64Builder::with_capacity(n),
+            discharge: Int64Builder::with_capacity(n),
+            hub: StringBuilder::with_capacity(n, n * 12),
+            partition: StringBuilder::with_capacity(n, n * 2),
+            seq: Int64Builder::with_capacity(n),
+            enqueued: Int64Builder::with_capacity(n),
+            file: StringBuilder::with_capacity(n, n * 80),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Appends a record; records must come in patient key order.
+    pub fn append(&mut self, visits: &Visits, patient_id: &str, v: &Visit) {
+        if self.keys.last() != Some(&v.patient_key) {
+            self.keys.push(v.patient_key);
+        }
+        self.key.append_value(v.patient_key);
+        self.patient.append_value(patient_id);
+        self.gender.append_option(visits.str(v.gender));
+        self.age.append_option(v.age);
+        self.department.append_option(visits.str(v.department));
+        self.hospital.append_option(v.hospital_id);
+        self.bed.append_option(v.bed_id);
+        self.admission.append_value(v.admission_us);
+        self.admission_sent.append_option(v.admission_sent_us);
+        self.discharge.append_option(v.discharge_us);
+        self.hub.append_value(visits.str(v.event_hub).unwrap_or_default());
+        self.partition.append_value(visits.str(v.partition_id).unwrap_or_default());
+        self.seq.append_value(v.sequence_number);
+        self.enqueued.append_value(v.enqueued_us);
+        self.file.append_value(visits.str(v.bronze_file).unwrap_or_default());
+    }
+
+    /// Records appended so far.
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The segment and its key sidecar.
+    pub fn finish(mut self) -> Result<(RecordBatch, RecordBatch)> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.key.finish()),
+            Arc::new(self.patient.finish()),
+            Arc::new(self.gender.finish()),
+            Arc::new(self.age.finish()),
+            Arc::new(self.department.finish()),
+            Arc::new(self.hospital.finish()),
+            Arc::new(self.bed.finish()),
+            Arc::new(self.admission.finish()),
+            Arc::new(self.admission_sent.finish()),
+            Arc::new(self.discharge.finish()),
+            Arc::new(self.hub.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.enqueued.finish()),
+            Arc::new(self.file.finish()),
+        ];
+        let keys = RecordBatch::try_new(Arc::clone(&KEYS), vec![Arc::new(Int64Array::from(self.keys))])?;
+        Ok((RecordBatch::try_new(Arc::clone(&LEDGER), cols)?, keys))
+    }
+}
+
+/// Decodes a key sidecar.
+pub fn decode_keys(key: &str, batches: &[RecordBatch]) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
     for b in batches {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .ok_or_else(|| Error::Corrupt { key: key.to_string(), detail: format!("no `{name}` column") })
-        };
-        let patient = col("patient_id")?.as_string::<i32>();
-        let gender = col("gender")?.as_string::<i32>();
-        let age = col("age")?.as_primitive::<Int32Type>();
-        let department = col("department")?.as_string::<i32>();
-        let hospital = col("hospital_id")?.as_primitive::<Int32Type>();
-        let bed = col("bed_id")?.as_primitive::<Int32Type>();
-        let admission = col("admission_us")?.as_primitive::<Int64Type>();
-        let admission_sent = col("admission_sent_us")?.as_primitive::<Int64Type>();
-        let discharge = col("discharge_us")?.as_primitive::<Int64Type>();
-        let hub = col("event_hub")?.as_string::<i32>();
-        let partition = col("partition_id")?.as_string::<i32>();
-        let seq = col("sequence_number")?.as_primitive::<Int64Type>();
-        let enqueued = col("enqueued_us")?.as_primitive::<Int64Type>();
-        let file = col("bronze_file")?.as_string::<i32>();
-        out.reserve(b.num_rows());
+        out.extend(column(b, key, "patient_key", |c| c.as_primitive_opt::<Int64Type>())?.values().iter().copied());
+    }
+    Ok(out)
+}
+
+/// Decodes the rows of a segment whose patient key `wanted` accepts, as known records.
+pub fn decode(key: &str, batches: &[RecordBatch], wanted: impl Fn(i64) -> bool, into: &mut Visits) -> Result<()> {
+    for b in batches {
+        let s = |n| column(b, key, n, |c| c.as_string_opt::<i32>());
+        let i32s = |n| column(b, key, n, |c| c.as_primitive_opt::<Int32Type>());
+        let i64s = |n| column(b, key, n, |c| c.as_primitive_opt::<Int64Type>());
+        let (pkey, patient, gender, age, department) =
+            (i64s("patient_key")?, s("patient_id")?, s("gender")?, i32s("age")?, s("department")?);
+        let (hospital, bed, admission, sent) =
+            (i32s("hospital_id")?, i32s("bed_id")?, i64s("admission_us")?, i64s("admission_sent_us")?);
+        let (discharge, hub, partition, seq) =
+            (i64s("discharge_us")?, s("event_hub")?, s("partition_id")?, i64s("sequence_number")?);
+        let (enqueued, file) = (i64s("enqueued_us")?, s("bronze_file")?);
+        fn opt32(a: &arrow_array::Int32Array, i: usize) -> Option<i32> {
+            (!a.is_null(i)).then(|| a.value(i))
+        }
+        fn opt64(a: &Int64Array, i: usize) -> Option<i64> {
+            (!a.is_null(i)).then(|| a.value(i))
+        }
+        fn opts(a: &arrow_array::StringArray, i: usize) -> Option<&str> {
+            (!a.is_null(i)).then(|| a.value(i))
+        }
         for i in 0..b.num_rows() {
-            out.push(Visit {
-                patient_id: strings.get(patient.value(i)),
-                gender: (!gender.is_null(i)).then(|| strings.get(gender.value(i))),
-                age: (!age.is_null(i)).then(|| age.value(i)),
-                department: (!department.is_null(i)).then(|| strings.get(department.value(i))),
-                admission_us: admission.value(i),
-                admission_sent_us: (!admission_sent.is_null(i)).then(|| admission_sent.value(i)),
-                discharge_us: (!discharge.is_null(i)).then(|| discharge.value(i)),
-                bed_id: (!bed.is_null(i)).then(|| bed.value(i)),
-                hospital_id: (!hospital.is_null(i)).then(|| hospital.value(i)),
-                event_hub: strings.get(hub.value(i)),
-                partition_id: strings.get(partition.value(i)),
-                sequence_number: seq.value(i),
-                enqueued_us: enqueued.value(i),
-                bronze_file: strings.get(file.value(i)),
+            if !wanted(pkey.value(i)) {
+                continue;
+            }
+            into.push(Record {
+                patient_id: patient.value(i),
+                gender: opts(gender, i),
+                department: opts(department, i),
+                event_hub: hub.value(i),
+                partition_id: partition.value(i),
+                bronze_file: file.value(i),
+                visit: Visit {
+                    admission_us: admission.value(i),
+                    admission_sent_us: opt64(sent, i),
+                    discharge_us: opt64(discharge, i),
+                    enqueued_us: enqueued.value(i),
+                    sequence_number: seq.value(i),
+                    age: opt32(age, i),
+                    bed_id: opt32(bed, i),
+                    hospital_id: opt32(hospital, i),
+                    known: true,
+                    ..Visit::EMPTY
+                },
             });
         }
     }
     Ok(())
+}
+
+/// The keys of `sorted_keys` (ascending, distinct) that the sidecar `segment_keys` (ascending,
+/// distinct) also holds: a merge of two sorted lists.
+pub fn matching(sorted_keys: &[i64], segment_keys: &[i64]) -> Vec<i64> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < sorted_keys.len() && j < segment_keys.len() {
+        match sorted_keys[i].cmp(&segment_keys[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(sorted_keys[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -142,28 +246,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bucket_round_trips() {
-        let mut strings = Interner::default();
-        let v = Visit {
-            patient_id: strings.get("p"),
+    fn a_segment_round_trips() {
+        let mut visits = Visits::default();
+        visits.push(Record {
+            patient_id: "p",
             gender: None,
-            age: Some(3),
-            department: Some(strings.get("ICU")),
-            admission_us: -5,
-            admission_sent_us: None,
-            discharge_us: Some(i64::MAX),
-            bed_id: None,
-            hospital_id: Some(2),
-            event_hub: strings.get("h"),
-            partition_id: strings.get("0"),
-            sequence_number: 9,
-            enqueued_us: 7,
-            bronze_file: strings.get("f"),
-        };
-        let batch = encode(&[&v]).unwrap();
-        let mut back = Vec::new();
-        decode("k", &[batch], &mut back, &mut strings).unwrap();
-        assert_eq!(back, [v]);
-        assert_eq!(bucket_name(7), "bucket=007");
+            department: Some("ICU"),
+            event_hub: "h",
+            partition_id: "0",
+            bronze_file: "f",
+            visit: Visit {
+                age: Some(3),
+                admission_us: -5,
+                discharge_us: Some(i64::MAX),
+                hospital_id: Some(2),
+                sequence_number: 9,
+                enqueued_us: 7,
+                ..Visit::EMPTY
+            },
+        });
+        let a = *visits.iter().next().unwrap();
+        let mut segment = SegmentBuilder::with_capacity(1);
+        segment.append(&visits, "p", &a);
+        let (batch, keys) = segment.finish().unwrap();
+        assert_eq!(decode_keys("k", &[keys]).unwrap(), [a.patient_key]);
+        let mut back = Visits::default();
+        decode("k", &[batch.clone()], |_| true, &mut back).unwrap();
+        let b = *back.iter().next().unwrap();
+        assert_eq!(Visit { known: true, ..a }, b);
+        let bucket = back.buckets.iter().find(|x| !x.rows.is_empty()).unwrap();
+        assert_eq!(bucket.patient_id(&b), "p");
+        assert_eq!((back.str(b.department), back.str(b.gender)), (Some("ICU"), None));
+        let mut none = Visits::default();
+        decode("k", &[batch], |_| false, &mut none).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(keys_file("builds/x/ledger/seg.parquet"), "builds/x/ledger/seg.keys.parquet");
+        assert_eq!(matching(&[1, 3, 5, 9], &[0, 3, 4, 9, 10]), [3, 9]);
     }
 }

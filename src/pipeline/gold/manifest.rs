@@ -39,6 +39,10 @@ pub struct TableFile {
     /// nothing will change. A later build past this instant rewrites the rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_change_us: Option<i64>,
+    /// Facts only: the other days (`YYYY-MM-DD`) whose hours the file's rows reference
+    /// (discharges); its partition's `discharge_days` is the union over its files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discharge_days: Vec<String>,
 }
 
 /// One fact partition (a visit date) in a build: the files that hold its rows.
@@ -82,7 +86,8 @@ pub struct Manifest {
     pub silver_files: Vec<String>,
     /// DimDepartment file (small: loaders replace the table whole).
     pub dim_department: String,
-    /// DimPatient files; each `patient_id` (all its SCD2 versions) is in exactly one.
+    /// DimPatient files; each `patient_id` (all its SCD2 versions) is in exactly one (the `i`-th
+    /// belongs to ledger segment `i`).
     pub dim_patient: Vec<TableFile>,
     /// DimTime file (small: loaders replace the table whole).
     pub dim_time: String,
@@ -90,8 +95,9 @@ pub struct Manifest {
     pub fact_patient_flow: BTreeMap<String, FactPartition>,
     /// Row counts per table.
     pub rows: BTreeMap<String, u64>,
-    /// Gold-internal files (the visit ledger, see `gold::ledger`); loaders never read them. `None`
-    /// in a gold built before the ledger existed, which the next build rebuilds from silver.
+    /// The visit ledger's segments, oldest first (gold-internal, see `gold::ledger`; each has a key
+    /// sidecar); the `i`-th pairs with DimPatient file `i`. Loaders never read them. `None` in a
+    /// gold built before the ledger existed, which the next build rebuilds from silver.
     #[serde(default)]
     pub ledger: Option<Vec<TableFile>>,
 }
@@ -102,7 +108,10 @@ impl Manifest {
         let mut files = vec![self.dim_department.clone(), self.dim_time.clone()];
         files.extend(self.dim_patient.iter().map(|f| f.file.clone()));
         files.extend(self.fact_patient_flow.values().flat_map(|p| p.files.iter().map(|f| f.file.clone())));
-        files.extend(self.ledger.iter().flatten().map(|f| f.file.clone()));
+        for segment in self.ledger.iter().flatten() {
+            files.push(segment.file.clone());
+            files.push(super::ledger::keys_file(&segment.file));
+        }
         files.retain(|f| !f.is_empty());
         files
     }
@@ -183,13 +192,23 @@ mod tests {
     #[test]
     fn table_files_round_trip_and_sum_up() {
         let f: TableFile = serde_json::from_str(r#"{"file":"builds/1/a.parquet","rows":3}"#).unwrap();
-        assert_eq!(f, TableFile { file: "builds/1/a.parquet".into(), rows: 3, fresh: false, next_change_us: None });
+        assert_eq!(
+            f,
+            TableFile {
+                file: "builds/1/a.parquet".into(),
+                rows: 3,
+                fresh: false,
+                next_change_us: None,
+                discharge_days: Vec::new()
+            }
+        );
         assert!(!serde_json::to_string(&f).unwrap().contains("next_change_us"));
         let file = |name: &str, rows: u64, next: Option<i64>| TableFile {
             file: format!("builds/1/{name}.parquet"),
             rows,
             fresh: false,
             next_change_us: next,
+            discharge_days: Vec::new(),
         };
         let p = FactPartition {
             files: vec![file("f1", 3, Some(9)), file("f2", 2, Some(4)), file("f3", 1, None)],

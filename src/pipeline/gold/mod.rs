@@ -39,9 +39,12 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use serde::Serialize;
 
-use self::dims::{Days, Departments, Patients};
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+
+use self::dims::{Days, Departments};
 use self::fact::FactRow;
-use self::input::{Interner, Visit};
+use self::input::Visits;
 use self::manifest::{BUILDS, FactPartition, Manifest, TableFile};
 use super::{Error, Result};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
@@ -60,12 +63,15 @@ pub struct GoldOptions {
     /// At most this many silver files are folded into one build, so a build's memory is bounded
     /// by this, not by how much silver waits; [`build_all`] commits as many builds as needed.
     pub max_files_per_build: usize,
+    /// A build stops taking silver files once it holds this many rows (at least one file is
+    /// taken), so its memory follows this whatever the size of the files.
+    pub max_rows_per_build: usize,
 }
 
 impl GoldOptions {
-    /// Options with the default of 1,024 silver files per build.
+    /// Options with the defaults of 1,024 silver files and 262,144 rows per build.
     pub fn new(now: NaiveDateTime, retention: Duration) -> Self {
-        Self { now, retention, max_files_per_build: 1024 }
+        Self { now, retention, max_files_per_build: 1024, max_rows_per_build: 262_144 }
     }
 }
 
@@ -142,46 +148,111 @@ pub async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::Recor
     parquet::decode(bytes).map(|(_, b)| b).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
 }
 
-async fn write_table(
-    lake: &Lake,
-    key: &str,
-    schema: &arrow_schema::SchemaRef,
-    batch: arrow_array::RecordBatch,
-) -> Result<u64> {
-    let rows = batch.num_rows() as u64;
-    let bytes = parquet::encode(schema, &[batch], Codec::Fast)?;
-    lake.put(Container::Gold, &Path::from(key), bytes).await?;
-    Ok(rows)
-}
-
-/// Reads silver files a few at a time, turning each into visits as it arrives, so the decoded
-/// columns of only a handful of files are in memory at once. One vector for all visits: a single
-/// large allocation goes back to the system whole when the build drops it, where a vector per file
-/// left the allocator holding the freed pieces (measured: 645 → 530 MB peak on 1M events).
-async fn read_silver(lake: &Lake, files: &[Path], strings: &mut Interner) -> Result<Vec<Visit>> {
+/// Reads silver files a few at a time (decoding on blocking threads) and adds their rows, until
+/// `max_rows` are in; returns how many files it took.
+async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits, max_rows: usize) -> Result<usize> {
     let mut decoded = futures::stream::iter(files.iter().cloned())
         .map(|key| async move {
             let bytes = lake.get(Container::Silver, &key).await?;
-            let (_, batches) =
-                parquet::decode(bytes).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
-            Ok::<_, Error>((key.to_string(), batches))
+            let name = key.to_string();
+            let batches = tokio::task::spawn_blocking(move || parquet::decode(bytes))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::Corrupt { key: name.clone(), detail: e.to_string() })?
+                .1;
+            Ok::<_, Error>((name, batches))
         })
         .buffered(4);
-    let mut visits = Vec::new();
-    while let Some((key, batches)) = decoded.try_next().await? {
-        input::visits(&key, &batches, &mut visits, strings)?;
+    let mut taken = 0;
+    while visits.len() < max_rows.max(1)
+        && let Some((key, batches)) = decoded.try_next().await?
+    {
+        visits.add_silver(&key, &batches)?;
+        taken += 1;
     }
-    Ok(visits)
+    Ok(taken)
+}
+
+/// Parquet encodes and uploads on blocking threads, a few at a time, so a build's many files use
+/// every core.
+struct Uploads<'a> {
+    lake: &'a Lake,
+    running: futures::stream::FuturesUnordered<futures::future::BoxFuture<'a, Result<()>>>,
+}
+
+impl<'a> Uploads<'a> {
+    const IN_FLIGHT: usize = 4;
+
+    fn new(lake: &'a Lake) -> Self {
+        Self { lake, running: Default::default() }
+    }
+
+    async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
+        while self.running.len() >= Self::IN_FLIGHT {
+            self.running.next().await.transpose()?;
+        }
+        let rows = batch.num_rows() as u64;
+        let (lake, schema) = (self.lake, Arc::clone(schema));
+        self.running.push(Box::pin(async move {
+            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &batch))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            lake.put(Container::Gold, &Path::from(key), bytes).await?;
+            Ok(())
+        }));
+        Ok(rows)
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        while let Some(done) = self.running.next().await {
+            done?;
+        }
+        Ok(())
+    }
+}
+
+/// Columns whose values are (nearly) all distinct: a dictionary would only cost time.
+const DISTINCT: [&str; 16] = [
+    "patient_key",
+    "patient_id",
+    "patient_sk",
+    "fact_id",
+    "sequence_number",
+    "admission_us",
+    "admission_sent_us",
+    "discharge_us",
+    "enqueued_us",
+    "admission_time",
+    "discharge_time",
+    "enqueued_time",
+    "effective_from",
+    "effective_to",
+    "length_of_stay_hours",
+    "attr_hash",
+];
+
+/// Encodes a gold file: the lake's settings for its layer (Snappy, page statistics), without
+/// dictionaries on the columns whose values are distinct.
+fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
+    let mut props = parquet::writer_properties_builder(Codec::Fast);
+    for field in schema.fields() {
+        if DISTINCT.contains(&field.name().as_str()) {
+            props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
+        }
+    }
+    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props.build())?)
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
 /// nothing) when there is nothing new.
 ///
-/// Gold is a function of the set of events folded in: the new events are merged into the visit
-/// ledger of the patients they concern (each visit keeps its winning event, the latest by
-/// [`Visit::order_key`], so a redelivered or older event changes nothing), and those patients'
-/// SCD2 versions and fact rows are recomputed from their ledger. Only rows that differ are
-/// rewritten: the fact days they leave or land on, and the ledger buckets of those patients.
+/// Gold is a function of the set of events folded in: the new events are merged into the ledger
+/// rows of the patients they concern (each visit keeps its winning event, the latest by
+/// [`OrderKey`](input::OrderKey), so a redelivered or older event changes nothing), and those
+/// patients' SCD2 versions and fact rows are recomputed from their visits. Only what differs is
+/// written: a ledger segment and a DimPatient file for the changed patients (and the older
+/// DimPatient files they leave), and new fact files for the rows that changed, moved or flipped —
+/// the files those rows leave are rewritten; every other file is kept as it is.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let (latest, pending_files) = pending(lake).await?;
     let as_of = to_micros(&options.now);
@@ -198,18 +269,15 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         None => (Manifest { ledger: Some(Vec::new()), ..Default::default() }, pending_files),
     };
     new_files.truncate(options.max_files_per_build.max(1));
-    let due: Vec<i32> = prev
-        .fact_patient_flow
-        .iter()
-        .filter(|(_, p)| p.next_change_us().is_some_and(|t| t <= as_of))
-        .filter_map(|(day, _)| day_number(day))
-        .collect();
-    if new_files.is_empty() && due.is_empty() {
+    let due = |f: &TableFile| f.next_change_us.is_some_and(|t| t <= as_of);
+    let any_due = prev.fact_patient_flow.values().flat_map(|p| &p.files).any(due);
+    if new_files.is_empty() && !any_due {
         return Ok(BuildOutcome::NothingNew { build: latest.map(|m| m.build) });
     }
 
-    let mut strings = Interner::default();
-    let visits = read_silver(lake, &new_files, &mut strings).await?;
+    let mut visits = Visits::default();
+    let taken = read_silver(lake, &new_files, &mut visits, options.max_rows_per_build).await?;
+    new_files.truncate(taken);
     let build = prev.build + 1;
     let mut silver_files: BTreeSet<String> = prev.silver_files.iter().cloned().collect();
     silver_files.extend(new_files.iter().map(ToString::to_string));
@@ -224,162 +292,242 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         ..Default::default()
     };
 
-    // Dimensions of the previous build (DimTime is derived from the fact days below).
     let mut departments = Departments::new();
-    let mut patients = Patients::default();
     if !prev.dim_department.is_empty() {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
     }
-    for f in &prev.dim_patient {
-        dims::read_patients(&read_table(lake, &f.file).await?, &mut patients, &mut strings)?;
-    }
     metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
 
-    // The ledger of the buckets of the patients this build sees.
-    // The ledger's files by bucket name (a file is `<build dir>/ledger/<bucket name>.parquet`).
-    let mut ledger_files: BTreeMap<String, TableFile> = BTreeMap::new();
-    for f in prev.ledger.iter().flatten() {
-        let name = f.file.rsplit('/').next().and_then(|n| n.strip_suffix(".parquet"));
-        let name =
-            name.ok_or_else(|| Error::Corrupt { key: f.file.clone(), detail: "not a ledger bucket file".into() })?;
-        ledger_files.insert(name.to_string(), f.clone());
-    }
-    let buckets: BTreeSet<u16> = visits.iter().map(|v| keys::ledger_bucket(&v.patient_id)).collect();
-    let mut known = Vec::new();
-    for b in &buckets {
-        if let Some(f) = ledger_files.get(&ledger::bucket_name(*b)) {
-            ledger::decode(&f.file, &read_table(lake, &f.file).await?, &mut known, &mut strings)?;
-        }
-    }
-    drop(strings);
-    let mut ledger_rows: FxHashMap<Arc<str>, FxHashMap<i64, Visit>> = FxHashMap::default();
-    for v in known {
-        ledger_rows.entry(Arc::clone(&v.patient_id)).or_default().insert(v.fact_id(), v);
-    }
-    let mut incoming: BTreeMap<Arc<str>, Vec<Visit>> = BTreeMap::new();
-    for v in visits {
-        incoming.entry(Arc::clone(&v.patient_id)).or_default().push(v);
-    }
-
-    // Each patient with news: merge, then recompute versions and facts and keep what differs.
-    let mut changed_rows: Vec<FactRow> = Vec::new();
-    let mut leaving: BTreeMap<i32, FxHashSet<i64>> = BTreeMap::new();
-    let mut changed_buckets: BTreeSet<u16> = BTreeSet::new();
-    for (pid, news) in incoming {
-        let winners = ledger_rows.entry(Arc::clone(&pid)).or_default();
-        let before: Vec<Visit> = winners.values().cloned().collect();
-        let mut changed = false;
-        for v in news {
-            let id = v.fact_id();
-            if winners.get(&id).is_none_or(|w| w.order_key() < v.order_key()) {
-                winners.insert(id, v);
-                changed = true;
-            }
-        }
-        if !changed {
-            continue;
-        }
-        changed_buckets.insert(keys::ledger_bucket(&pid));
-        let old_versions = dims::versions(&pid, &before.iter().collect::<Vec<_>>());
-        let new_versions = dims::versions(&pid, &winners.values().collect::<Vec<_>>());
-        let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-        metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
-        if before.is_empty() {
-            metrics.patients.new_patients += 1;
-        }
-        let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-        for v in &before {
-            let row = FactRow::of(v, &old_versions, as_of).ok_or_else(uncovered)?;
-            old_rows.insert(row.fact_id, row);
-        }
-        for v in winners.values() {
-            let row = FactRow::of(v, &new_versions, as_of).ok_or_else(uncovered)?;
-            match old_rows.get(&row.fact_id) {
-                Some(old) if old.same_row(&row) => continue,
-                Some(old) => {
-                    let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
-                        == (&row.partition_id, row.sequence_number, row.enqueued_us);
-                    if same_event {
-                        metrics.patients.facts_repointed += 1;
-                    } else if !old.same_visit_content(&row) {
-                        metrics.facts_updated += 1;
-                    }
-                    leaving.entry(old.visit_date).or_default().insert(old.fact_id);
-                }
-                None => metrics.facts_inserted += 1,
-            }
-            changed_rows.push(row);
-        }
-        patients.insert(pid, new_versions);
-    }
-
-    // Facts: the days rows leave or land on, and the days whose census flag flips.
-    let mut touched: BTreeSet<i32> = leaving.keys().copied().collect();
-    touched.extend(changed_rows.iter().map(|r| r.visit_date));
-    touched.extend(due);
-    let mut by_day: BTreeMap<i32, FxHashMap<i64, FactRow>> = BTreeMap::new();
-    let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
-    for &day in &touched {
-        let mut rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-        if let Some(old) = prev.fact_patient_flow.get(&day_name(day)) {
-            for f in &old.files {
-                fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut rows)?;
-            }
-        }
-        for id in leaving.get(&day).into_iter().flatten() {
-            if let Some(gone) = rows.remove(id) {
-                first_seen.insert(gone.fact_id, gone.ingested_us);
-            }
-        }
-        by_day.insert(day, rows);
-    }
-    for mut row in changed_rows {
-        // The first ingestion time is kept: it says when gold first knew the visit.
-        row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(as_of);
-        by_day.entry(row.visit_date).or_default().insert(row.fact_id, row);
-    }
-    let mut partitions = prev.fact_patient_flow.clone();
-    for (day, rows) in by_day {
-        let name = day_name(day);
-        if rows.is_empty() {
-            partitions.remove(&name);
-            continue;
-        }
-        let mut rows: Vec<FactRow> = rows.into_values().collect();
-        let next_change_us = rows.iter().filter_map(|r| r.next_change(as_of)).min();
-        let discharge_days: BTreeSet<i32> = rows
-            .iter()
-            .filter_map(|r| r.discharge_us.filter(|&d| keys::time_key(d).is_some()).map(keys::epoch_days))
-            .filter(|&d| d != day)
-            .collect();
-        let batch = fact::encode(&mut rows, as_of)?;
-        let file = format!("{dir}/fact_patient_flow/visit_date={name}.parquet");
-        let n = write_table(lake, &file, &FACT_PATIENT_FLOW, batch).await?;
-        let discharge_days = discharge_days.into_iter().map(day_name).collect();
-        // One file per day, holding rows earlier builds had too: never `fresh`.
-        let files = vec![TableFile { file, rows: n, fresh: false, next_change_us }];
-        partitions.insert(name, FactPartition { files, discharge_days });
-        metrics.partitions_written += 1;
-    }
-
-    // The ledger buckets that changed.
-    let mut by_bucket: BTreeMap<u16, Vec<&Visit>> = BTreeMap::new();
-    for (pid, winners) in &ledger_rows {
-        let b = keys::ledger_bucket(pid);
-        if changed_buckets.contains(&b) {
-            by_bucket.entry(b).or_default().extend(winners.values());
-        }
-    }
-    for (b, mut rows) in by_bucket {
-        rows.sort_unstable_by(|x, y| {
-            (&x.patient_id, x.admission_us, x.order_key()).cmp(&(&y.patient_id, y.admission_us, y.order_key()))
+    // The ledger rows of the patients this build sees: newest segment first, each patient from the
+    // newest segment that holds it.
+    let prev_ledger = prev.ledger.clone().unwrap_or_default();
+    if prev_ledger.len() != prev.dim_patient.len() {
+        return Err(Error::Corrupt {
+            key: manifest::manifest_key(prev.build).to_string(),
+            detail: format!(
+                "{} ledger segments but {} DimPatient files; they must pair up (remove the gold container's \
+                 _manifests to rebuild gold from silver)",
+                prev_ledger.len(),
+                prev.dim_patient.len()
+            ),
         });
-        let name = ledger::bucket_name(b);
-        let file = format!("{dir}/ledger/{name}.parquet");
-        let rows = write_table(lake, &file, &ledger::LEDGER, ledger::encode(&rows)?).await?;
-        ledger_files.insert(name, TableFile { file, rows, ..Default::default() });
     }
-    drop(ledger_rows);
+    let mut segments: Vec<(TableFile, TableFile)> =
+        prev_ledger.into_iter().zip(prev.dim_patient.iter().cloned()).collect();
+    // Compaction: the small segments frequent small builds leave behind are merged once there are
+    // enough of them, so a lookup reads a bounded number of sidecars.
+    let small = segments.iter().rposition(|(l, _)| l.rows as usize >= ledger::SMALL_SEGMENT_ROWS).map_or(0, |i| i + 1);
+    if segments.len() - small >= ledger::MAX_SMALL_SEGMENTS {
+        let merged = merge_segments(lake, &segments[small..], &dir).await?;
+        segments.truncate(small);
+        segments.push(merged);
+    }
+    let mut wanted: Vec<i64> = visits.iter().map(|v| v.patient_key).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut home: FxHashMap<i64, usize> = FxHashMap::default();
+    for s in (0..segments.len()).rev() {
+        if wanted.is_empty() {
+            break;
+        }
+        let file = &segments[s].0.file;
+        let sidecar = ledger::keys_file(file);
+        let hits = ledger::matching(&wanted, &ledger::decode_keys(&sidecar, &read_table(lake, &sidecar).await?)?);
+        if hits.is_empty() {
+            continue;
+        }
+        let hits: FxHashSet<i64> = hits.into_iter().collect();
+        ledger::decode(file, &read_table(lake, file).await?, |k| hits.contains(&k), &mut visits)?;
+        home.extend(hits.iter().map(|&k| (k, s)));
+        wanted.retain(|k| !hits.contains(k));
+    }
+    drop(wanted);
+    visits.rank();
+    for bucket in &mut visits.buckets {
+        bucket.sort();
+    }
+
+    // Patient by patient (buckets and their records are in patient key order), visit by visit.
+    let mut segment = ledger::SegmentBuilder::with_capacity(visits.len());
+    let mut new_patients = dims::PatientsBuilder::with_capacity(visits.len());
+    let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
+    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
+    let mut leaving: FxHashSet<i64> = FxHashSet::default();
+    let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
+    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
+    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
+    for bucket in &visits.buckets {
+        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
+            old_winners.clear();
+            new_winners.clear();
+            let mut is_changed = false;
+            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
+                // The winner: the latest event; for the same event twice, the copy folded first.
+                let Some(best) =
+                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
+                else {
+                    continue;
+                };
+                new_winners.push(best);
+                is_changed |= !best.known;
+                old_winners.extend(visit.iter().filter(|v| v.known));
+            }
+            if !is_changed {
+                continue;
+            }
+            let pid = bucket.patient_id(&patient[0]);
+            let new_versions = dims::versions(&visits, pid, &mut new_winners);
+            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
+            if old_winners.is_empty() {
+                metrics.patients.new_patients += 1;
+                metrics.patients.versions_closed += closed(&new_versions);
+            } else {
+                let old_versions = dims::versions(&visits, pid, &mut old_winners);
+                metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+                for v in &old_winners {
+                    let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
+                    old_rows.insert(row.fact_id, row);
+                }
+            }
+            for v in &new_winners {
+                let row = FactRow::of(&visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
+                match old_rows.get(&row.fact_id) {
+                    Some(old) if old.same_row(&row) => continue,
+                    Some(old) => {
+                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
+                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
+                        if same_event {
+                            metrics.patients.facts_repointed += 1;
+                        } else if !old.same_visit_content(&row) {
+                            metrics.facts_updated += 1;
+                        }
+                        leaving.insert(old.fact_id);
+                        leaving_days.insert(old.visit_date);
+                        by_day.entry(row.visit_date).or_default().push((false, row));
+                    }
+                    None => {
+                        metrics.facts_inserted += 1;
+                        by_day.entry(row.visit_date).or_default().push((true, row));
+                    }
+                }
+            }
+            for v in &new_winners {
+                segment.append(&visits, pid, v);
+            }
+            new_patients.append(pid, &new_versions);
+            if let Some(&s) = home.get(&patient[0].patient_key) {
+                leavers.entry(s).or_default().insert(pid.to_string());
+            }
+        }
+    }
+
+    let mut uploads = Uploads::new(lake);
+
+    // DimPatient and the ledger: one new segment for the changed patients; the DimPatient files
+    // they leave are rewritten without them (a segment whose patients all left is dropped).
+    let mut dropped: BTreeSet<usize> = BTreeSet::new();
+    for (&s, ids) in &leavers {
+        let old = &segments[s].1;
+        let mut kept = Vec::new();
+        for b in read_table(lake, &old.file).await? {
+            let id = b
+                .column_by_name("patient_id")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| Error::Corrupt { key: old.file.clone(), detail: "no `patient_id` column".into() })?;
+            let keep: arrow_array::BooleanArray =
+                id.iter().map(|p| Some(!ids.contains(p.unwrap_or_default()))).collect();
+            kept.push(arrow_select::filter::filter_record_batch(&b, &keep)?);
+        }
+        let batch = arrow_select::concat::concat_batches(&DIM_PATIENT, &kept)?;
+        if batch.num_rows() == 0 {
+            dropped.insert(s);
+            continue;
+        }
+        let file = format!("{dir}/dim_patient/rest-{s:05}.parquet");
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, batch).await?;
+        segments[s].1 = TableFile { file, rows, ..Default::default() };
+    }
+    let mut segments: Vec<(TableFile, TableFile)> =
+        segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
+    if !segment.is_empty() {
+        let file = format!("{dir}/ledger/segment.parquet");
+        let (rows_batch, keys_batch) = segment.finish()?;
+        uploads.put(ledger::keys_file(&file), &ledger::KEYS, keys_batch).await?;
+        let rows = uploads.put(file.clone(), &ledger::LEDGER, rows_batch).await?;
+        let ledger_file = TableFile { file, rows, ..Default::default() };
+        let file = format!("{dir}/dim_patient/segment.parquet");
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, new_patients.finish()?).await?;
+        segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
+    }
+    drop(leavers);
+    // Fact rows own their strings: the records are no longer needed.
+    drop(visits);
+
+    // Facts: the days rows leave or land on, and the files whose census flag flips or that are
+    // small enough to compact.
+    let mut partitions = prev.fact_patient_flow.clone();
+    let mut touched: BTreeSet<i32> = by_day.keys().copied().collect();
+    touched.extend(leaving_days.iter().copied());
+    touched.extend(partitions.iter().filter(|(_, p)| p.files.iter().any(due)).filter_map(|(day, _)| day_number(day)));
+    let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
+    let mut kept: BTreeMap<i32, Vec<TableFile>> = BTreeMap::new();
+    for &day in &touched {
+        let part = partitions.remove(&day_name(day)).unwrap_or_default();
+        let is_settled_small = |f: &TableFile| f.next_change_us.is_none() && (f.rows as usize) < fact::MIN_FILE_ROWS;
+        let compact = part.files.iter().filter(|f| is_settled_small(f)).count() + 1 >= fact::MAX_SMALL_FILES;
+        let mut keep = Vec::new();
+        for f in part.files {
+            let is_due = due(&f);
+            let is_small = compact && is_settled_small(&f);
+            if !(is_due || is_small || leaving_days.contains(&day)) {
+                keep.push(f);
+                continue;
+            }
+            let mut rows = Vec::new();
+            fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut rows)?;
+            let n = rows.len();
+            rows.retain(|r| {
+                let leaves = leaving.contains(&r.fact_id);
+                if leaves {
+                    first_seen.insert(r.fact_id, r.ingested_us);
+                }
+                !leaves
+            });
+            if !is_due && !is_small && rows.len() == n {
+                keep.push(f);
+                continue;
+            }
+            by_day.entry(day).or_default().extend(rows.into_iter().map(|r| (false, r)));
+        }
+        kept.insert(day, keep);
+    }
+    for (day, mut rows) in by_day {
+        let name = day_name(day);
+        let mut files = kept.remove(&day).unwrap_or_default();
+        for (_, row) in &mut rows {
+            // The first ingestion time is kept: it says when gold first knew the visit.
+            row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(row.ingested_us);
+        }
+        if !rows.is_empty() {
+            metrics.partitions_written += 1;
+        }
+        for (n, (fresh, mut rows)) in fact::split_files(rows, as_of).into_iter().enumerate() {
+            let next_change_us = rows.iter().filter_map(|r| r.next_change(as_of)).min();
+            let discharge_days = fact::discharge_days(&rows, day).into_iter().map(day_name).collect();
+            let file = format!("{dir}/fact_patient_flow/visit_date={name}/part-{n:04}.parquet");
+            let batch = fact::encode(&mut rows, as_of)?;
+            let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, batch).await?;
+            files.push(TableFile { file, rows, fresh, next_change_us, discharge_days });
+        }
+        if !files.is_empty() {
+            partitions.insert(name, partition(files));
+        }
+    }
+    for (day, files) in kept {
+        if !files.is_empty() {
+            partitions.insert(day_name(day), partition(files));
+        }
+    }
 
     // DimTime: every hour of each day a fact references.
     let mut days = Days::new();
@@ -387,33 +535,31 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         days.extend(day_number(name));
         days.extend(p.discharge_days.iter().filter_map(|d| day_number(d)));
     }
-
     let dim_department = format!("{dir}/dim_department.parquet");
-    let dim_patient = format!("{dir}/dim_patient.parquet");
     let dim_time = format!("{dir}/dim_time.parquet");
     let mut rows = BTreeMap::new();
     rows.insert(
         "DimDepartment".into(),
-        write_table(lake, &dim_department, &DIM_DEPARTMENT, dims::departments_batch(&departments)?).await?,
+        uploads.put(dim_department.clone(), &DIM_DEPARTMENT, dims::departments_batch(&departments)?).await?,
     );
-    let patient_rows = write_table(lake, &dim_patient, &DIM_PATIENT, dims::patients_batch(&patients)?).await?;
-    rows.insert("DimPatient".into(), patient_rows);
-    rows.insert("DimTime".into(), write_table(lake, &dim_time, &DIM_TIME, dims::time_batch(&days)?).await?);
+    rows.insert("DimTime".into(), uploads.put(dim_time.clone(), &DIM_TIME, dims::time_batch(&days)?).await?);
+    rows.insert("DimPatient".into(), segments.iter().map(|(_, d)| d.rows).sum());
     rows.insert("FactPatientFlow".into(), partitions.values().map(FactPartition::rows).sum());
+    uploads.finish().await?;
     metrics.rows = rows.clone();
 
+    let (ledger, dim_patient) = segments.into_iter().unzip();
     let manifest = Manifest {
         build,
         build_id,
         as_of: rfc3339(&options.now),
         silver_files: silver_files.into_iter().collect(),
         dim_department,
-        // One file holding every patient: never `fresh`.
-        dim_patient: vec![TableFile { file: dim_patient, rows: patient_rows, ..Default::default() }],
+        dim_patient,
         dim_time,
         fact_patient_flow: partitions,
         rows,
-        ledger: Some(ledger_files.into_values().collect()),
+        ledger: Some(ledger),
     };
     manifest::commit(lake, &manifest).await?;
     metrics.files_cleaned = cleanup(lake, options).await.unwrap_or_else(|error| {
@@ -421,6 +567,66 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         0
     });
     Ok(BuildOutcome::Built(metrics))
+}
+
+/// Merges ledger segments (oldest first) into one, each patient's records taken from the newest
+/// segment that holds the patient, and their DimPatient files (which hold each patient once) into
+/// one file.
+async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) -> Result<(TableFile, TableFile)> {
+    let mut seen: FxHashSet<i64> = FxHashSet::default();
+    let mut kept: Vec<RecordBatch> = Vec::new();
+    for (segment, _) in run.iter().rev() {
+        let mut keys_here: FxHashSet<i64> = FxHashSet::default();
+        for b in read_table(lake, &segment.file).await? {
+            let keys = input::column(&b, &segment.file, "patient_key", |c| {
+                c.as_primitive_opt::<arrow_array::types::Int64Type>()
+            })?;
+            let keep: arrow_array::BooleanArray = keys.values().iter().map(|k| Some(!seen.contains(k))).collect();
+            keys_here.extend(keys.values().iter().copied());
+            kept.push(arrow_select::filter::filter_record_batch(&b, &keep)?);
+        }
+        seen.extend(keys_here);
+    }
+    let all = arrow_select::concat::concat_batches(&ledger::LEDGER, &kept)?;
+    drop(kept);
+    let keys = input::column(&all, "merged segment", "patient_key", |c| {
+        c.as_primitive_opt::<arrow_array::types::Int64Type>()
+    })?;
+    // A stable sort by key keeps each patient's records in their order.
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by_key(|&i| keys.value(i as usize));
+    let order = arrow_array::UInt32Array::from(order);
+    let columns = all
+        .columns()
+        .iter()
+        .map(|c| arrow_select::take::take(c, &order, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let merged = RecordBatch::try_new(Arc::clone(&ledger::LEDGER), columns)?;
+    let mut distinct: Vec<i64> = seen.into_iter().collect();
+    distinct.sort_unstable();
+    let sidecar =
+        RecordBatch::try_new(Arc::clone(&ledger::KEYS), vec![Arc::new(arrow_array::Int64Array::from(distinct))])?;
+    let file = format!("{dir}/ledger/merged.parquet");
+    lake.put(Container::Gold, &Path::from(ledger::keys_file(&file)), encode(&ledger::KEYS, &sidecar)?).await?;
+    let rows = merged.num_rows() as u64;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, &merged)?).await?;
+    let segment = TableFile { file, rows, ..Default::default() };
+    let mut patients = Vec::new();
+    for (_, dim) in run {
+        patients.extend(read_table(lake, &dim.file).await?);
+    }
+    let patients = arrow_select::concat::concat_batches(&DIM_PATIENT, &patients)?;
+    let file = format!("{dir}/dim_patient/merged.parquet");
+    let rows = patients.num_rows() as u64;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &patients)?).await?;
+    Ok((segment, TableFile { file, rows, ..Default::default() }))
+}
+
+/// A fact partition of `files`, with the discharge days of them all.
+fn partition(files: Vec<TableFile>) -> FactPartition {
+    let discharge_days: BTreeSet<&String> = files.iter().flat_map(|f| &f.discharge_days).collect();
+    let discharge_days = discharge_days.into_iter().cloned().collect();
+    FactPartition { files, discharge_days }
 }
 
 fn uncovered() -> Error {
@@ -471,7 +677,7 @@ fn day_number(name: &str) -> Option<i32> {
 /// Reads the tables of a committed build (for loaders and tests).
 pub async fn read_build(lake: &Lake, m: &Manifest) -> Result<GoldTables> {
     let mut facts = Vec::new();
-    for f in m.fact_files() {
+    for f in m.fact_patient_flow.values().flat_map(|p| &p.files) {
         facts.extend(read_table(lake, &f.file).await?);
     }
     let mut patients = Vec::new();

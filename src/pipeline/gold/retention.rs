@@ -88,7 +88,7 @@ mod tests {
         let added = format!("{}/fact_patient_flow/visit_date=2026-11-24/new.parquet", dir(n));
         let files = vec![
             TableFile { file, rows: 1, ..Default::default() },
-            TableFile { file: added, rows: 1, fresh: true, next_change_us: Some(1) },
+            TableFile { file: added, rows: 1, fresh: true, next_change_us: Some(1), ..Default::default() },
         ];
         m.ledger = Some(vec![TableFile {
             file: format!("{}/ledger/bucket=000.parquet", dir(n)),
