@@ -85,8 +85,11 @@ pub struct StageReport {
     pub handler_seconds: f64,
     /// The local host's share, summed: reading or simulating the events and building envelopes
     /// (bronze), reading each bronze blob and building its envelope (silver), and every
-    /// invocation's round trip beyond the handler's time (HTTP on loopback, waiting for a core).
+    /// invocation's round trip beyond the handler's time (`loopback_seconds`).
     pub host_seconds: f64,
+    /// The part of `host_seconds` that is round trips beyond the handler's time: HTTP on loopback
+    /// both ways and, when more invocations are in flight than there are cores, waiting for one.
+    pub loopback_seconds: f64,
     /// Rows the stage consumed.
     pub rows: u64,
     /// Rows per second.
@@ -104,6 +107,7 @@ impl StageReport {
             start_seconds: start.as_secs_f64(),
             handler_seconds: split.handler.as_secs_f64(),
             host_seconds: split.host.as_secs_f64(),
+            loopback_seconds: split.loopback.as_secs_f64(),
             rows,
             rows_per_second: if seconds > 0.0 { rows as f64 / seconds } else { 0.0 },
             peak_memory_bytes: peak_memory_bytes(),
@@ -111,11 +115,13 @@ impl StageReport {
     }
 }
 
-/// Where a stage's time went: the handler's own, and the local host's.
+/// Where a stage's time went: the handler's own, and the local host's (of which `loopback` in
+/// round trips beyond the handler).
 #[derive(Debug, Clone, Copy, Default)]
 struct Split {
     handler: Duration,
     host: Duration,
+    loopback: Duration,
 }
 
 impl Split {
@@ -123,11 +129,13 @@ impl Split {
     fn invocation(&mut self, i: &Invocation) {
         self.handler += i.handler;
         self.host += i.transport();
+        self.loopback += i.transport();
     }
 
     fn add(&mut self, other: Split) {
         self.handler += other.handler;
         self.host += other.host;
+        self.loopback += other.loopback;
     }
 }
 
@@ -676,19 +684,17 @@ pub async fn gold_stage(
     let body = serde_json::to_vec(&envelopes::timer(build_gold::NAME, &options.now, false, "gold"))?;
     let built = started.elapsed();
     let invocation = host.invoke_timed(build_gold::NAME, body, "gold-timer").await?;
+    let (handler, transport) = (invocation.handler, invocation.transport());
     let job = invocation.response.return_value;
     let build = &job["build"];
     let rows_in = build["rows_in"].as_u64().unwrap_or(0);
     let seconds = |k: &str| Duration::try_from_secs_f64(job[k].as_f64().unwrap_or(0.0)).unwrap_or_default();
     let (build_time, load_time) = (seconds("build_seconds"), seconds("load_seconds"));
-    let gold_split = Split {
-        handler: invocation.handler.saturating_sub(load_time),
-        host: built + invocation.round_trip.saturating_sub(invocation.handler),
-    };
+    let gold_split = Split { handler: handler.saturating_sub(load_time), host: built + transport, loopback: transport };
     let start = started.duration_since(clock);
     report.stages.push(StageReport::new("gold", start, build_time, rows_in, gold_split));
     let loaded = job["load"]["fact_rows_written"].as_u64().unwrap_or(0);
-    let load_split = Split { handler: load_time, host: Duration::ZERO };
+    let load_split = Split { handler: load_time, ..Split::default() };
     report.stages.push(StageReport::new("load", start + build_time, load_time, loaded, load_split));
     report.gold = Some(job);
     Ok(())
