@@ -1,6 +1,14 @@
 //! Builds the envelopes the Functions host sends, exactly as reference §2.4 shows them: Event Hubs
 //! batches (`cardinality: many`, `dataType: binary`), blob-trigger calls and timer calls. Used by
 //! `patientflow run` (which plays the host locally) and by the tests.
+//!
+//! Two forms of each trigger envelope:
+//! - [`event_hub_batch`] and [`blob_trigger`] build a `serde_json::Value` tree: readable, close to the
+//!   reference's examples, and the oracle the tests compare against;
+//! - [`event_hub_batch_bytes`] and [`blob_trigger_bytes`] write the same document straight into a
+//!   byte buffer, base64 and the host's double-encoded arrays included, with no tree and no
+//!   per-event allocation. `run` and `bench` build an envelope per thousand events and per bronze
+//!   file, so this is the local host's main cost (a property test checks both forms agree).
 
 use chrono::NaiveDateTime;
 use serde_json::{Value, json};
@@ -37,22 +45,51 @@ pub struct HubPartition<'a> {
 }
 
 /// A timestamp as the host writes `EnqueuedTimeUtc`: no zone suffix, fraction only when non-zero
-/// (chrono's `%.f`), formatted without strftime's per-call pattern parsing (a hot path in `run`).
+/// (chrono's `%.f`).
 fn host_time(t: &NaiveDateTime) -> String {
+    let mut out = Vec::with_capacity(32);
+    push_host_time(&mut out, t);
+    String::from_utf8(out).unwrap_or_else(|_| t.format("%Y-%m-%dT%H:%M:%S%.f").to_string())
+}
+
+/// Appends [`host_time`]'s text, digit by digit: no strftime pattern parsing per call (three
+/// timestamps per event in a batch envelope).
+fn push_host_time(out: &mut Vec<u8>, t: &NaiveDateTime) {
     use chrono::{Datelike, Timelike};
-    let mut s =
-        format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string().as_bytes());
+        return;
+    }
+    let digits = |out: &mut Vec<u8>, n: u32, width: u32| {
+        for i in (0..width).rev() {
+            out.push(b'0' + (n / 10u32.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, t.month(), 2);
+    out.push(b'-');
+    digits(out, t.day(), 2);
+    out.push(b'T');
+    digits(out, t.hour(), 2);
+    out.push(b':');
+    digits(out, t.minute(), 2);
+    out.push(b':');
+    // A leap second is second 59 with nanoseconds past 1e9; like chrono's %S and %.f, show it as
+    // :60 with the fraction modulo one second.
+    digits(out, t.second() + t.nanosecond() / 1_000_000_000, 2);
     let nanos = t.nanosecond() % 1_000_000_000;
     if nanos != 0 {
+        out.push(b'.');
         if nanos.is_multiple_of(1_000_000) {
-            s.push_str(&format!(".{:03}", nanos / 1_000_000));
+            digits(out, nanos / 1_000_000, 3);
         } else if nanos.is_multiple_of(1_000) {
-            s.push_str(&format!(".{:06}", nanos / 1_000));
+            digits(out, nanos / 1_000, 6);
         } else {
-            s.push_str(&format!(".{nanos:09}"));
+            digits(out, nanos, 9);
         }
     }
-    s
 }
 
 fn sys(method: &str, now: &NaiveDateTime, guid: &str) -> Value {
@@ -113,67 +150,205 @@ pub fn event_hub_batch(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDat
     })
 }
 
-/// [`event_hub_batch`] serialized straight to bytes, without building a JSON tree: the same
-/// document (tested), at a fraction of the cost, for `run` and `bench` where the envelope is built
-/// for every thousand events.
+/// [`event_hub_batch`] written straight to bytes: the same document (property-tested), without a
+/// JSON tree. Each double-encoded array is written in place as the string the host sends, base64
+/// bodies encoded directly into the buffer; strings that need no escaping (base64, digits,
+/// timestamps, the usual partition keys) are copied as they are.
 pub fn event_hub_batch_bytes(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDateTime, guid: &str) -> Vec<u8> {
-    use base64::Engine;
-    use std::fmt::Write as _;
     let body_len: usize = events.iter().map(|e| e.body.len()).sum();
-    let mut out = String::with_capacity(body_len * 4 / 3 + events.len() * 400 + 1024);
-    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    // The host double-encodes arrays: each is a JSON string holding the array's JSON text. Inner
-    // strings here (base64, digits, timestamps, ids) need no escaping inside the outer string
-    // except their quotes, which become \".
-    let mut bodies = String::with_capacity(body_len * 4 / 3 + events.len() * 4);
-    let mut offsets = String::new();
-    let mut seqs = String::new();
-    let mut times = String::new();
-    let mut keys = String::new();
-    let mut props = String::new();
-    let mut system = String::new();
+    let mut out = Vec::with_capacity(body_len.div_ceil(3) * 4 + events.len() * 440 + 1024);
+    let mut time = Vec::with_capacity(32);
+
+    out.extend_from_slice(b"{\"Data\":{\"events\":\"[");
     for (i, e) in events.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let t = host_time(&e.enqueued_time);
-        bodies.push_str(sep);
-        bodies.push_str("\\\"");
-        base64::engine::general_purpose::STANDARD.encode_string(&e.body, &mut bodies);
-        bodies.push_str("\\\"");
-        let _ = write!(offsets, "{sep}\\\"{}\\\"", e.offset);
-        let _ = write!(seqs, "{sep}{}", e.sequence_number);
-        let _ = write!(times, "{sep}\\\"{t}\\\"");
-        let key_json = match &e.partition_key {
-            Some(k) => serde_json::to_string(k).unwrap_or_default(),
-            None => "null".to_string(),
-        };
-        // The key's JSON text is itself escaped once more inside the outer string.
-        let key_inner = q(&key_json);
-        let key_inner = &key_inner[1..key_inner.len() - 1];
-        let _ = write!(keys, "{sep}{key_inner}");
-        let _ = write!(props, "{sep}{{}}");
-        let _ = write!(
-            system,
-            "{sep}{{\\\"x-opt-sequence-number\\\":{s},\\\"x-opt-offset\\\":\\\"{o}\\\",\\\"x-opt-enqueued-time\\\":\\\"{t}\\\",\\\"SequenceNumber\\\":{s},\\\"Offset\\\":{o},\\\"OffsetString\\\":\\\"{o}\\\",\\\"PartitionKey\\\":{key_inner},\\\"EnqueuedTimeUtc\\\":\\\"{t}\\\"}}",
-            s = e.sequence_number,
-            o = e.offset,
-        );
+        comma(&mut out, i);
+        out.extend_from_slice(b"\\\"");
+        push_base64(&mut out, &e.body);
+        out.extend_from_slice(b"\\\"");
     }
-    let context = format!(
-        "{{\"IsCheckpointingAfterInvocation\":true,\"FullyQualifiedNamespace\":{},\"EventHubName\":{},\"ConsumerGroup\":{},\"PartitionId\":{}}}",
-        q(p.namespace),
-        q(p.event_hub),
-        q(p.consumer_group),
-        q(p.partition_id)
+    out.extend_from_slice(b"]\"},\"Metadata\":{\"TriggerPartitionContext\":");
+    let context = out.len();
+    out.extend_from_slice(b"{\"IsCheckpointingAfterInvocation\":true,\"FullyQualifiedNamespace\":");
+    push_str(&mut out, p.namespace);
+    out.extend_from_slice(b",\"EventHubName\":");
+    push_str(&mut out, p.event_hub);
+    out.extend_from_slice(b",\"ConsumerGroup\":");
+    push_str(&mut out, p.consumer_group);
+    out.extend_from_slice(b",\"PartitionId\":");
+    push_str(&mut out, p.partition_id);
+    out.push(b'}');
+    let context = context..out.len();
+    out.extend_from_slice(b",\"PartitionContext\":");
+    out.extend_from_within(context);
+
+    out.extend_from_slice(b",\"PartitionKeyArray\":\"[");
+    for (i, e) in events.iter().enumerate() {
+        comma(&mut out, i);
+        push_key_encoded(&mut out, e.partition_key.as_deref());
+    }
+    out.extend_from_slice(b"]\",\"OffsetArray\":\"[");
+    let offsets = out.len();
+    for (i, e) in events.iter().enumerate() {
+        comma(&mut out, i);
+        out.extend_from_slice(b"\\\"");
+        push_int(&mut out, e.offset);
+        out.extend_from_slice(b"\\\"");
+    }
+    let offsets = offsets..out.len();
+    out.extend_from_slice(b"]\",\"OffsetStringArray\":\"[");
+    out.extend_from_within(offsets);
+    out.extend_from_slice(b"]\",\"SequenceNumberArray\":\"[");
+    for (i, e) in events.iter().enumerate() {
+        comma(&mut out, i);
+        push_int(&mut out, e.sequence_number);
+    }
+    out.extend_from_slice(b"]\",\"EnqueuedTimeUtcArray\":\"[");
+    for (i, e) in events.iter().enumerate() {
+        comma(&mut out, i);
+        out.extend_from_slice(b"\\\"");
+        push_host_time(&mut out, &e.enqueued_time);
+        out.extend_from_slice(b"\\\"");
+    }
+    out.extend_from_slice(b"]\",\"PropertiesArray\":\"[");
+    for i in 0..events.len() {
+        comma(&mut out, i);
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"]\",\"SystemPropertiesArray\":\"[");
+    for (i, e) in events.iter().enumerate() {
+        comma(&mut out, i);
+        time.clear();
+        push_host_time(&mut time, &e.enqueued_time);
+        out.extend_from_slice(b"{\\\"x-opt-sequence-number\\\":");
+        push_int(&mut out, e.sequence_number);
+        out.extend_from_slice(b",\\\"x-opt-offset\\\":\\\"");
+        push_int(&mut out, e.offset);
+        out.extend_from_slice(b"\\\",\\\"x-opt-enqueued-time\\\":\\\"");
+        out.extend_from_slice(&time);
+        out.extend_from_slice(b"\\\",\\\"SequenceNumber\\\":");
+        push_int(&mut out, e.sequence_number);
+        out.extend_from_slice(b",\\\"Offset\\\":");
+        push_int(&mut out, e.offset);
+        out.extend_from_slice(b",\\\"OffsetString\\\":\\\"");
+        push_int(&mut out, e.offset);
+        out.extend_from_slice(b"\\\",\\\"PartitionKey\\\":");
+        push_key_encoded(&mut out, e.partition_key.as_deref());
+        out.extend_from_slice(b",\\\"EnqueuedTimeUtc\\\":\\\"");
+        out.extend_from_slice(&time);
+        out.extend_from_slice(b"\\\"}");
+    }
+    out.extend_from_slice(b"]\",\"sys\":");
+    push_sys(&mut out, "ingest_bronze", now, guid);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// [`blob_trigger`] written straight to bytes: the blob's base64 goes directly into the buffer
+/// (a bronze file is the bulk of the request), with no intermediate string or tree.
+pub fn blob_trigger_bytes(uri: &str, name: &str, content: Option<&[u8]>, now: &NaiveDateTime, guid: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.map_or(0, |c| c.len().div_ceil(3) * 4) + uri.len() + name.len() + 512);
+    out.extend_from_slice(b"{\"Data\":{\"blob\":");
+    match content {
+        Some(bytes) => {
+            out.push(b'"');
+            push_base64(&mut out, bytes);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(
+            b"{\"Source\":\"AzureStorageBlobs\",\"Content\":{\"IsEmpty\":false,\"Length\":0,\"MediaType\":\"application/octet-stream\"}}",
+        ),
+    }
+    out.extend_from_slice(b"},\"Metadata\":{\"Uri\":\"");
+    push_str_encoded(&mut out, uri);
+    out.extend_from_slice(b"\",\"name\":\"");
+    push_str_encoded(&mut out, name);
+    out.extend_from_slice(b"\",\"Properties\":{\"LastModified\":");
+    push_str(&mut out, &rfc3339(now));
+    out.extend_from_slice(b",\"ContentLength\":");
+    push_int(&mut out, content.map_or(0, <[u8]>::len) as i64);
+    out.extend_from_slice(
+        b",\"ContentType\":\"application/octet-stream\",\"BlobType\":0,\"Metadata\":{}},\"Metadata\":{},\"sys\":",
     );
-    let _ = write!(
-        out,
-        "{{\"Data\":{{\"events\":\"[{bodies}]\"}},\"Metadata\":{{\"TriggerPartitionContext\":{context},\"PartitionContext\":{context},\
-\"PartitionKeyArray\":\"[{keys}]\",\"OffsetArray\":\"[{offsets}]\",\"OffsetStringArray\":\"[{offsets}]\",\
-\"SequenceNumberArray\":\"[{seqs}]\",\"EnqueuedTimeUtcArray\":\"[{times}]\",\"PropertiesArray\":\"[{props}]\",\
-\"SystemPropertiesArray\":\"[{system}]\",\"sys\":{}}}}}",
-        sys("ingest_bronze", now, guid)
-    );
-    out.into_bytes()
+    push_sys(&mut out, "refine_silver", now, guid);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// `,` before every array element but the first.
+fn comma(out: &mut Vec<u8>, i: usize) {
+    if i > 0 {
+        out.push(b',');
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, n: i64) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{n}");
+}
+
+fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    use base64::Engine;
+    let start = out.len();
+    out.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
+    let written = base64::engine::general_purpose::STANDARD.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + written);
+}
+
+/// Whether `s` can stand inside a JSON string as it is: no quote, backslash or control character.
+fn needs_no_escape(s: &str) -> bool {
+    !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// Appends `s` JSON-escaped, without the quotes.
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    if needs_no_escape(s) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    let start = out.len();
+    // serde_json writes "…", escaped (writing to a Vec cannot fail); keep what is inside the quotes.
+    let _ = serde_json::to_writer(&mut *out, s);
+    out.pop();
+    out.remove(start);
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    push_escaped(out, s);
+    out.push(b'"');
+}
+
+/// Appends the JSON text of the string `s` escaped once more, as it stands inside a host-encoded
+/// value (`"\"s\""` once the outer quotes are added).
+fn push_str_encoded(out: &mut Vec<u8>, s: &str) {
+    if needs_no_escape(s) {
+        out.extend_from_slice(b"\\\"");
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"\\\"");
+    } else {
+        push_escaped(out, &serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+/// A partition key inside a double-encoded array: its JSON text (`null` when absent), escaped.
+fn push_key_encoded(out: &mut Vec<u8>, key: Option<&str>) {
+    match key {
+        Some(k) => push_str_encoded(out, k),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The `sys` object: `{"MethodName":…,"UtcNow":…,"RandGuid":…}`.
+fn push_sys(out: &mut Vec<u8>, method: &str, now: &NaiveDateTime, guid: &str) {
+    out.extend_from_slice(b"{\"MethodName\":");
+    push_str(out, method);
+    out.extend_from_slice(b",\"UtcNow\":");
+    push_str(out, &rfc3339(now));
+    out.extend_from_slice(b",\"RandGuid\":");
+    push_str(out, guid);
+    out.push(b'}');
 }
 
 /// The envelope of a blob-trigger invocation. `content` is `None` for deferred binding (the host
@@ -217,22 +392,42 @@ pub fn timer(method: &str, now: &NaiveDateTime, past_due: bool, guid: &str) -> V
 mod tests {
     use super::*;
     use crate::model::time::parse_utc;
+    use proptest::prelude::*;
 
     #[test]
     fn host_times_match_chrono() {
-        for t in [
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_nano_opt(23, 59, 59, 1_250_000_000);
+        let times = [
             "2026-11-24T12:00:00",
             "2026-11-24T12:00:00.250",
             "2026-11-24T12:00:00.123456",
             "2024-02-29T23:59:59.000001",
-        ] {
-            let t = parse_utc(t).unwrap();
+            "0001-01-01T00:00:00.000000001",
+        ]
+        .map(|t| parse_utc(t).unwrap());
+        let far = chrono::NaiveDate::from_ymd_opt(12345, 6, 7).unwrap().and_hms_opt(8, 9, 10).unwrap();
+        for t in times.into_iter().chain(leap).chain([far]) {
             assert_eq!(host_time(&t), t.format("%Y-%m-%dT%H:%M:%S%.f").to_string());
         }
     }
 
+    /// The envelope with every host-encoded value decoded once more, so two documents compare by
+    /// meaning (a tree serializes object keys sorted, the writer in the host's order).
+    fn decoded(v: &Value) -> Value {
+        let mut v = v.clone();
+        for (_, x) in v["Metadata"].as_object_mut().unwrap().iter_mut() {
+            if let Value::String(s) = x {
+                *x = serde_json::from_str(s).unwrap();
+            }
+        }
+        if let Some(Value::String(s)) = v["Data"].get("events") {
+            v["Data"]["events"] = serde_json::from_str(s).unwrap();
+        }
+        v
+    }
+
     #[test]
-    fn the_fast_batch_writer_produces_the_same_document() {
+    fn the_batch_writer_produces_the_same_document() {
         let now = parse_utc("2026-11-24T12:00:00.123456").unwrap();
         let events: Vec<HubEvent> = (0..5)
             .map(|i| HubEvent {
@@ -253,19 +448,73 @@ mod tests {
             consumer_group: "$Default",
             partition_id: "3",
         };
-        let slow = event_hub_batch(&p, &events, &now, "g");
-        let fast: Value = serde_json::from_slice(&event_hub_batch_bytes(&p, &events, &now, "g")).unwrap();
-        // Compare after undoing the double encoding, so formatting differences cannot hide.
-        let unwrap = |v: &Value| -> Value {
-            let mut v = v.clone();
-            for (_, x) in v["Metadata"].as_object_mut().unwrap().iter_mut() {
-                if let Value::String(s) = x {
-                    *x = serde_json::from_str(s).unwrap();
-                }
-            }
-            v["Data"]["events"] = serde_json::from_str(v["Data"]["events"].as_str().unwrap()).unwrap();
-            v
-        };
-        assert_eq!(unwrap(&fast), unwrap(&slow));
+        let tree = event_hub_batch(&p, &events, &now, "g");
+        let bytes = event_hub_batch_bytes(&p, &events, &now, "g");
+        let written: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(decoded(&written), decoded(&tree));
+        // The arrays really are double-encoded strings, as the host sends them.
+        assert!(written["Data"]["events"].is_string());
+        assert!(written["Metadata"]["SystemPropertiesArray"].is_string());
+        assert!(written["Metadata"]["PartitionContext"].is_object());
+    }
+
+    #[test]
+    fn the_blob_writer_produces_the_same_document() {
+        let now = parse_utc("2026-11-24T12:00:00").unwrap();
+        let uri = "http://127.0.0.1:10000/devstoreaccount1/bronze/patient-flow/partition=0/0-9.parquet";
+        for content in [Some(&b"PAR1\x00\xff"[..]), Some(&b""[..]), None] {
+            let tree = blob_trigger(uri, "partition=0/0-9", content, &now, "g");
+            let written: Value =
+                serde_json::from_slice(&blob_trigger_bytes(uri, "partition=0/0-9", content, &now, "g")).unwrap();
+            assert_eq!(written, tree);
+        }
+    }
+
+    fn hub_event() -> impl Strategy<Value = HubEvent> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..48),
+            any::<i64>(),
+            any::<i64>(),
+            // Any instant of 1900–2100, to the nanosecond (whole, milli- and microsecond fractions too).
+            (-2_208_988_800i64..4_102_444_800, prop_oneof![Just(0u32), 0..1000u32, 0..1_000_000_000u32]),
+            proptest::option::of(any::<String>()),
+        )
+            .prop_map(|(body, sequence_number, offset, (secs, frac), partition_key)| {
+                let nanos = match frac {
+                    f if f < 1000 => f * 1_000_000,
+                    f => f,
+                };
+                let enqueued_time =
+                    chrono::DateTime::from_timestamp(secs, nanos % 1_000_000_000).unwrap_or_default().naive_utc();
+                HubEvent { body, sequence_number, offset, enqueued_time, partition_key }
+            })
+    }
+
+    proptest! {
+        /// The writers and the trees agree on any events, keys and names: control characters,
+        /// quotes, backslashes and non-ASCII text included.
+        #[test]
+        fn the_writers_agree_with_the_trees(
+            events in proptest::collection::vec(hub_event(), 0..12),
+            names in proptest::array::uniform4(any::<String>()),
+            guid in any::<String>(),
+            content in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+        ) {
+            let now = parse_utc("2026-11-24T12:00:00.5").unwrap();
+            let p = HubPartition {
+                namespace: &names[0],
+                event_hub: &names[1],
+                consumer_group: &names[2],
+                partition_id: &names[3],
+            };
+            let written: Value = serde_json::from_slice(&event_hub_batch_bytes(&p, &events, &now, &guid)).unwrap();
+            prop_assert_eq!(decoded(&written), decoded(&event_hub_batch(&p, &events, &now, &guid)));
+
+            let tree = blob_trigger(&names[0], &names[1], content.as_deref(), &now, &guid);
+            let written: Value =
+                serde_json::from_slice(&blob_trigger_bytes(&names[0], &names[1], content.as_deref(), &now, &guid))
+                    .unwrap();
+            prop_assert_eq!(written, tree);
+        }
     }
 }
