@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(m.fact_files().count(), 3);
         let mut files = m.files();
         files.sort();
-        let expected: Vec<String> = ["dep", "f1", "f2", "f3", "l", "p1", "p2", "time"]
+        let expected: Vec<String> = ["dep", "f1", "f2", "f3", "l.keys", "l", "p1", "p2", "time"]
             .iter()
             .map(|n| format!("builds/1/{n}.parquet"))
             .collect();

@@ -136,11 +136,13 @@ mod tests {
             "builds/0000000002-00000000000000aa/dim_time.parquet",
             "builds/0000000002-00000000000000aa/fact_patient_flow/visit_date=2026-11-24.parquet",
             "builds/0000000002-00000000000000aa/fact_patient_flow/visit_date=2026-11-24/new.parquet",
+            "builds/0000000002-00000000000000aa/ledger/bucket=000.keys.parquet",
             "builds/0000000002-00000000000000aa/ledger/bucket=000.parquet",
             "builds/0000000003-00000000000000aa/dim_department.parquet",
             "builds/0000000003-00000000000000aa/dim_patient.parquet",
             "builds/0000000003-00000000000000aa/dim_time.parquet",
             "builds/0000000003-00000000000000aa/fact_patient_flow/visit_date=2026-11-24/new.parquet",
+            "builds/0000000003-00000000000000aa/ledger/bucket=000.keys.parquet",
             "builds/0000000003-00000000000000aa/ledger/bucket=000.parquet",
             "builds/0000000004-00000000000000cc/dim_time.parquet",
         ]
