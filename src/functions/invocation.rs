@@ -3,11 +3,20 @@
 //! plus the decoding rules of the host's value encoding (reference §2.2): strings, arrays, numbers
 //! and URIs arrive JSON-encoded a second time (`"\"x\""`, `"[1,2]"`), objects do not, and a single
 //! binary value is plain base64.
+//!
+//! Two ways to read an envelope: [`InvokeRequest`] (a JSON tree, for the small envelopes of timers
+//! and webhooks) and [`decode_envelope`], one streaming pass for the hot paths (Event Hubs batches,
+//! blob content): each `Data`/`Metadata` entry goes to an [`EnvelopeSink`] as it is parsed, host
+//! arrays element by element ([`HostArray`], [`ElementSink`]), and whatever the sink does not read
+//! is skipped without being built.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -146,6 +155,364 @@ pub fn base64_bytes(what: &str, s: &str) -> Result<Vec<u8>, FunctionError> {
 /// Encodes bytes as base64 (what a runner sends for binary triggers).
 pub fn to_base64(bytes: &[u8]) -> String {
     BASE64.encode(bytes)
+}
+
+/// Decodes base64 text, appending the bytes to `out`; on error `out` is left as it was.
+pub fn append_base64(s: &str, out: &mut Vec<u8>) -> Result<(), base64::DecodeError> {
+    let start = out.len();
+    BASE64.decode_vec(s, out).inspect_err(|_| out.truncate(start))
+}
+
+const NOT_AN_OBJECT: &str =
+    "the request body is not a JSON object; the Functions host sends {\"Data\":{…},\"Metadata\":{…}}";
+const PARTS_NOT_OBJECTS: &str = "the envelope's Data and Metadata must be JSON objects";
+
+/// Which part of the envelope an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `Data`: the input bindings.
+    Data,
+    /// `Metadata`: the trigger's binding data and `sys`.
+    Metadata,
+}
+
+/// Receives the entries of `Data` and `Metadata` as [`decode_envelope`] parses them. An entry the
+/// sink does not want should be skipped with `IgnoredAny` (nothing is built). Problems with a value
+/// are the sink's to keep and report after the pass; an `Err` here means the JSON itself is broken.
+pub trait EnvelopeSink {
+    /// Reads the value of `<part>.<key>` from `value`.
+    fn entry<'de, D: Deserializer<'de>>(&mut self, part: Part, key: &str, value: D) -> Result<(), D::Error>;
+}
+
+/// Reads a request body in one streaming pass, handing each `Data` and `Metadata` entry to `sink`.
+/// Errors like [`InvokeRequest::from_slice`]: a body that is not JSON, not an object, or whose
+/// `Data`/`Metadata` are not objects is a 400 naming the problem (never quoting content).
+pub fn decode_envelope<S: EnvelopeSink>(body: &[u8], sink: &mut S) -> Result<(), FunctionError> {
+    let mut shape = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed =
+        de::Deserializer::deserialize_any(&mut de, Envelope { sink, shape: &mut shape }).and_then(|()| de.end());
+    if let Some(problem) = shape {
+        return Err(FunctionError::BadRequest(problem.to_string()));
+    }
+    parsed.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => FunctionError::BadRequest(PARTS_NOT_OBJECTS.into()),
+        _ => FunctionError::BadRequest(format!(
+            "the request body is not JSON ({e}); the Functions host sends {{\"Data\":{{…}},\"Metadata\":{{…}}}}"
+        )),
+    })
+}
+
+/// Visits any JSON value that is not of the wanted kind: consumes it, and records `problem`.
+macro_rules! reject_other_values {
+    ($problem:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(self.reject($problem))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(self.reject($problem))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(self.reject($problem))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(self.reject($problem))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(self.reject($problem))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(self.reject($problem))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(self.reject($problem))
+        }
+    };
+}
+
+struct Envelope<'a, S> {
+    sink: &'a mut S,
+    shape: &'a mut Option<&'static str>,
+}
+
+impl<S> Envelope<'_, S> {
+    fn reject(self, problem: &'static str) {
+        self.shape.get_or_insert(problem);
+    }
+}
+
+impl<'de, S: EnvelopeSink> Visitor<'de> for Envelope<'_, S> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the host's invocation envelope")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let part = match key.0.as_ref() {
+                "Data" | "data" => Part::Data,
+                "Metadata" | "metadata" => Part::Metadata,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            map.next_value_seed(PartSeed { sink: &mut *self.sink, shape: &mut *self.shape, part })?;
+        }
+        Ok(())
+    }
+
+    reject_other_values!(NOT_AN_OBJECT);
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct PartSeed<'a, S> {
+    sink: &'a mut S,
+    shape: &'a mut Option<&'static str>,
+    part: Part,
+}
+
+impl<S> PartSeed<'_, S> {
+    fn reject(self, problem: &'static str) {
+        self.shape.get_or_insert(problem);
+    }
+}
+
+impl<'de, S: EnvelopeSink> DeserializeSeed<'de> for PartSeed<'_, S> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, S: EnvelopeSink> Visitor<'de> for PartSeed<'_, S> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            map.next_value_seed(EntrySeed { sink: &mut *self.sink, part: self.part, key: key.0.as_ref() })?;
+        }
+        Ok(())
+    }
+
+    reject_other_values!(PARTS_NOT_OBJECTS);
+}
+
+struct EntrySeed<'a, S> {
+    sink: &'a mut S,
+    part: Part,
+    key: &'a str,
+}
+
+impl<'de, S: EnvelopeSink> DeserializeSeed<'de> for EntrySeed<'_, S> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.sink.entry(self.part, self.key, d)
+    }
+}
+
+/// Receives the elements of a host array one at a time, as they are parsed. A problem with one
+/// element is the sink's to keep (the parse goes on); an `Err` means the JSON is broken.
+pub trait ElementSink {
+    /// Reads element `index` from `value`.
+    fn element<'de, D: Deserializer<'de>>(&mut self, index: usize, value: D) -> Result<(), D::Error>;
+}
+
+/// A host array value — a real JSON array, or a string holding one (the host's second encoding) —
+/// streamed element by element into a sink. Deserializes to the number of elements, or `None` when
+/// the value is neither (the value is consumed either way).
+pub struct HostArray<'a, S>(pub &'a mut S);
+
+impl<'de, S: ElementSink> DeserializeSeed<'de> for HostArray<'_, S> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<S: ElementSink> HostArray<'_, S> {
+    fn reject(self, _: ()) -> Option<usize> {
+        None
+    }
+
+    fn stream<'de, A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<usize>, A::Error> {
+        let mut n = 0;
+        while seq.next_element_seed(ElementSeed { sink: &mut *self.0, index: n })?.is_some() {
+            n += 1;
+        }
+        Ok(Some(n))
+    }
+
+    /// The host's second encoding: the string holds the array's JSON text. Anything else in it
+    /// (not JSON, not an array, trailing text) makes the value "not an array".
+    fn encoded(self, text: &str) -> Option<usize> {
+        struct Inner<'a, S>(HostArray<'a, S>);
+        impl<'de, S: ElementSink> Visitor<'de> for Inner<'_, S> {
+            type Value = Option<usize>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<usize>, A::Error> {
+                self.0.stream(seq)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let n = de::Deserializer::deserialize_seq(&mut de, Inner(self)).ok()?;
+        de.end().ok()?;
+        n
+    }
+}
+
+impl<'de, S: ElementSink> Visitor<'de> for HostArray<'_, S> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array, or a string holding one")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<usize>, A::Error> {
+        self.stream(seq)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.encoded(v))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<usize>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<usize>, E> {
+        Ok(self.reject(()))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<usize>, E> {
+        Ok(self.reject(()))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<usize>, E> {
+        Ok(self.reject(()))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<usize>, E> {
+        Ok(self.reject(()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Option<usize>, E> {
+        Ok(self.reject(()))
+    }
+}
+
+struct ElementSeed<'a, S> {
+    sink: &'a mut S,
+    index: usize,
+}
+
+impl<'de, S: ElementSink> DeserializeSeed<'de> for ElementSeed<'_, S> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.sink.element(self.index, d)
+    }
+}
+
+/// One JSON value as a host array element: a string is lent (valid only during the callback),
+/// anything else but null is built as a [`Value`] (numbers, and the rare object).
+#[derive(Debug, PartialEq)]
+pub enum HostScalar<'a> {
+    /// `null`.
+    Null,
+    /// A string, unescaped.
+    Str(&'a str),
+    /// Any other value.
+    Other(Value),
+}
+
+impl HostScalar<'_> {
+    /// The JSON text of the value (`Value::to_string` of it).
+    pub fn json_text(&self) -> String {
+        match self {
+            HostScalar::Null => "null".to_string(),
+            HostScalar::Str(s) => serde_json::to_string(s).unwrap_or_default(),
+            HostScalar::Other(v) => v.to_string(),
+        }
+    }
+
+    /// The value as text: a string as it is, anything else but null as its JSON text.
+    pub fn text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            HostScalar::Null => None,
+            HostScalar::Str(s) => Some(Cow::Borrowed(s)),
+            HostScalar::Other(v) => Some(Cow::Owned(v.to_string())),
+        }
+    }
+}
+
+/// Reads one value and hands it to `f` as a [`HostScalar`].
+pub fn with_host_scalar<'de, D: Deserializer<'de>, R>(
+    d: D,
+    f: impl FnOnce(HostScalar<'_>) -> R,
+) -> Result<R, D::Error> {
+    struct V<F>(F);
+    impl<'de, R, F: FnOnce(HostScalar<'_>) -> R> Visitor<'de> for V<F> {
+        type Value = R;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Str(v)))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Null))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Null))
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Other(Value::from(v))))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Other(Value::from(v))))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Other(Value::from(v))))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<R, E> {
+            Ok((self.0)(HostScalar::Other(Value::from(v))))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<R, A::Error> {
+            let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+            Ok((self.0)(HostScalar::Other(v)))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<R, A::Error> {
+            let v = Value::deserialize(MapAccessDeserializer::new(map))?;
+            Ok((self.0)(HostScalar::Other(v)))
+        }
+    }
+    d.deserialize_any(V(f))
 }
 
 #[cfg(test)]

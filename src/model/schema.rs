@@ -12,6 +12,8 @@ use arrow_array::types::{TimestampMicrosecondType, TimestampMillisecondType};
 use arrow_array::{Array, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::storage::parquet::{Codec, Layout};
+
 /// The timestamp type of bronze, silver and quarantine.
 pub const TS: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
 
@@ -75,6 +77,18 @@ pub static BRONZE: LazyLock<SchemaRef> = LazyLock::new(|| {
     ])
 });
 
+/// How bronze files are written. zstd (the archive) where there are bytes to save: bodies, partition
+/// keys, offsets. Sequence numbers and enqueued times grow within a partition (delta-encoded to a
+/// few bytes); hub, partition, properties and ingestion time are constants or nearly (a dictionary
+/// of one value): those columns stay uncompressed, which spares a zstd context each.
+pub const BRONZE_LAYOUT: Layout = Layout {
+    codec: Codec::Archive,
+    plain: &["offset", "partition_key", "body"],
+    no_statistics: &["body", "properties"],
+    delta: &["sequence_number", "enqueued_time"],
+    uncompressed: &["event_hub", "partition_id", "sequence_number", "enqueued_time", "properties", "ingested_at"],
+};
+
 /// The lineage columns silver and quarantine rows carry back to their bronze event.
 fn lineage() -> Vec<Field> {
     vec![
@@ -107,6 +121,17 @@ pub static SILVER: LazyLock<SchemaRef> = LazyLock::new(|| {
     schema(fields)
 });
 
+/// How silver files are written (Snappy): ids and timestamps are (nearly) unique, so PLAIN; the
+/// lineage's sequence numbers and enqueued times grow (delta); the low-cardinality columns keep
+/// their dictionaries.
+pub const SILVER_LAYOUT: Layout = Layout {
+    codec: Codec::Fast,
+    plain: &["patient_id", "admission_time", "admission_time_sent", "discharge_time"],
+    no_statistics: &[],
+    delta: &["sequence_number", "enqueued_time"],
+    uncompressed: &["event_hub", "partition_id", "sequence_number", "enqueued_time", "bronze_file"],
+};
+
 /// Quarantine: events that cannot be rows, with their raw bytes and a reason.
 pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
     let mut fields = vec![
@@ -117,6 +142,15 @@ pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
     fields.extend(lineage());
     schema(fields)
 });
+
+/// How quarantine files are written (Snappy): raw bodies PLAIN without statistics.
+pub const QUARANTINE_LAYOUT: Layout = Layout {
+    codec: Codec::Fast,
+    plain: &["body"],
+    no_statistics: &["body"],
+    delta: &["sequence_number", "enqueued_time"],
+    uncompressed: &["event_hub", "partition_id", "sequence_number", "enqueued_time", "bronze_file"],
+};
 
 /// DimDepartment: one row per (department, hospital).
 pub static DIM_DEPARTMENT: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -4,19 +4,19 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BinaryBuilder, StringBuilder};
-use arrow_array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow_array::builder::StringBuilder;
+use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use bytes::Bytes;
 use chrono::NaiveDateTime;
 
 use super::{Error, Result};
-use crate::model::schema::BRONZE;
+use crate::model::schema::{BRONZE, BRONZE_LAYOUT};
 use crate::model::time::to_micros;
 use crate::storage::keys::BatchStem;
-use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
 
-/// One event as Event Hubs delivered it.
+/// One event as Event Hubs delivered it (a convenience for building an [`EventBatch`] by hand;
+/// the handler decodes a batch straight into its columns).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawEvent {
     /// The body bytes, untouched.
@@ -33,7 +33,8 @@ pub struct RawEvent {
     pub properties: Option<String>,
 }
 
-/// One invocation's batch: events of a single partition.
+/// One invocation's batch: events of a single partition, column by column — the columns of the
+/// bronze file it becomes, so encoding it copies nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventBatch {
     /// Event hub name.
@@ -42,11 +43,85 @@ pub struct EventBatch {
     pub partition_id: String,
     /// When this batch was ingested (the host's `sys.UtcNow`).
     pub ingested_at: NaiveDateTime,
-    /// The events, in delivery order.
-    pub events: Vec<RawEvent>,
+    /// The events' columns, in delivery order.
+    pub events: EventColumns,
+}
+
+/// The per-event columns of a batch, all of one length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventColumns {
+    /// The bodies, untouched.
+    pub body: BinaryArray,
+    /// Sequence numbers within the partition.
+    pub sequence_number: Int64Array,
+    /// Offsets (strings in current Event Hubs SDKs), null when the host sent none.
+    pub offset: StringArray,
+    /// When Event Hubs accepted each event (UTC), microseconds since the epoch.
+    pub enqueued_time: TimestampMicrosecondArray,
+    /// The partition keys producers used, null when none.
+    pub partition_key: StringArray,
+    /// Application properties as JSON text, null when the host sent none.
+    pub properties: StringArray,
+}
+
+impl EventColumns {
+    /// Checks that every column has as many values as there are bodies.
+    pub fn try_new(
+        body: BinaryArray,
+        sequence_number: Int64Array,
+        offset: StringArray,
+        enqueued_time: TimestampMicrosecondArray,
+        partition_key: StringArray,
+        properties: StringArray,
+    ) -> Result<Self> {
+        let n = body.len();
+        let lengths = [sequence_number.len(), offset.len(), enqueued_time.len(), partition_key.len(), properties.len()];
+        if lengths.iter().any(|&l| l != n) || sequence_number.null_count() + enqueued_time.null_count() > 0 {
+            return Err(Error::Internal(format!(
+                "event columns of unequal lengths or with nulls: {n} bodies, {lengths:?}"
+            )));
+        }
+        Ok(Self { body, sequence_number, offset, enqueued_time, partition_key, properties })
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
 }
 
 impl EventBatch {
+    /// A batch from events built one by one (tests, tools).
+    pub fn from_events(
+        event_hub: impl Into<String>,
+        partition_id: impl Into<String>,
+        ingested_at: NaiveDateTime,
+        events: &[RawEvent],
+    ) -> Self {
+        let n = events.len();
+        let text = |f: fn(&RawEvent) -> Option<&str>| {
+            let mut b = StringBuilder::with_capacity(n, 0);
+            events.iter().for_each(|e| b.append_option(f(e)));
+            b.finish()
+        };
+        let events = EventColumns {
+            body: BinaryArray::from_iter_values(events.iter().map(|e| &e.body)),
+            sequence_number: Int64Array::from_iter_values(events.iter().map(|e| e.sequence_number)),
+            offset: text(|e| e.offset.as_deref()),
+            enqueued_time: TimestampMicrosecondArray::from_iter_values(
+                events.iter().map(|e| to_micros(&e.enqueued_time)),
+            ),
+            partition_key: text(|e| e.partition_key.as_deref()),
+            properties: text(|e| e.properties.as_deref()),
+        };
+        Self { event_hub: event_hub.into(), partition_id: partition_id.into(), ingested_at, events }
+    }
+
     /// The stem of this batch's files, or an error if the batch cannot be named.
     pub fn stem(&self) -> Result<BatchStem> {
         if !BatchStem::valid_partition(&self.partition_id) {
@@ -55,11 +130,16 @@ impl EventBatch {
                 self.partition_id
             )));
         }
-        let seqs = self.events.iter().map(|e| e.sequence_number);
-        let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max()) else {
+        let seqs = self.events.sequence_number.values();
+        let (Some(first), Some(last)) = (seqs.iter().min(), seqs.iter().max()) else {
             return Err(Error::InvalidInput("the batch holds no events".into()));
         };
-        Ok(BatchStem { partition: self.partition_id.clone(), first_seq: first, last_seq: last })
+        Ok(BatchStem { partition: self.partition_id.clone(), first_seq: *first, last_seq: *last })
+    }
+
+    /// Body bytes in the batch.
+    pub fn body_bytes(&self) -> usize {
+        self.events.body.values().len()
     }
 }
 
@@ -78,37 +158,22 @@ pub struct BronzeMetrics {
     pub created: bool,
 }
 
-/// Encodes a batch as a bronze record batch.
+/// Encodes a batch as a bronze record batch (the event columns are shared, not copied).
 pub fn to_record_batch(batch: &EventBatch) -> Result<RecordBatch> {
-    let n = batch.events.len();
-    let mut event_hub = StringBuilder::with_capacity(n, n * batch.event_hub.len());
-    let mut partition = StringBuilder::with_capacity(n, n * batch.partition_id.len());
-    let mut offset = StringBuilder::new();
-    let mut key = StringBuilder::new();
-    let mut props = StringBuilder::new();
-    let body_len: usize = batch.events.iter().map(|e| e.body.len()).sum();
-    let mut body = BinaryBuilder::with_capacity(n, body_len);
-    for e in &batch.events {
-        event_hub.append_value(&batch.event_hub);
-        partition.append_value(&batch.partition_id);
-        offset.append_option(e.offset.as_deref());
-        key.append_option(e.partition_key.as_deref());
-        props.append_option(e.properties.as_deref());
-        body.append_value(&e.body);
-    }
-    let seq = Int64Array::from_iter_values(batch.events.iter().map(|e| e.sequence_number));
-    let enq = TimestampMicrosecondArray::from_iter_values(batch.events.iter().map(|e| to_micros(&e.enqueued_time)));
+    let e = &batch.events;
+    let n = e.len();
+    let constant = |v: &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, n))) };
     let ingested = TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(to_micros(&batch.ingested_at), n));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(event_hub.finish()),
-        Arc::new(partition.finish()),
-        Arc::new(seq),
-        Arc::new(offset.finish()),
-        Arc::new(enq),
-        Arc::new(key.finish()),
-        Arc::new(props.finish()),
+        constant(&batch.event_hub),
+        constant(&batch.partition_id),
+        Arc::new(e.sequence_number.clone()),
+        Arc::new(e.offset.clone()),
+        Arc::new(e.enqueued_time.clone()),
+        Arc::new(e.partition_key.clone()),
+        Arc::new(e.properties.clone()),
         Arc::new(ingested),
-        Arc::new(body.finish()),
+        Arc::new(e.body.clone()),
     ];
     Ok(RecordBatch::try_new(Arc::clone(&BRONZE), columns)?)
 }
@@ -117,15 +182,14 @@ pub fn to_record_batch(batch: &EventBatch) -> Result<RecordBatch> {
 pub async fn ingest(lake: &Lake, batch: &EventBatch) -> Result<BronzeMetrics> {
     let stem = batch.stem()?;
     let key = stem.key();
-    let body_bytes = batch.events.iter().map(|e| e.body.len()).sum();
     let record_batch = to_record_batch(batch)?;
-    let file = parquet::encode(&BRONZE, &[record_batch], Codec::Archive)?;
+    let file = parquet::encode_layout(&BRONZE, &[record_batch], &BRONZE_LAYOUT)?;
     let file_bytes = file.len();
     let outcome = lake.put_if_absent(Container::Bronze, &key, file).await?;
     Ok(BronzeMetrics {
         key: key.to_string(),
         events: batch.events.len(),
-        body_bytes,
+        body_bytes: batch.body_bytes(),
         file_bytes,
         created: outcome == PutOutcome::Created,
     })
@@ -140,23 +204,19 @@ mod tests {
 
     fn batch(bodies: &[&[u8]]) -> EventBatch {
         let t = parse_utc("2026-11-24T12:00:00").unwrap();
-        EventBatch {
-            event_hub: "patient-flow".into(),
-            partition_id: "2".into(),
-            ingested_at: t,
-            events: bodies
-                .iter()
-                .enumerate()
-                .map(|(i, b)| RawEvent {
-                    body: Bytes::copy_from_slice(b),
-                    sequence_number: 100 + i as i64,
-                    offset: Some(format!("{}", 4096 * i)),
-                    enqueued_time: t,
-                    partition_key: None,
-                    properties: Some("{}".into()),
-                })
-                .collect(),
-        }
+        let events: Vec<RawEvent> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| RawEvent {
+                body: Bytes::copy_from_slice(b),
+                sequence_number: 100 + i as i64,
+                offset: Some(format!("{}", 4096 * i)),
+                enqueued_time: t,
+                partition_key: None,
+                properties: Some("{}".into()),
+            })
+            .collect();
+        EventBatch::from_events("patient-flow", "2", t, &events)
     }
 
     #[tokio::test]

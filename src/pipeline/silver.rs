@@ -14,26 +14,26 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::Arc;
+use std::collections::hash_map::Entry;
+use std::fmt::{self, Write as _};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use bytes::Bytes;
-use chrono::NaiveDateTime;
 use object_store::path::Path;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Error, Result};
-use crate::model::event::{CAPPED_AGE, MAX_AGE, MAX_STAY_DAYS, MAX_TIMESTAMP_YEAR, MIN_TIMESTAMP_YEAR};
-use crate::model::schema::{QUARANTINE, SILVER};
-use crate::model::time::{from_micros, parse_utc, to_micros};
+use crate::model::event::{CAPPED_AGE, FIELDS, MAX_AGE, MAX_STAY_DAYS, MAX_TIMESTAMP_YEAR, MIN_TIMESTAMP_YEAR};
+use crate::model::schema::{QUARANTINE, QUARANTINE_LAYOUT, SILVER, SILVER_LAYOUT};
+use crate::model::time::{from_micros, parse_utc_micros, to_micros};
 use crate::storage::keys::{BatchStem, PATIENT_FLOW_PREFIX};
-use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
 
 /// Why an event went to quarantine. A closed set: dashboards and alerts key on these codes.
@@ -176,24 +176,62 @@ struct Body<'a> {
     hospital_id: Option<Scalar<'a>>,
 }
 
-/// One typed silver row (lineage is added from the bronze columns).
+/// The expected fields (other than `patient_id`) that an event left out or sent as null: a set of
+/// indexes into [`FIELDS`], listed in the seed's field order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MissingFields(u8);
+
+impl MissingFields {
+    fn insert(&mut self, field: &str) {
+        if let Some(i) = FIELDS.iter().position(|f| *f == field) {
+            self.0 |= 1 << i;
+        }
+    }
+
+    /// Whether every expected field was there.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The field names, in the seed's order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        FIELDS.iter().enumerate().filter(move |(i, _)| self.0 & (1 << i) != 0).map(|(_, f)| *f)
+    }
+}
+
+impl fmt::Display for MissingFields {
+    /// Comma-separated names (the `missing_fields` column).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// One typed silver row (lineage is added from the bronze columns). Text borrows from the event
+/// body where the body's JSON string has no escapes; timestamps are UTC microseconds since the
+/// epoch, as the silver columns store them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub struct Row<'a> {
     /// Patient id.
-    pub patient_id: String,
+    pub patient_id: Cow<'a, str>,
     /// Gender, null when missing.
-    pub gender: Option<String>,
+    pub gender: Option<Cow<'a, str>>,
     /// Age after capping.
     pub age: Option<i32>,
     /// Department.
-    pub department: Option<String>,
-    /// Admission time after imputation.
-    pub admission_time: NaiveDateTime,
+    pub department: Option<Cow<'a, str>>,
+    /// Admission time after imputation (µs).
+    pub admission_time: i64,
     /// Admission time as sent (null when absent). Part of the natural key, so a re-sent event whose
     /// admission was imputed still matches its original.
-    pub admission_time_sent: Option<NaiveDateTime>,
-    /// Discharge time as sent.
-    pub discharge_time: Option<NaiveDateTime>,
+    pub admission_time_sent: Option<i64>,
+    /// Discharge time as sent (µs).
+    pub discharge_time: Option<i64>,
     /// Bed id.
     pub bed_id: Option<i32>,
     /// Hospital id.
@@ -204,8 +242,35 @@ pub struct Row {
     pub admission_imputed: bool,
     /// Discharge time is before admission time.
     pub discharge_before_admission: bool,
-    /// Expected fields that were absent or null, comma-separated.
-    pub missing_fields: Option<String>,
+    /// Expected fields that were absent or null.
+    pub missing: MissingFields,
+}
+
+impl Row<'_> {
+    /// The `missing_fields` column's value: the names, comma-separated, or null.
+    pub fn missing_fields(&self) -> Option<String> {
+        (!self.missing.is_empty()).then(|| self.missing.to_string())
+    }
+
+    /// The row with its text copied out of the body.
+    pub fn into_owned(self) -> Row<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Row {
+            patient_id: own(self.patient_id),
+            gender: self.gender.map(own),
+            department: self.department.map(own),
+            age: self.age,
+            admission_time: self.admission_time,
+            admission_time_sent: self.admission_time_sent,
+            discharge_time: self.discharge_time,
+            bed_id: self.bed_id,
+            hospital_id: self.hospital_id,
+            age_capped: self.age_capped,
+            admission_imputed: self.admission_imputed,
+            discharge_before_admission: self.discharge_before_admission,
+            missing: self.missing,
+        }
+    }
 }
 
 /// A rejected event: the reason code and a short detail that never contains field values.
@@ -225,18 +290,17 @@ fn wrong_type(field: &str, expected: &str, got: &Scalar<'_>) -> Rejection {
     reject(Reason::WrongType, format!("{field} must be {expected}, got {}", got.type_name()))
 }
 
-fn text(
-    field: &str,
-    v: Option<Scalar<'_>>,
-    missing: &mut Vec<&'static str>,
-    name: &'static str,
-) -> Result<Option<String>, Rejection> {
+fn text<'a>(
+    field: &'static str,
+    v: Option<Scalar<'a>>,
+    missing: &mut MissingFields,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     match v {
         None | Some(Scalar::Null) => {
-            missing.push(name);
+            missing.insert(field);
             Ok(None)
         }
-        Some(Scalar::Str(s)) => Ok(Some(s.into_owned())),
+        Some(Scalar::Str(s)) => Ok(Some(s)),
         Some(other) => Err(wrong_type(field, "a string", &other)),
     }
 }
@@ -244,12 +308,12 @@ fn text(
 fn integer(
     field: &'static str,
     v: Option<Scalar<'_>>,
-    missing: &mut Vec<&'static str>,
+    missing: &mut MissingFields,
     min: i64,
 ) -> Result<Option<i64>, Rejection> {
     let n = match v {
         None | Some(Scalar::Null) => {
-            missing.push(field);
+            missing.insert(field);
             return Ok(None);
         }
         Some(Scalar::Int(n)) => n,
@@ -263,20 +327,31 @@ fn integer(
     Ok(Some(n))
 }
 
+/// The accepted timestamps, in µs: from 1900-01-01T00:00:00 (inclusive) to 2101-01-01T00:00:00
+/// (exclusive), i.e. years [`MIN_TIMESTAMP_YEAR`] to [`MAX_TIMESTAMP_YEAR`].
+static TIMESTAMP_RANGE: LazyLock<std::ops::Range<i64>> = LazyLock::new(|| {
+    let start = |year: i32| {
+        chrono::NaiveDate::from_ymd_opt(year, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(i64::MAX, |t| to_micros(&t))
+    };
+    start(MIN_TIMESTAMP_YEAR)..start(MAX_TIMESTAMP_YEAR + 1)
+});
+
 fn timestamp(
     field: &'static str,
     v: Option<Scalar<'_>>,
-    missing: &mut Vec<&'static str>,
-) -> Result<Option<NaiveDateTime>, Rejection> {
+    missing: &mut MissingFields,
+) -> Result<Option<i64>, Rejection> {
     match v {
         None | Some(Scalar::Null) => {
-            missing.push(field);
+            missing.insert(field);
             Ok(None)
         }
         Some(Scalar::Str(s)) => {
-            let t = parse_utc(&s)
+            let t = parse_utc_micros(&s)
                 .ok_or_else(|| reject(Reason::InvalidTimestamp, format!("{field} is not an ISO-8601 timestamp")))?;
-            if !(MIN_TIMESTAMP_YEAR..=MAX_TIMESTAMP_YEAR).contains(&chrono::Datelike::year(&t)) {
+            if !TIMESTAMP_RANGE.contains(&t) {
                 return Err(reject(
                     Reason::OutOfRange,
                     format!("{field} must be between {MIN_TIMESTAMP_YEAR}-01-01 and {MAX_TIMESTAMP_YEAR}-12-31"),
@@ -288,9 +363,13 @@ fn timestamp(
     }
 }
 
-/// Applies the silver rules to one body. `enqueued` is the event's enqueued time (the reference
-/// clock for future admissions, so a replay gives the same row).
-pub fn refine(body: &[u8], enqueued: NaiveDateTime) -> Result<Row, Rejection> {
+/// The longest accepted stay, in µs.
+const MAX_STAY_MICROS: i64 = MAX_STAY_DAYS * 86_400 * 1_000_000;
+
+/// Applies the silver rules to one body. `enqueued_us` is the event's enqueued time in µs (the
+/// reference clock for future admissions, so a replay gives the same row). The row borrows its text
+/// from `body`.
+pub fn refine(body: &[u8], enqueued_us: i64) -> Result<Row<'_>, Rejection> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(match serde_json::from_slice::<IgnoredAny>(body) {
@@ -301,18 +380,18 @@ pub fn refine(body: &[u8], enqueued: NaiveDateTime) -> Result<Row, Rejection> {
     let b: Body<'_> = serde_json::from_slice(body)
         .map_err(|e| reject(Reason::InvalidJson, format!("not a valid JSON object ({})", json_error_kind(&e))))?;
 
-    let mut missing = Vec::new();
+    let mut missing = MissingFields::default();
     let patient_id = match b.patient_id {
         None | Some(Scalar::Null) => return Err(reject(Reason::MissingPatientId, "patient_id is absent or null")),
         Some(Scalar::Str(s)) if s.trim().is_empty() => {
             return Err(reject(Reason::MissingPatientId, "patient_id is empty"));
         }
-        Some(Scalar::Str(s)) => s.into_owned(),
+        Some(Scalar::Str(s)) => s,
         Some(other) => return Err(wrong_type("patient_id", "a string", &other)),
     };
-    let gender = text("gender", b.gender, &mut missing, "gender")?;
+    let gender = text("gender", b.gender, &mut missing)?;
     let age = integer("age", b.age, &mut missing, 0)?;
-    let department = text("department", b.department, &mut missing, "department")?;
+    let department = text("department", b.department, &mut missing)?;
     let admission = timestamp("admission_time", b.admission_time, &mut missing)?;
     let discharge_time = timestamp("discharge_time", b.discharge_time, &mut missing)?;
     let bed_id = integer("bed_id", b.bed_id, &mut missing, 1)?;
@@ -321,10 +400,10 @@ pub fn refine(body: &[u8], enqueued: NaiveDateTime) -> Result<Row, Rejection> {
     let age_capped = age.is_some_and(|a| a > MAX_AGE);
     let age = age.map(|a| if a > MAX_AGE { CAPPED_AGE } else { a as i32 });
     let (admission_time, admission_imputed) = match admission {
-        Some(t) if t <= enqueued => (t, false),
-        _ => (enqueued, true),
+        Some(t) if t <= enqueued_us => (t, false),
+        _ => (enqueued_us, true),
     };
-    if discharge_time.is_some_and(|d| d - admission_time > chrono::Duration::days(MAX_STAY_DAYS)) {
+    if discharge_time.is_some_and(|d| d.saturating_sub(admission_time) > MAX_STAY_MICROS) {
         return Err(reject(
             Reason::OutOfRange,
             format!("discharge_time is more than {MAX_STAY_DAYS} days after admission_time"),
@@ -344,7 +423,7 @@ pub fn refine(body: &[u8], enqueued: NaiveDateTime) -> Result<Row, Rejection> {
         age_capped,
         admission_imputed,
         discharge_before_admission,
-        missing_fields: (!missing.is_empty()).then(|| missing.join(",")),
+        missing,
     })
 }
 
@@ -424,6 +503,9 @@ impl SilverMetrics {
     }
 }
 
+/// The bronze columns silver reads (the others are not decompressed).
+const BRONZE_COLUMNS: [&str; 5] = ["event_hub", "partition_id", "sequence_number", "enqueued_time", "body"];
+
 /// Bronze columns silver needs, borrowed from a decoded bronze batch.
 struct BronzeView<'a> {
     event_hub: &'a arrow_array::StringArray,
@@ -468,8 +550,39 @@ pub struct Refined {
     pub metrics: SilverMetrics,
 }
 
-/// A visit's natural key: patient, department, hospital and admission time as sent.
-type NaturalKey<'a> = (&'a str, Option<&'a str>, Option<i32>, Option<NaiveDateTime>);
+/// A visit's natural key — patient, department, hospital and admission time as sent — of a row,
+/// hashed once: the map compares the hash, and the fields only when two hashes are equal.
+struct NaturalKey<'r, 'a> {
+    hash: u64,
+    row: &'r Row<'a>,
+}
+
+impl<'r, 'a> NaturalKey<'r, 'a> {
+    fn new(row: &'r Row<'a>) -> Self {
+        let mut h = FxHasher::default();
+        (row.patient_id.as_ref(), row.department.as_deref(), row.hospital_id, row.admission_time_sent).hash(&mut h);
+        Self { hash: h.finish(), row }
+    }
+}
+
+impl Hash for NaturalKey<'_, '_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for NaturalKey<'_, '_> {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.row, other.row);
+        self.hash == other.hash
+            && a.patient_id == b.patient_id
+            && a.department == b.department
+            && a.hospital_id == b.hospital_id
+            && a.admission_time_sent == b.admission_time_sent
+    }
+}
+
+impl Eq for NaturalKey<'_, '_> {}
 
 /// Sequence numbers of one partition that other silver files already cover: their names carry
 /// (partition, first, last), and a silver file exists only once its bronze file was fully refined.
@@ -481,32 +594,101 @@ pub struct Covered {
     pub ranges: Vec<(i64, i64)>,
 }
 
+/// Index buckets a refine lists at most; a wider range (a pathological batch) lists the partition's
+/// whole index instead.
+const MAX_INDEX_BUCKETS: i64 = 16;
+
 impl Covered {
     /// Whether another file already holds `(partition, seq)`.
     pub fn contains(&self, partition: &str, seq: i64) -> bool {
-        partition == self.partition && self.ranges.iter().any(|&(first, last)| first <= seq && seq <= last)
+        !self.ranges.is_empty()
+            && partition == self.partition
+            && self.ranges.iter().any(|&(first, last)| first <= seq && seq <= last)
     }
 
-    /// The ranges of the silver files of `stem`'s partition, other than `stem`'s own, that overlap
-    /// its sequence numbers. One listing of the partition's prefix.
+    /// The ranges of the finished silver files of `stem`'s partition, other than `stem`'s own, that
+    /// overlap its sequence numbers.
+    ///
+    /// The cost follows the file, not the partition's history: instead of listing every silver file
+    /// of the partition, it lists the sequence index's bucket(s) that `stem`'s range touches (one
+    /// folder of a dozen markers, two across a bucket boundary) and the partition's `meta` folder
+    /// (the `complete` marker, and the rare wide ranges); see [`BatchStem::index_neighbourhood`].
+    /// Each overlapping marker is confirmed by its silver file's existence. This finds the files a
+    /// full listing of the partition would find (the argument is on [`process`]). A partition whose
+    /// index is not known complete (a lake written before the index existed, or a partition's first
+    /// file) is listed whole once, its markers written, and its `complete` marker set.
     pub async fn for_stem(lake: &Lake, stem: &BatchStem) -> Result<Self> {
+        let complete = BatchStem::index_complete(&stem.partition);
+        let folders = stem
+            .index_neighbourhood(MAX_INDEX_BUCKETS)
+            .unwrap_or_else(|| vec![BatchStem::index_partition(&stem.partition)]);
+        let mut listings = Vec::with_capacity(folders.len());
+        for folder in &folders {
+            listings.push(lake.list(Container::Silver, folder));
+        }
+        let markers: Vec<_> = futures::future::try_join_all(listings).await?.into_iter().flatten().collect();
+        if !markers.iter().any(|m| m.location == complete) {
+            return Self::index_partition(lake, stem).await;
+        }
+        let candidates: Vec<BatchStem> = markers
+            .iter()
+            .filter_map(|m| BatchStem::parse_index_key(m.location.as_ref()))
+            .filter(|other| overlaps(stem, other))
+            .collect();
+        // A marker is written before its silver file: only a silver file that exists counts.
+        let keys: Vec<Path> = candidates.iter().map(BatchStem::key).collect();
+        let mut exists = Vec::with_capacity(keys.len());
+        for key in &keys {
+            exists.push(lake.exists(Container::Silver, key));
+        }
+        let mut ranges: Vec<(i64, i64)> = candidates
+            .iter()
+            .zip(futures::future::try_join_all(exists).await?)
+            .filter(|(_, exists)| *exists)
+            .map(|(other, _)| (other.first_seq, other.last_seq))
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        Ok(Self { partition: stem.partition.clone(), ranges })
+    }
+
+    /// The partition's index is not known complete: list its silver files (one prefix listing, as
+    /// before the index existed), write a marker for each, then the `complete` marker. The ranges
+    /// come from that listing.
+    async fn index_partition(lake: &Lake, stem: &BatchStem) -> Result<Self> {
         let prefix = Path::from(format!("{PATIENT_FLOW_PREFIX}/partition={}", stem.partition));
-        let mut ranges: Vec<(i64, i64)> = lake
+        let files: Vec<BatchStem> = lake
             .list(Container::Silver, &prefix)
             .await?
             .iter()
             .filter_map(|m| BatchStem::parse_key(m.location.as_ref()))
-            .filter(|other| {
-                other.partition == stem.partition
-                    && other != stem
-                    && other.first_seq <= stem.last_seq
-                    && other.last_seq >= stem.first_seq
-            })
-            .map(|other| (other.first_seq, other.last_seq))
+            .filter(|other| other.partition == stem.partition)
             .collect();
+        let markers: Vec<Path> = files.iter().flat_map(BatchStem::index_keys).collect();
+        for chunk in markers.chunks(16) {
+            let mut puts = Vec::with_capacity(chunk.len());
+            for marker in chunk {
+                puts.push(lake.put_if_absent(Container::Silver, marker, Bytes::new()));
+            }
+            futures::future::try_join_all(puts).await?;
+        }
+        lake.put_if_absent(Container::Silver, &BatchStem::index_complete(&stem.partition), Bytes::new()).await?;
+        if !files.is_empty() {
+            tracing::info!(partition = %stem.partition, files = files.len(), "Silver sequence index built for a partition.");
+        }
+        let mut ranges: Vec<(i64, i64)> =
+            files.iter().filter(|other| overlaps(stem, other)).map(|o| (o.first_seq, o.last_seq)).collect();
         ranges.sort_unstable();
         Ok(Self { partition: stem.partition.clone(), ranges })
     }
+}
+
+/// Whether `other` is another file of `stem`'s partition whose range overlaps `stem`'s.
+fn overlaps(stem: &BatchStem, other: &BatchStem) -> bool {
+    other.partition == stem.partition
+        && other != stem
+        && other.first_seq <= stem.last_seq
+        && other.last_seq >= stem.first_seq
 }
 
 /// Refines decoded bronze batches (pure: no I/O).
@@ -517,10 +699,12 @@ pub fn refine_batches(bronze_key: &str, batches: &[RecordBatch]) -> Result<Refin
 /// Refines decoded bronze batches, dropping events `covered` by other silver files (pure: no I/O).
 pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], covered: &Covered) -> Result<Refined> {
     let mut metrics = SilverMetrics { bronze_file: bronze_key.to_string(), ..Default::default() };
-    let mut rows: Vec<(Lineage<'_>, Row)> = Vec::new();
+    let views = batches.iter().map(|b| view(bronze_key, b)).collect::<Result<Vec<_>>>()?;
+    let n: usize = views.iter().map(|v| v.body.len()).sum();
+    let mut rows: Vec<(Lineage<'_>, Row<'_>)> = Vec::with_capacity(n);
     let mut rejected: Vec<(Lineage<'_>, Rejection, &[u8])> = Vec::new();
     let mut seen_seq: FxHashSet<(&str, i64)> = FxHashSet::default();
-    let views = batches.iter().map(|b| view(bronze_key, b)).collect::<Result<Vec<_>>>()?;
+    seen_seq.reserve(n);
     for v in &views {
         for i in 0..v.body.len() {
             metrics.rows_in += 1;
@@ -538,13 +722,16 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
                 metrics.redelivered += 1;
                 continue;
             }
-            let enqueued = from_micros(lineage.enqueued_us).ok_or_else(|| Error::Corrupt {
-                key: bronze_key.to_string(),
-                detail: "enqueued_time out of range".into(),
-            })?;
-            match refine(v.body.value(i), enqueued) {
+            if from_micros(lineage.enqueued_us).is_none() {
+                return Err(Error::Corrupt {
+                    key: bronze_key.to_string(),
+                    detail: "enqueued_time out of range".into(),
+                });
+            }
+            let body = v.body.value(i);
+            match refine(body, lineage.enqueued_us) {
                 Ok(row) => rows.push((lineage, row)),
-                Err(r) => rejected.push((lineage, r, v.body.value(i))),
+                Err(r) => rejected.push((lineage, r, body)),
             }
         }
     }
@@ -553,25 +740,34 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
     // visit sent without an admission time has no natural key to match on (two such visits of one
     // patient in one department are two visits): each is kept; a re-delivery of the same event is
     // still caught by its sequence number above.
-    let mut latest: FxHashMap<NaturalKey<'_>, usize> = FxHashMap::default();
+    let mut latest: FxHashMap<NaturalKey<'_, '_>, usize> = FxHashMap::default();
     latest.reserve(rows.len());
-    let mut keep: Vec<usize> = Vec::new();
+    let mut keep: Vec<usize> = Vec::with_capacity(rows.len());
     for (i, (lineage, row)) in rows.iter().enumerate() {
         if row.admission_time_sent.is_none() {
             keep.push(i);
             continue;
         }
-        let key = (row.patient_id.as_str(), row.department.as_deref(), row.hospital_id, row.admission_time_sent);
-        match latest.get_mut(&key) {
-            Some(j) if rows[*j].0.seq >= lineage.seq => {}
-            Some(j) => *j = i,
-            None => {
-                latest.insert(key, i);
+        match latest.entry(NaturalKey::new(row)) {
+            Entry::Occupied(mut j) => {
+                if rows[*j.get()].0.seq < lineage.seq {
+                    j.insert(i);
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(i);
             }
         }
     }
     keep.extend(latest.into_values());
-    keep.sort_by_key(|&i| (rows[i].0.partition, rows[i].0.seq));
+    // Rows in (partition, sequence number) order; a bronze file holds one partition, so usually
+    // the sequence number alone decides.
+    let one_partition = rows.first().is_none_or(|(first, _)| rows.iter().all(|(l, _)| l.partition == first.partition));
+    if one_partition {
+        keep.sort_unstable_by_key(|&i| rows[i].0.seq);
+    } else {
+        keep.sort_unstable_by_key(|&i| (rows[i].0.partition, rows[i].0.seq));
+    }
     metrics.duplicates_dropped += (rows.len() - keep.len()) as u64;
 
     let silver = silver_batch(bronze_key, &rows, &keep, &mut metrics)?;
@@ -584,15 +780,16 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
 
 fn silver_batch(
     bronze_key: &str,
-    rows: &[(Lineage<'_>, Row)],
+    rows: &[(Lineage<'_>, Row<'_>)],
     keep: &[usize],
     m: &mut SilverMetrics,
 ) -> Result<RecordBatch> {
     let n = keep.len();
-    let mut patient = StringBuilder::with_capacity(n, n * 36);
-    let mut gender = StringBuilder::new();
+    let text_bytes = |f: fn(&Row<'_>) -> usize| keep.iter().map(|&i| f(&rows[i].1)).sum::<usize>();
+    let mut patient = StringBuilder::with_capacity(n, text_bytes(|r| r.patient_id.len()));
+    let mut gender = StringBuilder::with_capacity(n, text_bytes(|r| r.gender.as_ref().map_or(0, |g| g.len())));
     let mut age = Int32Builder::with_capacity(n);
-    let mut dept = StringBuilder::new();
+    let mut dept = StringBuilder::with_capacity(n, text_bytes(|r| r.department.as_ref().map_or(0, |d| d.len())));
     let mut adm = TimestampMicrosecondBuilder::with_capacity(n);
     let mut adm_sent = TimestampMicrosecondBuilder::with_capacity(n);
     let mut dis = TimestampMicrosecondBuilder::with_capacity(n);
@@ -601,12 +798,11 @@ fn silver_batch(
     let mut capped = BooleanBuilder::with_capacity(n);
     let mut imputed = BooleanBuilder::with_capacity(n);
     let mut backwards = BooleanBuilder::with_capacity(n);
-    let mut missing = StringBuilder::new();
-    let mut hub = StringBuilder::new();
-    let mut part = StringBuilder::new();
+    let mut missing = StringBuilder::with_capacity(n, 0);
+    let mut hub = StringBuilder::with_capacity(n, n * rows.first().map_or(0, |(l, _)| l.event_hub.len()));
+    let mut part = StringBuilder::with_capacity(n, n * rows.first().map_or(0, |(l, _)| l.partition.len()));
     let mut seq = arrow_array::builder::Int64Builder::with_capacity(n);
     let mut enq = TimestampMicrosecondBuilder::with_capacity(n);
-    let mut file = StringBuilder::with_capacity(n, n * bronze_key.len());
     let mut corrected: [u64; 3] = [0; 3];
     for &i in keep {
         let (l, r) = &rows[i];
@@ -614,24 +810,28 @@ fn silver_batch(
         gender.append_option(r.gender.as_deref());
         age.append_option(r.age);
         dept.append_option(r.department.as_deref());
-        adm.append_value(to_micros(&r.admission_time));
-        adm_sent.append_option(r.admission_time_sent.as_ref().map(to_micros));
-        dis.append_option(r.discharge_time.as_ref().map(to_micros));
+        adm.append_value(r.admission_time);
+        adm_sent.append_option(r.admission_time_sent);
+        dis.append_option(r.discharge_time);
         bed.append_option(r.bed_id);
         hosp.append_option(r.hospital_id);
         capped.append_value(r.age_capped);
         imputed.append_value(r.admission_imputed);
         backwards.append_value(r.discharge_before_admission);
-        missing.append_option(r.missing_fields.as_deref());
+        if r.missing.is_empty() {
+            missing.append_null();
+        } else {
+            let _ = write!(missing, "{}", r.missing);
+            missing.append_value("");
+        }
         hub.append_value(l.event_hub);
         part.append_value(l.partition);
         seq.append_value(l.seq);
         enq.append_value(l.enqueued_us);
-        file.append_value(bronze_key);
         corrected[0] += u64::from(r.age_capped);
         corrected[1] += u64::from(r.admission_imputed);
         corrected[2] += u64::from(r.discharge_before_admission);
-        m.rows_with_missing_fields += u64::from(r.missing_fields.is_some());
+        m.rows_with_missing_fields += u64::from(!r.missing.is_empty());
     }
     m.rows_out = n as u64;
     for (name, count) in ["age_capped", "admission_imputed", "discharge_before_admission"].into_iter().zip(corrected) {
@@ -655,7 +855,7 @@ fn silver_batch(
         Arc::new(part.finish()),
         Arc::new(seq.finish()),
         Arc::new(enq.finish()),
-        Arc::new(file.finish()),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(bronze_key, n))),
     ];
     Ok(RecordBatch::try_new(Arc::clone(&SILVER), columns)?)
 }
@@ -701,28 +901,55 @@ fn quarantine_batch(
 }
 
 /// Refines one bronze file already in memory (blob-trigger content) and writes silver and quarantine.
-/// The quarantine file is written first, so a silver file's presence means the file is done.
 ///
 /// Events whose (partition, sequence number) another finished silver file covers are dropped as
 /// `redelivered` (counted, so the accounting balances): the host re-delivers after a restart or a
 /// rebalance with other batch boundaries, which makes a new bronze file (bronze is the archive of
-/// what was delivered) but must not make new silver rows. Two refines of overlapping files racing
-/// can both keep an event; gold (upsert on its keys) and the quarantine counts (distinct
-/// partition and sequence number) still count it once.
+/// what was delivered) but must not make new silver rows.
+///
+/// Order of writes: the quarantine file and this file's markers in the sequence index (all
+/// create-if-absent, at once), then the silver file. So a silver file's presence means its bronze
+/// file is done, and its markers exist whenever it does.
+///
+/// Why the index finds what one listing of the partition's silver files would ([`Covered::for_stem`]):
+/// - *Nothing is dropped that no silver file holds.* An event is dropped only if a silver file that
+///   exists covers it (each marker found is confirmed by the silver file's existence, and silver
+///   files are never deleted), so every delivered event reaches silver or quarantine at least once.
+/// - *Every file finished before this refine lists is seen.* Its markers were written before it.
+///   A file of at most `SEQ_BUCKET` numbers that overlaps this one shares a sequence number with
+///   it, and has a marker in that number's bucket, which this refine lists; a wider file has its
+///   marker in the `meta` folder, which it lists too; a file written before the index existed got
+///   its marker before the partition's `complete` marker, which this refine found (else it lists
+///   the partition whole, as before).
+/// - *Racing refines* of overlapping files (a file that finishes while this one runs) can both keep
+///   an event, exactly as with one listing of the partition: a listing is also a moment, before or
+///   after the other's write. That race is closed downstream: gold keeps one winning event per
+///   visit, and quarantine counts distinct (event hub, partition, sequence number).
 pub async fn process(lake: &Lake, stem: &BatchStem, bronze: Bytes) -> Result<SilverMetrics> {
     let key = stem.key();
-    let (_, batches) =
-        parquet::decode(bronze).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
+    let (_, batches) = parquet::decode_columns(bronze, &BRONZE_COLUMNS)
+        .map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
     let covered = Covered::for_stem(lake, stem).await?;
     let refined = refine_batches_excluding(key.as_ref(), &batches, &covered)?;
+    drop(batches);
     let mut metrics = refined.metrics;
     metrics.silver_file = key.to_string();
-    if refined.quarantine.num_rows() > 0 {
-        let file = parquet::encode(&QUARANTINE, &[refined.quarantine], Codec::Fast)?;
-        lake.put_if_absent(Container::Quarantine, &key, file).await?;
-    }
-    let file = parquet::encode(&SILVER, &[refined.silver], Codec::Fast)?;
-    metrics.created = lake.put_if_absent(Container::Silver, &key, file).await? == PutOutcome::Created;
+    let silver = parquet::encode_layout(&SILVER, &[refined.silver], &SILVER_LAYOUT)?;
+    let quarantine = async {
+        if refined.quarantine.num_rows() > 0 {
+            let file = parquet::encode_layout(&QUARANTINE, &[refined.quarantine], &QUARANTINE_LAYOUT)?;
+            lake.put_if_absent(Container::Quarantine, &key, file).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let markers = async {
+        for marker in stem.index_keys() {
+            lake.put_if_absent(Container::Silver, &marker, Bytes::new()).await?;
+        }
+        Ok(())
+    };
+    futures::future::try_join(quarantine, markers).await?;
+    metrics.created = lake.put_if_absent(Container::Silver, &key, silver).await? == PutOutcome::Created;
     Ok(metrics)
 }
 
@@ -742,18 +969,26 @@ pub async fn list_files(lake: &Lake) -> Result<Vec<Path>> {
 mod tests {
     use super::*;
 
+    use crate::model::time::parse_utc;
+    use chrono::NaiveDateTime;
+
     fn t(s: &str) -> NaiveDateTime {
         parse_utc(s).unwrap()
     }
 
+    /// A timestamp in µs, as rows hold them.
+    fn us(s: &str) -> i64 {
+        to_micros(&t(s))
+    }
+
     const ENQ: &str = "2026-11-24T12:00:00";
 
-    fn ok(body: &str) -> Row {
-        refine(body.as_bytes(), t(ENQ)).unwrap()
+    fn ok(body: &str) -> Row<'static> {
+        refine(body.as_bytes(), us(ENQ)).unwrap().into_owned()
     }
 
     fn bad(body: &[u8]) -> Reason {
-        refine(body, t(ENQ)).unwrap_err().reason
+        refine(body, us(ENQ)).unwrap_err().reason
     }
 
     const CLEAN: &str = r#"{"patient_id":"p1","gender":"Female","age":87,"department":"Cardiology","admission_time":"2026-11-23T19:56:03.123148","discharge_time":"2026-11-24T20:56:03.123148","bed_id":63,"hospital_id":5}"#;
@@ -763,11 +998,11 @@ mod tests {
         let r = ok(CLEAN);
         assert_eq!(r.patient_id, "p1");
         assert_eq!(r.age, Some(87));
-        assert_eq!(r.admission_time, t("2026-11-23T19:56:03.123148"));
-        assert_eq!(r.discharge_time, Some(t("2026-11-24T20:56:03.123148")));
+        assert_eq!(r.admission_time, us("2026-11-23T19:56:03.123148"));
+        assert_eq!(r.discharge_time, Some(us("2026-11-24T20:56:03.123148")));
         assert_eq!((r.bed_id, r.hospital_id), (Some(63), Some(5)));
         assert!(!r.age_capped && !r.admission_imputed && !r.discharge_before_admission);
-        assert_eq!(r.missing_fields, None);
+        assert_eq!(r.missing_fields(), None);
     }
 
     #[test]
@@ -775,12 +1010,12 @@ mod tests {
         let r = ok(&CLEAN.replace("87", "131"));
         assert_eq!((r.age, r.age_capped), (Some(90), true));
         let r = ok(&CLEAN.replace("2026-11-23T19:56:03.123148", "2026-11-25T01:00:00Z"));
-        assert_eq!((r.admission_time, r.admission_imputed), (t(ENQ), true));
+        assert_eq!((r.admission_time, r.admission_imputed), (us(ENQ), true));
         let r = ok(r#"{"patient_id":"p1","age":40}"#);
         assert!(r.admission_imputed);
-        assert_eq!(r.admission_time, t(ENQ));
+        assert_eq!(r.admission_time, us(ENQ));
         assert_eq!(
-            r.missing_fields.as_deref(),
+            r.missing_fields().as_deref(),
             Some("gender,department,admission_time,discharge_time,bed_id,hospital_id")
         );
     }
@@ -789,7 +1024,7 @@ mod tests {
     fn offsets_are_converted_and_extra_fields_ignored() {
         let r =
             ok(r#"{"patient_id":"p1","admission_time":"2026-11-24T10:00:00+02:00","ward":"7B","nested":{"a":[1,2]}}"#);
-        assert_eq!(r.admission_time, t("2026-11-24T08:00:00"));
+        assert_eq!(r.admission_time, us("2026-11-24T08:00:00"));
         assert!(!r.admission_imputed);
     }
 
@@ -821,17 +1056,18 @@ mod tests {
     #[test]
     fn timestamps_outside_1900_2100_and_overlong_stays_are_out_of_range_naming_the_field() {
         let e =
-            refine(CLEAN.replace("2026-11-24T20:56:03.123148", "9999-12-31T00:00:00").as_bytes(), t(ENQ)).unwrap_err();
+            refine(CLEAN.replace("2026-11-24T20:56:03.123148", "9999-12-31T00:00:00").as_bytes(), us(ENQ)).unwrap_err();
         assert_eq!(e.reason, Reason::OutOfRange);
         assert!(e.detail.starts_with("discharge_time "), "{}", e.detail);
         let e =
-            refine(CLEAN.replace("2026-11-23T19:56:03.123148", "1899-12-31T23:59:59").as_bytes(), t(ENQ)).unwrap_err();
+            refine(CLEAN.replace("2026-11-23T19:56:03.123148", "1899-12-31T23:59:59").as_bytes(), us(ENQ)).unwrap_err();
         assert_eq!(e.reason, Reason::OutOfRange);
         assert!(e.detail.starts_with("admission_time "), "{}", e.detail);
         assert_eq!(bad(br#"{"patient_id":"p","discharge_time":"2101-01-01T00:00:00Z"}"#), Reason::OutOfRange);
         // The edges of the range are accepted.
         ok(r#"{"patient_id":"p","admission_time":"1900-01-01T00:00:00","discharge_time":"1900-01-02T00:00:00"}"#);
-        let edge = |s: &str| timestamp("discharge_time", Some(Scalar::Str(Cow::Borrowed(s))), &mut Vec::new());
+        let edge =
+            |s: &str| timestamp("discharge_time", Some(Scalar::Str(Cow::Borrowed(s))), &mut MissingFields::default());
         assert!(edge("2100-12-31T23:59:59.999999").is_ok());
         assert_eq!(edge("2101-01-01T00:00:00").unwrap_err().reason, Reason::OutOfRange);
         // A stay of exactly the bound is kept; one microsecond more is not.
@@ -841,8 +1077,9 @@ mod tests {
                     r#"{{"patient_id":"p","admission_time":"2026-01-01T00:00:00","discharge_time":"{discharge}"}}"#
                 )
                 .as_bytes(),
-                t(ENQ),
+                us(ENQ),
             )
+            .map(Row::into_owned)
         };
         assert!(stay("2027-01-01T00:00:00").is_ok(), "365 days");
         let e = stay("2027-01-01T00:00:00.000001").unwrap_err();
@@ -852,24 +1089,19 @@ mod tests {
 
     fn bronze(first_seq: i64, bodies: &[&str]) -> RecordBatch {
         use crate::pipeline::bronze::{EventBatch, RawEvent, to_record_batch};
-        let batch = EventBatch {
-            event_hub: "patient-flow".into(),
-            partition_id: "3".into(),
-            ingested_at: t(ENQ),
-            events: bodies
-                .iter()
-                .enumerate()
-                .map(|(i, b)| RawEvent {
-                    body: Bytes::copy_from_slice(b.as_bytes()),
-                    sequence_number: first_seq + i as i64,
-                    offset: None,
-                    enqueued_time: t(ENQ),
-                    partition_key: None,
-                    properties: None,
-                })
-                .collect(),
-        };
-        to_record_batch(&batch).unwrap()
+        let events: Vec<RawEvent> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| RawEvent {
+                body: Bytes::copy_from_slice(b.as_bytes()),
+                sequence_number: first_seq + i as i64,
+                offset: None,
+                enqueued_time: t(ENQ),
+                partition_key: None,
+                properties: None,
+            })
+            .collect();
+        to_record_batch(&EventBatch::from_events("patient-flow", "3", t(ENQ), &events)).unwrap()
     }
 
     #[test]
@@ -897,11 +1129,108 @@ mod tests {
         assert_eq!((r.metrics.rows_out, r.metrics.redelivered), (10, 0));
     }
 
+    mod sequence_index {
+        use super::*;
+        use crate::model::schema::{BRONZE, BRONZE_LAYOUT};
+        use crate::storage::StorageConfig;
+        use crate::storage::keys::SEQ_BUCKET;
+
+        fn bodies(n: usize) -> Vec<String> {
+            (0..n).map(|i| format!(r#"{{"patient_id":"p{i}","admission_time":"2026-11-24T01:00:00"}}"#)).collect()
+        }
+
+        fn stem(first: i64, n: usize) -> BatchStem {
+            BatchStem { partition: "3".into(), first_seq: first, last_seq: first + n as i64 - 1 }
+        }
+
+        /// Refines `n` events from `first` on partition 3, as the blob trigger would.
+        async fn refine_file(lake: &Lake, first: i64, n: usize) -> SilverMetrics {
+            let b = bodies(n);
+            let b: Vec<&str> = b.iter().map(String::as_str).collect();
+            let file = parquet::encode_layout(&BRONZE, &[bronze(first, &b)], &BRONZE_LAYOUT).unwrap();
+            process(lake, &stem(first, n), file).await.unwrap()
+        }
+
+        async fn memory() -> Lake {
+            Lake::open(&StorageConfig::memory()).await.unwrap()
+        }
+
+        #[tokio::test]
+        async fn markers_are_written_and_overlaps_found_across_a_bucket_boundary() {
+            let lake = memory().await;
+            let edge = SEQ_BUCKET - 5;
+            assert_eq!(refine_file(&lake, edge, 10).await.redelivered, 0);
+            for marker in stem(edge, 10).index_keys() {
+                assert!(lake.exists(Container::Silver, &marker).await.unwrap(), "{marker}");
+            }
+            // Overlaps on either side of the boundary, and one that only touches the next bucket.
+            assert_eq!(refine_file(&lake, edge - 3, 5).await.redelivered, 2);
+            assert_eq!(refine_file(&lake, SEQ_BUCKET + 2, 10).await.redelivered, 3);
+            assert_eq!(refine_file(&lake, SEQ_BUCKET + 12, 10).await.redelivered, 0, "adjacent, not overlapping");
+        }
+
+        #[tokio::test]
+        async fn a_wide_file_is_found_through_the_meta_folder() {
+            let lake = memory().await;
+            // One event at each end of a range wider than a bucket: a batch with a gap.
+            let b = bodies(2);
+            let file = {
+                let mut batch = bronze(0, &[b[0].as_str(), b[1].as_str()]);
+                let seq = arrow_array::Int64Array::from(vec![10, 10 + 3 * SEQ_BUCKET]);
+                let mut columns = batch.columns().to_vec();
+                columns[2] = Arc::new(seq);
+                batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+                parquet::encode_layout(&BRONZE, &[batch], &BRONZE_LAYOUT).unwrap()
+            };
+            let wide = BatchStem { partition: "3".into(), first_seq: 10, last_seq: 10 + 3 * SEQ_BUCKET };
+            process(&lake, &wide, file).await.unwrap();
+            assert!(wide.index_keys()[0].as_ref().contains("/meta/"));
+            assert_eq!(refine_file(&lake, 2 * SEQ_BUCKET, 10).await.redelivered, 10, "inside the wide range");
+        }
+
+        #[tokio::test]
+        async fn a_marker_without_its_silver_file_covers_nothing() {
+            let lake = memory().await;
+            refine_file(&lake, 0, 10).await;
+            // A refine that wrote its markers and died before its silver file.
+            for marker in stem(100, 10).index_keys() {
+                lake.put_if_absent(Container::Silver, &marker, Bytes::new()).await.unwrap();
+            }
+            assert_eq!(refine_file(&lake, 105, 10).await.redelivered, 0);
+        }
+
+        #[tokio::test]
+        async fn a_lake_older_than_the_index_is_indexed_once_then_read_through_the_index() {
+            let lake = memory().await;
+            // Silver files written before the index existed: no markers, no `complete`.
+            let refined = |first: i64| {
+                let b = bodies(10);
+                let b: Vec<&str> = b.iter().map(String::as_str).collect();
+                refine_batches("k", &[bronze(first, &b)]).unwrap().silver
+            };
+            for first in [0, 10, 20] {
+                let file = parquet::encode_layout(&SILVER, &[refined(first)], &SILVER_LAYOUT).unwrap();
+                lake.put(Container::Silver, &stem(first, 10).key(), file).await.unwrap();
+            }
+            assert_eq!(refine_file(&lake, 15, 10).await.redelivered, 10, "found by the one full listing");
+            assert!(lake.exists(Container::Silver, &BatchStem::index_complete("3")).await.unwrap());
+            for first in [0, 10, 20] {
+                assert!(lake.exists(Container::Silver, &stem(first, 10).index_keys()[0]).await.unwrap());
+            }
+            // From now on the index answers: a silver file put behind its back (no marker) is not
+            // listed, which shows the lookup no longer lists the partition's files.
+            let file = parquet::encode_layout(&SILVER, &[refined(40)], &SILVER_LAYOUT).unwrap();
+            lake.put(Container::Silver, &stem(40, 10).key(), file).await.unwrap();
+            assert_eq!(refine_file(&lake, 25, 10).await.redelivered, 5, "20–29 through its marker");
+            assert_eq!(refine_file(&lake, 45, 10).await.redelivered, 0, "40–49 has no marker");
+        }
+    }
+
     #[test]
     fn details_never_quote_values() {
-        let e = refine(br#"{"patient_id":"secret-id","age":"seventy-two"}"#, t(ENQ)).unwrap_err();
+        let e = refine(br#"{"patient_id":"secret-id","age":"seventy-two"}"#, us(ENQ)).unwrap_err();
         assert!(!e.detail.contains("seventy") && !e.detail.contains("secret"), "{}", e.detail);
-        let e = refine(br#"{"patient_id":"secret-id""#, t(ENQ)).unwrap_err();
+        let e = refine(br#"{"patient_id":"secret-id""#, us(ENQ)).unwrap_err();
         assert!(!e.detail.contains("secret"), "{}", e.detail);
     }
 

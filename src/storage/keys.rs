@@ -72,6 +72,83 @@ pub fn patient_flow_prefix() -> Path {
     Path::from(PATIENT_FLOW_PREFIX)
 }
 
+/// Silver's sequence index: empty markers in the silver container beside `patient-flow/`, grouped by
+/// sequence number, so a refine lists only the neighbourhood of its own range (see
+/// `pipeline::silver`). A silver file of at most [`SEQ_BUCKET`] numbers has a marker in every bucket
+/// its range touches (one, or two across a boundary):
+/// `_index/patient-flow/partition=<p>/b=<seq / SEQ_BUCKET>/<first>-<last>`; a wider one has one in
+/// `…/partition=<p>/meta/<first>-<last>`, beside the partition's `complete` marker.
+pub const SEQ_INDEX_PREFIX: &str = "_index/patient-flow";
+
+/// The width of a bucket of the sequence index, and the widest range that gets bucket markers.
+pub const SEQ_BUCKET: i64 = 1 << 14;
+
+impl BatchStem {
+    fn index_folder(partition: &str) -> String {
+        format!("{SEQ_INDEX_PREFIX}/partition={partition}")
+    }
+
+    fn index_bucket(partition: &str, bucket: i64) -> String {
+        format!("{}/b={bucket:015}", Self::index_folder(partition))
+    }
+
+    fn index_meta(partition: &str) -> String {
+        format!("{}/meta", Self::index_folder(partition))
+    }
+
+    /// Whether the range is at most [`SEQ_BUCKET`] numbers wide (its markers go in buckets).
+    pub fn is_narrow(&self) -> bool {
+        self.last_seq >= self.first_seq && self.last_seq - self.first_seq < SEQ_BUCKET
+    }
+
+    /// The keys of this batch's markers in the sequence index.
+    pub fn index_keys(&self) -> Vec<Path> {
+        let range = format!("{:020}-{:020}", self.first_seq, self.last_seq);
+        if self.is_narrow() {
+            (self.first_seq.div_euclid(SEQ_BUCKET)..=self.last_seq.div_euclid(SEQ_BUCKET))
+                .map(|b| Path::from(format!("{}/{range}", Self::index_bucket(&self.partition, b))))
+                .collect()
+        } else {
+            vec![Path::from(format!("{}/{range}", Self::index_meta(&self.partition)))]
+        }
+    }
+
+    /// The index folders that hold a marker of every file whose range overlaps this one: the
+    /// buckets this range touches (a narrow file sharing a number with it has a marker in that
+    /// number's bucket) and the `meta` folder (wide files, and the `complete` marker). `None` when
+    /// that is more than `max_buckets` buckets (this range is itself very wide): list
+    /// [`index_partition`](Self::index_partition) whole then.
+    pub fn index_neighbourhood(&self, max_buckets: i64) -> Option<Vec<Path>> {
+        let (lo, hi) = (self.first_seq.div_euclid(SEQ_BUCKET), self.last_seq.div_euclid(SEQ_BUCKET));
+        if hi.saturating_sub(lo) >= max_buckets {
+            return None;
+        }
+        let mut folders: Vec<Path> = (lo..=hi).map(|b| Path::from(Self::index_bucket(&self.partition, b))).collect();
+        folders.push(Path::from(Self::index_meta(&self.partition)));
+        Some(folders)
+    }
+
+    /// The whole sequence index of a partition.
+    pub fn index_partition(partition: &str) -> Path {
+        Path::from(Self::index_folder(partition))
+    }
+
+    /// The marker that says every silver file of the partition has its index markers (written once
+    /// the index is known complete; a lake written before the index existed gets it on the first
+    /// refine that finds it missing). It sits in the `meta` folder, which every lookup lists.
+    pub fn index_complete(partition: &str) -> Path {
+        Path::from(format!("{}/complete", Self::index_meta(partition)))
+    }
+
+    /// Parses an index marker's key back into the stem it stands for (`None` for `complete`).
+    pub fn parse_index_key(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(SEQ_INDEX_PREFIX)?.strip_prefix('/')?;
+        let (partition, rest) = rest.split_once('/')?;
+        let (_, range) = rest.rsplit_once('/')?;
+        Self::parse_name(&format!("{partition}/{range}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +162,46 @@ mod tests {
         assert_eq!(BatchStem::parse_key(a.key().as_ref()), Some(a.clone()));
         let b = BatchStem { partition: "3".into(), first_seq: 9, last_seq: 10 };
         assert!(b.key().as_ref() < a.key().as_ref());
+    }
+
+    #[test]
+    fn index_markers_sit_in_the_folders_their_neighbours_list() {
+        let stem = |first: i64, last: i64| BatchStem { partition: "3".into(), first_seq: first, last_seq: last };
+        let a = stem(40_000, 40_999);
+        let keys = a.index_keys();
+        assert_eq!(
+            keys.iter().map(|k| k.as_ref()).collect::<Vec<_>>(),
+            ["_index/patient-flow/partition=3/b=000000000000002/00000000000000040000-00000000000000040999"]
+        );
+        assert_eq!(BatchStem::parse_index_key(keys[0].as_ref()), Some(a.clone()));
+        assert_eq!(stem(16_000, 17_000).index_keys().len(), 2, "a range across a bucket boundary is in both");
+        let wide = stem(0, SEQ_BUCKET);
+        assert!(!wide.is_narrow());
+        assert_eq!(wide.index_keys().len(), 1);
+        assert!(wide.index_keys()[0].as_ref().contains("/meta/"));
+        assert_eq!(BatchStem::parse_index_key(wide.index_keys()[0].as_ref()), Some(wide.clone()));
+        assert_eq!(BatchStem::parse_index_key(BatchStem::index_complete("3").as_ref()), None);
+        assert!(
+            BatchStem::index_complete("3")
+                .as_ref()
+                .starts_with(&format!("{}/", a.index_neighbourhood(16).unwrap().last().unwrap()))
+        );
+        // Every range overlapping `s` has a marker in one of s's folders.
+        for s in [stem(0, 0), stem(100, 199), stem(16_383, 16_384), stem(50_000, 70_000)] {
+            let folders = s.index_neighbourhood(16).unwrap();
+            for first in (s.first_seq - SEQ_BUCKET - 2).max(0)..=s.last_seq + 2 {
+                for span in [1, 7, SEQ_BUCKET, SEQ_BUCKET + 1, 3 * SEQ_BUCKET] {
+                    let other = stem(first, first + span - 1);
+                    let overlaps = other.first_seq <= s.last_seq && other.last_seq >= s.first_seq;
+                    let listed = other
+                        .index_keys()
+                        .iter()
+                        .any(|k| folders.iter().any(|f| k.as_ref().starts_with(&format!("{f}/"))));
+                    assert_eq!(overlaps, overlaps && listed, "{other:?} overlaps {s:?} but no marker is listed");
+                }
+            }
+        }
+        assert_eq!(stem(0, 1 << 40).index_neighbourhood(16), None);
     }
 
     #[test]

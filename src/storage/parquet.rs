@@ -1,15 +1,24 @@
-//! Parquet encoding of lake files: one place for the writer settings (zstd, always) and for turning
-//! bytes into record batches and back.
+//! Parquet encoding of lake files: one place for the writer settings and for turning bytes into
+//! record batches and back.
+//!
+//! Every file gets its layer's codec and page statistics. A table may add a [`Layout`]: columns whose
+//! values are (nearly) all distinct are written PLAIN (a dictionary of 1,000 unique ids costs an
+//! interner hash per value and is bigger than the values), columns of large opaque values (event
+//! bodies) get no statistics (a min/max of every body is a memcmp per value and bytes nobody prunes
+//! on), and columns that encode to a few bytes (a constant, run-length encoded) are left
+//! uncompressed: parquet-rs sets up a codec context per compressed column chunk, and for zstd that
+//! set-up costs more than the column's bytes are worth.
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, RecordBatchReader};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 
 /// A parquet file could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -27,27 +36,87 @@ pub enum Codec {
     Fast,
 }
 
+impl Codec {
+    fn compression(self) -> Compression {
+        match self {
+            // Level 1: zstd's fastest standard level; bodies are JSON text, which it compresses
+            // about 3× already (negative levels save little time here and lose ratio).
+            Codec::Archive => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+            Codec::Fast => Compression::SNAPPY,
+        }
+    }
+}
+
+/// Per-column writer settings of one table, beyond its layer's codec (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The layer's codec.
+    pub codec: Codec,
+    /// Columns of (nearly) distinct values: PLAIN, no dictionary.
+    pub plain: &'static [&'static str],
+    /// Columns of large opaque values: no statistics.
+    pub no_statistics: &'static [&'static str],
+    /// Integer columns that (nearly) only grow, e.g. sequence numbers: DELTA_BINARY_PACKED, which
+    /// stores such a column in a few bits per value (no dictionary).
+    pub delta: &'static [&'static str],
+    /// Columns that encode to a few bytes (constants, delta-encoded ints): no codec.
+    pub uncompressed: &'static [&'static str],
+}
+
+impl Layout {
+    /// The layer's defaults for every column.
+    pub const fn uniform(codec: Codec) -> Self {
+        Self { codec, plain: &[], no_statistics: &[], delta: &[], uncompressed: &[] }
+    }
+
+    /// The writer settings of a file with this layout.
+    pub fn writer_properties(&self) -> WriterProperties {
+        let mut b = base_properties(self.codec);
+        let path = |name: &str| ColumnPath::from(name);
+        for name in self.plain {
+            b = b.set_column_dictionary_enabled(path(name), false);
+        }
+        for name in self.delta {
+            b = b
+                .set_column_dictionary_enabled(path(name), false)
+                .set_column_encoding(path(name), Encoding::DELTA_BINARY_PACKED);
+        }
+        for name in self.no_statistics {
+            b = b.set_column_statistics_enabled(path(name), EnabledStatistics::None);
+        }
+        for name in self.uncompressed {
+            b = b.set_column_compression(path(name), Compression::UNCOMPRESSED);
+        }
+        b.build()
+    }
+}
+
+fn base_properties(codec: Codec) -> WriterPropertiesBuilder {
+    WriterProperties::builder()
+        .set_compression(codec.compression())
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024))
+}
+
 /// The writer settings of every lake file: the layer's codec, page statistics for pruning, and
 /// no `created_by` drift beyond the library version.
 pub fn writer_properties(codec: Codec) -> WriterProperties {
-    writer_properties_builder(codec).build()
+    base_properties(codec).build()
 }
 
 /// [`writer_properties`], still open for per-column settings.
 pub fn writer_properties_builder(codec: Codec) -> parquet::file::properties::WriterPropertiesBuilder {
-    let compression = match codec {
-        Codec::Archive => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
-        Codec::Fast => Compression::SNAPPY,
-    };
-    WriterProperties::builder()
-        .set_compression(compression)
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(256 * 1024))
+    base_properties(codec)
 }
 
 /// Encodes batches (all of `schema`) into one parquet file in memory.
 pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Result<Bytes, ParquetError> {
     encode_with(schema, batches, writer_properties(codec))
+}
+
+/// Encodes batches (all of `schema`) into one parquet file in memory, with a table's [`Layout`].
+pub fn encode_layout(schema: &SchemaRef, batches: &[RecordBatch], layout: &Layout) -> Result<Bytes, ParquetError> {
+    encode_with(schema, batches, layout.writer_properties())
 }
 
 /// Encodes batches with the given writer settings.
@@ -56,7 +125,10 @@ pub fn encode_with(
     batches: &[RecordBatch],
     props: WriterProperties,
 ) -> Result<Bytes, ParquetError> {
-    let mut out = Vec::new();
+    // Most of a file is its largest column after encoding; start near the input's size so the
+    // buffer grows once or twice, not a dozen times.
+    let input: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let mut out = Vec::with_capacity(input / 2 + 4096);
     let mut writer =
         ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(props)).map_err(|e| ParquetError(e.to_string()))?;
     for batch in batches {
@@ -68,9 +140,23 @@ pub fn encode_with(
 
 /// Decodes a whole parquet file. Fails (never panics) on anything that is not parquet.
 pub fn decode(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| ParquetError(e.to_string()))?;
-    let schema = Arc::clone(builder.schema());
+    decode_projected(bytes, None)
+}
+
+/// Decodes only the named top-level columns of a parquet file (absent names are skipped; the
+/// batches' schema says which were found). Columns not read are not decompressed.
+pub fn decode_columns(bytes: Bytes, columns: &[&str]) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
+    decode_projected(bytes, Some(columns))
+}
+
+fn decode_projected(bytes: Bytes, columns: Option<&[&str]>) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| ParquetError(e.to_string()))?;
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
     let reader = builder.with_batch_size(64 * 1024).build().map_err(|e| ParquetError(e.to_string()))?;
+    let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| ParquetError(e.to_string()))?;
     Ok((schema, batches))
 }
@@ -98,6 +184,51 @@ mod tests {
         let (_, back) = decode(bytes.clone()).unwrap();
         assert_eq!(back, vec![batch.clone()]);
         assert_eq!(encode(&schema, &[batch], Codec::Archive).unwrap(), bytes, "encoding is deterministic");
+    }
+
+    #[test]
+    fn a_layout_sets_dictionary_statistics_and_codec_per_column() {
+        use arrow_array::StringArray;
+        use parquet::file::reader::FileReader;
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("hub", DataType::Utf8, false),
+            Field::new("body", DataType::Utf8, false),
+            Field::new("seq", DataType::Int64, false),
+        ]));
+        let ids: Vec<String> = (0..1000).map(|i| format!("id-{i:06}")).collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(&ids)),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n("patient-flow", 1000))),
+                Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("{{\"id\":\"{i}\"}}")))),
+                Arc::new(Int64Array::from_iter_values(5000..6000)),
+            ],
+        )
+        .unwrap();
+        let layout = Layout {
+            codec: Codec::Archive,
+            plain: &["id", "body"],
+            no_statistics: &["body"],
+            delta: &["seq"],
+            uncompressed: &["hub", "seq"],
+        };
+        let bytes = encode_layout(&schema, std::slice::from_ref(&batch), &layout).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes.clone()).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let dictionary = |i: usize| rg.column(i).encodings().any(|e| e == Encoding::RLE_DICTIONARY);
+        assert!(!dictionary(0) && dictionary(1) && !dictionary(2) && !dictionary(3));
+        assert!(rg.column(3).encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
+        assert!(rg.column(3).compressed_size() < 200, "1,000 consecutive numbers in a few bytes");
+        assert!(rg.column(0).statistics().is_some() && rg.column(2).statistics().is_none());
+        assert!(matches!(rg.column(0).compression(), Compression::ZSTD(_)));
+        assert_eq!(rg.column(1).compression(), Compression::UNCOMPRESSED);
+        assert_eq!(decode(bytes.clone()).unwrap().1, vec![batch.clone()]);
+        let (projected, batches) = decode_columns(bytes, &["body", "id", "absent"]).unwrap();
+        let names: Vec<&str> = projected.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "body"], "file order, absent names skipped");
+        assert_eq!(batches[0].column(1), batch.column(2));
     }
 
     #[test]
