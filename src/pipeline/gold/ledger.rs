@@ -271,7 +271,7 @@ mod tests {
         let (batch, keys) = segment.finish().unwrap();
         assert_eq!(decode_keys("k", &[keys]).unwrap(), [a.patient_key]);
         let mut back = Visits::default();
-        decode("k", &[batch.clone()], |_| true, &mut back).unwrap();
+        decode("k", std::slice::from_ref(&batch), |_| true, &mut back).unwrap();
         let b = *back.iter().next().unwrap();
         assert_eq!(Visit { known: true, ..a }, b);
         let bucket = back.buckets.iter().find(|x| !x.rows.is_empty()).unwrap();
