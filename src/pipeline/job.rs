@@ -8,7 +8,6 @@
 //! job was asked to fold in; if it does, the job's work is done and it reports success with that
 //! build. Otherwise it builds again on top, a bounded number of times.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -22,6 +21,7 @@ use super::reconcile::{self, ReconcileReport};
 use super::{Error, Result};
 use crate::model::time::to_micros;
 use crate::storage::Lake;
+use crate::storage::keys::BatchStem;
 
 /// Builds a job attempts before it gives up when other builders keep committing first.
 pub const MAX_BUILD_ATTEMPTS: usize = 5;
@@ -126,8 +126,7 @@ pub fn census_due(m: &Manifest, now: &NaiveDateTime) -> bool {
 }
 
 fn holds(m: &Manifest, wanted: &[String]) -> bool {
-    let folded: HashSet<&str> = m.silver_files.iter().map(String::as_str).collect();
-    wanted.iter().all(|f| folded.contains(f.as_str()))
+    wanted.iter().all(|f| BatchStem::parse_key(f).is_some_and(|stem| m.silver.contains(&stem)))
 }
 
 /// Runs the job: reconcile (timer), build if warranted, load the latest build.

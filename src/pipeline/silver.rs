@@ -33,7 +33,7 @@ use super::{Error, Result};
 use crate::model::event::{CAPPED_AGE, FIELDS, MAX_AGE, MAX_STAY_DAYS, MAX_TIMESTAMP_YEAR, MIN_TIMESTAMP_YEAR};
 use crate::model::schema::{QUARANTINE, QUARANTINE_LAYOUT, SILVER, SILVER_LAYOUT};
 use crate::model::time::{from_micros, parse_utc_micros, to_micros};
-use crate::storage::keys::{BatchStem, PATIENT_FLOW_PREFIX};
+use crate::storage::keys::BatchStem;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
 
 /// Why an event went to quarantine. A closed set: dashboards and alerts key on these codes.
@@ -637,13 +637,9 @@ impl Covered {
             .collect();
         // A marker is written before its silver file: only a silver file that exists counts.
         let keys: Vec<Path> = candidates.iter().map(BatchStem::key).collect();
-        let mut exists = Vec::with_capacity(keys.len());
-        for key in &keys {
-            exists.push(lake.exists(Container::Silver, key));
-        }
         let mut ranges: Vec<(i64, i64)> = candidates
             .iter()
-            .zip(futures::future::try_join_all(exists).await?)
+            .zip(lake.exist_each(Container::Silver, &keys).await?)
             .filter(|(_, exists)| *exists)
             .map(|(other, _)| (other.first_seq, other.last_seq))
             .collect();
@@ -656,7 +652,7 @@ impl Covered {
     /// before the index existed), write a marker for each, then the `complete` marker. The ranges
     /// come from that listing.
     async fn index_partition(lake: &Lake, stem: &BatchStem) -> Result<Self> {
-        let prefix = Path::from(format!("{PATIENT_FLOW_PREFIX}/partition={}", stem.partition));
+        let prefix = BatchStem::partition_prefix(&stem.partition);
         let files: Vec<BatchStem> = lake
             .list(Container::Silver, &prefix)
             .await?

@@ -128,6 +128,26 @@ impl BatchStem {
         Some(folders)
     }
 
+    /// The folder of bucket `bucket` of a partition's sequence index.
+    pub fn index_bucket_folder(partition: &str, bucket: i64) -> Path {
+        Path::from(Self::index_bucket(partition, bucket))
+    }
+
+    /// The `meta` folder of a partition's sequence index (wide ranges and the `complete` marker).
+    pub fn index_meta_folder(partition: &str) -> Path {
+        Path::from(Self::index_meta(partition))
+    }
+
+    /// The bucket number of a bucket folder of the sequence index (`…/partition=<p>/b=<n>` → `n`).
+    pub fn parse_index_bucket(folder: &str) -> Option<i64> {
+        folder.rsplit_once('/')?.1.strip_prefix("b=")?.parse().ok()
+    }
+
+    /// The folder of a partition's files (in bronze, silver or quarantine).
+    pub fn partition_prefix(partition: &str) -> Path {
+        Path::from(format!("{PATIENT_FLOW_PREFIX}/partition={partition}"))
+    }
+
     /// The whole sequence index of a partition.
     pub fn index_partition(partition: &str) -> Path {
         Path::from(Self::index_folder(partition))

@@ -358,6 +358,15 @@ impl Lake {
         }
     }
 
+    /// Whether each of `keys` exists, in order (at most 16 requests in flight).
+    pub async fn exist_each(&self, c: Container, keys: &[Path]) -> Result<Vec<bool>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(16) {
+            found.extend(futures::future::try_join_all(chunk.iter().map(|k| self.exists(c, k))).await?);
+        }
+        Ok(found)
+    }
+
     /// Lists every object under `prefix`, sorted by key.
     #[instrument(level = "debug", skip(self), fields(container = ?c, prefix = %prefix))]
     pub async fn list(&self, c: Container, prefix: &Path) -> Result<Vec<ObjectMeta>> {

@@ -232,12 +232,17 @@ async fn racing_the_timer_and_gold_jobs_fails_no_callback_and_leaves_no_orphans(
         assert_eq!(callback["StatusCode"], "200", "{callback}");
         let data_build = callback["Output"]["data_build"].as_u64().expect("the build that holds the job's data");
         let m = manifest::read(&lake, data_build).await.unwrap();
-        assert!(!m.silver_files.is_empty(), "{callback}");
+        assert!(!m.silver.is_empty(), "{callback}");
     }
     let by_another = got.iter().filter(|c| c["Output"]["built_by_another"] == true).count();
     eprintln!("{by_another} of {} jobs found their data committed by another builder", got.len());
     let latest = manifest::latest(&lake).await.unwrap().unwrap();
-    assert_eq!(latest.silver_files.len(), rounds as usize);
+    let silver = lake.list(Container::Silver, &object_store::path::Path::from("patient-flow")).await.unwrap();
+    assert_eq!(silver.len(), rounds as usize);
+    for f in &silver {
+        let stem = patientflow::storage::keys::BatchStem::parse_key(f.location.as_ref()).unwrap();
+        assert!(latest.silver.contains(&stem), "{} is folded", f.location);
+    }
 
     let mut committed = std::collections::HashSet::new();
     for n in manifest::build_numbers(&lake).await.unwrap() {

@@ -81,13 +81,18 @@ pub fn patient_key(patient_id: &str) -> i64 {
     hash(&[b"bucket", patient_id.as_bytes()])
 }
 
-/// A build's file-name nonce: a hash of its inputs (silver files folded so far and its clock), so a
+/// A build's file-name nonce: a hash of its inputs (the silver folded so far and its clock), so a
 /// retried build writes the same names and a racing build with other inputs writes other names.
-pub fn build_nonce<'a>(silver_files: impl Iterator<Item = &'a str>, as_of_us: i64) -> i64 {
+pub fn build_nonce(folded: &super::manifest::Folded, as_of_us: i64) -> i64 {
     let mut h = Xxh3::new();
-    for f in silver_files {
-        h.update(&(f.len() as u64).to_le_bytes());
-        h.update(f.as_bytes());
+    for (partition, ranges) in folded.ranges() {
+        h.update(&(partition.len() as u64).to_le_bytes());
+        h.update(partition.as_bytes());
+        h.update(&(ranges.len() as u64).to_le_bytes());
+        for [first, last] in ranges {
+            h.update(&first.to_le_bytes());
+            h.update(&last.to_le_bytes());
+        }
     }
     h.update(&as_of_us.to_le_bytes());
     (h.digest() >> 1) as i64

@@ -5,8 +5,9 @@
 //!
 //! Each gold table is a set of immutable parquet files ([`TableFile`]); a build adds files and
 //! drops others, and loaders follow by the file names alone (see `warehouse::file_changes`).
-//! Manifests written before tables were file sets (one file per fact day and one DimPatient file)
-//! do not deserialize: such a gold is rebuilt from silver (see the README, "Upgrading").
+//! Manifests written before tables were file sets (one file per fact day and one DimPatient file),
+//! or before they recorded silver as sequence ranges ([`Folded`]), do not deserialize: such a gold is
+//! rebuilt from silver (see the README, "Upgrading").
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::{Error, Result};
+use crate::storage::keys::BatchStem;
 use crate::storage::{Container, Lake, PutOutcome};
 
 /// Where manifests live in the gold container.
@@ -82,8 +84,9 @@ pub struct Manifest {
     pub build_id: String,
     /// The build's clock (RFC 3339): `is_currently_admitted` is as of this instant.
     pub as_of: String,
-    /// Every silver file folded into gold so far (sorted).
-    pub silver_files: Vec<String>,
+    /// The silver files folded into gold so far, as sequence ranges per partition (its size
+    /// follows the gaps between folded batches, not the number of files).
+    pub silver: Folded,
     /// DimDepartment file (small: loaders replace the table whole).
     pub dim_department: String,
     /// DimPatient files; each `patient_id` (all its SCD2 versions) is in exactly one (the `i`-th
@@ -100,6 +103,52 @@ pub struct Manifest {
     /// gold built before the ledger existed, which the next build rebuilds from silver.
     #[serde(default)]
     pub ledger: Option<Vec<TableFile>>,
+    /// The files the previous build referenced and this one does not: cleanup deletes them once
+    /// the previous build's manifest expires (see `gold::retention`).
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// Which silver files gold has folded in: per Event Hubs partition, the sequence ranges of the
+/// folded batches, merged (`[first, last]`, inclusive, sorted, neither overlapping nor adjacent).
+///
+/// A silver file is one batch, `partition=<p>/<first>-<last>`, and an Event Hubs (partition,
+/// sequence number) is one event: a file is folded when its whole range is. A redelivered batch
+/// cut at other boundaries is folded when not all of its events are (folding it again changes
+/// nothing, see the module `gold`), and then it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Folded(BTreeMap<String, Vec<[i64; 2]>>);
+
+impl Folded {
+    /// Whether every event of the batch `stem` is folded.
+    pub fn contains(&self, stem: &BatchStem) -> bool {
+        let Some(ranges) = self.0.get(&stem.partition) else { return false };
+        // The last range starting at or before `first_seq` is the only one that can hold it.
+        let i = ranges.partition_point(|r| r[0] <= stem.first_seq);
+        i > 0 && ranges[i - 1][1] >= stem.last_seq
+    }
+
+    /// Records the batch `stem` as folded.
+    pub fn insert(&mut self, stem: &BatchStem) {
+        let (first, last) = (stem.first_seq.min(stem.last_seq), stem.first_seq.max(stem.last_seq));
+        let ranges = self.0.entry(stem.partition.clone()).or_default();
+        // Ranges that overlap or touch [first, last] are merged into it.
+        let start = ranges.partition_point(|r| r[1].saturating_add(1) < first);
+        let end = ranges.partition_point(|r| r[0] <= last.saturating_add(1));
+        let merged = ranges[start..end].iter().fold([first, last], |acc, r| [acc[0].min(r[0]), acc[1].max(r[1])]);
+        ranges.splice(start..end, [merged]);
+    }
+
+    /// Partitions and their ranges, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = (&str, &[[i64; 2]])> {
+        self.0.iter().map(|(p, r)| (p.as_str(), r.as_slice()))
+    }
+
+    /// Nothing folded yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Manifest {
@@ -114,6 +163,15 @@ impl Manifest {
         }
         files.retain(|f| !f.is_empty());
         files
+    }
+
+    /// The files of this build that `next` (the files of the build after it) no longer references,
+    /// sorted (a fresh gold's first build removes nothing).
+    pub fn removed_by(&self, next: &std::collections::HashSet<String>) -> Vec<String> {
+        let mut removed: Vec<String> = self.files().into_iter().filter(|f| !next.contains(f)).collect();
+        removed.sort_unstable();
+        removed.dedup();
+        removed
     }
 
     /// Every fact file of the build, across partitions.
@@ -154,7 +212,7 @@ pub async fn read(lake: &Lake, n: u64) -> Result<Manifest> {
     let bytes = lake.get(Container::Gold, &key).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         let hint = if e.classify() == serde_json::error::Category::Data {
-            " (a manifest written before gold tables were sets of files is not read: rebuild gold from silver, see the README's \"Upgrading\")"
+            " (a manifest written before gold tables were sets of files, or before it recorded silver as sequence ranges, is not read: rebuild gold from silver, see the README's \"Upgrading\")"
         } else {
             ""
         };
@@ -186,6 +244,50 @@ pub async fn commit(lake: &Lake, manifest: &Manifest) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn stem(partition: &str, first: i64, last: i64) -> BatchStem {
+        BatchStem { partition: partition.into(), first_seq: first, last_seq: last }
+    }
+
+    #[test]
+    fn folded_ranges_merge_when_they_touch() {
+        let mut f = Folded::default();
+        f.insert(&stem("0", 10, 19));
+        f.insert(&stem("0", 30, 39));
+        f.insert(&stem("1", 10, 19));
+        assert!(f.contains(&stem("0", 12, 15)) && !f.contains(&stem("0", 15, 25)) && !f.contains(&stem("2", 10, 10)));
+        f.insert(&stem("0", 20, 29));
+        assert_eq!(f.ranges().collect::<Vec<_>>(), [("0", &[[10, 39]][..]), ("1", &[[10, 19]][..])]);
+        assert!(f.contains(&stem("0", 10, 39)));
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#"{"0":[[10,39]],"1":[[10,19]]}"#);
+        assert_eq!(serde_json::from_str::<Folded>(&json).unwrap(), f);
+    }
+
+    proptest! {
+        /// Against the obvious model (the set of folded sequence numbers): a batch is folded when
+        /// each of its numbers is, whatever batches came before and in whatever order.
+        #[test]
+        fn folded_agrees_with_the_set_of_sequence_numbers(
+            batches in prop::collection::vec((0..3u8, 0..60i64, 0..8i64), 0..24),
+            probes in prop::collection::vec((0..3u8, 0..70i64, 0..10i64), 1..24),
+        ) {
+            let mut folded = Folded::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (p, first, len) in batches {
+                folded.insert(&stem(&p.to_string(), first, first + len));
+                model.extend((first..=first + len).map(|s| (p, s)));
+                for (p, first, len) in &probes {
+                    let expected = (*first..=first + len).all(|s| model.contains(&(*p, s)));
+                    prop_assert_eq!(folded.contains(&stem(&p.to_string(), *first, first + len)), expected);
+                }
+            }
+            for (_, ranges) in folded.ranges() {
+                prop_assert!(ranges.windows(2).all(|w| w[0][1] + 1 < w[1][0]), "merged: {:?}", ranges);
+            }
+        }
+    }
 
     /// `fresh` and `next_change_us` default when absent; `next_change_us` is left out when `None`;
     /// a partition's rows and next change are over its files; every file is listed, the ledger's too.

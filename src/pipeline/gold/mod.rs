@@ -49,7 +49,7 @@ use self::manifest::{BUILDS, FactPartition, Manifest, TableFile};
 use super::{Error, Result};
 use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
 use crate::model::time::{rfc3339, to_micros};
-use crate::storage::keys::patient_flow_prefix;
+use crate::storage::keys::{BatchStem, SEQ_BUCKET, patient_flow_prefix};
 use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, parquet};
 
@@ -133,19 +133,96 @@ pub enum BuildOutcome {
     Built(GoldMetrics),
 }
 
-/// Silver files not yet folded into gold, and the latest manifest.
+/// Silver files not yet folded into gold (sorted by key), and the latest manifest.
+///
+/// The cost follows new silver, not history: per Event Hubs partition it reads silver's sequence
+/// index (see `pipeline::silver`, [`BatchStem::index_keys`]) — the names of its bucket folders, the
+/// markers of the buckets that hold some sequence number gold has not folded, and the `meta` folder
+/// (wide ranges) — and confirms each candidate by its silver file's existence (a marker is written
+/// before its file). A file not folded holds such a number, so its marker is in one of those
+/// buckets. A partition whose index is not known complete (no `complete` marker yet), or with more
+/// unfolded buckets or candidates than a few (a backlog), is listed whole.
 pub async fn pending(lake: &Lake) -> Result<(Option<Manifest>, Vec<Path>)> {
     let latest = manifest::latest(lake).await?;
-    let folded: HashSet<&str> = latest.iter().flat_map(|m| m.silver_files.iter().map(String::as_str)).collect();
-    let all = lake.list(Container::Silver, &patient_flow_prefix()).await?;
-    let new = all.into_iter().map(|m| m.location).filter(|p| !folded.contains(p.as_ref())).collect();
+    let empty = manifest::Folded::default();
+    let folded = latest.as_ref().map_or(&empty, |m| &m.silver);
+    let mut new = Vec::new();
+    for folder in lake.list_folders(Container::Silver, &patient_flow_prefix()).await? {
+        let name = folder.as_ref().rsplit_once('/').map_or(folder.as_ref(), |(_, name)| name);
+        let Some(partition) = name.strip_prefix("partition=") else { continue };
+        new.extend(unfolded(lake, partition, folded).await?);
+    }
+    new.sort();
     Ok((latest, new))
+}
+
+/// Past this many index buckets to list, or this many candidate files to confirm, one listing of
+/// the partition's silver files is cheaper (a large backlog, or the first build).
+const MAX_INDEX_BUCKETS: usize = 8;
+const MAX_CANDIDATES: usize = 512;
+
+/// The silver files of one partition that are not folded (see [`pending`]).
+async fn unfolded(lake: &Lake, partition: &str, folded: &manifest::Folded) -> Result<Vec<Path>> {
+    let meta = lake.list(Container::Silver, &BatchStem::index_meta_folder(partition)).await?;
+    if !meta.iter().any(|m| m.location == BatchStem::index_complete(partition)) {
+        return unfolded_listed(lake, partition, folded).await;
+    }
+    let buckets = lake.list_folders(Container::Silver, &BatchStem::index_partition(partition)).await?;
+    let open: Vec<Path> = buckets
+        .iter()
+        .filter_map(|f| BatchStem::parse_index_bucket(f.as_ref()))
+        .filter(|&b| {
+            let first = b.saturating_mul(SEQ_BUCKET);
+            let last = first.saturating_add(SEQ_BUCKET - 1);
+            !folded.contains(&BatchStem { partition: partition.to_string(), first_seq: first, last_seq: last })
+        })
+        .map(|b| BatchStem::index_bucket_folder(partition, b))
+        .collect();
+    if open.len() > MAX_INDEX_BUCKETS {
+        return unfolded_listed(lake, partition, folded).await;
+    }
+    let listings: Vec<_> = open.iter().map(|f| lake.list(Container::Silver, f)).collect();
+    let mut markers = meta;
+    markers.extend(futures::future::try_join_all(listings).await?.into_iter().flatten());
+    let mut candidates: Vec<BatchStem> = markers
+        .iter()
+        .filter_map(|m| BatchStem::parse_index_key(m.location.as_ref()))
+        .filter(|stem| !folded.contains(stem))
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    if candidates.len() > MAX_CANDIDATES {
+        return unfolded_listed(lake, partition, folded).await;
+    }
+    let keys: Vec<Path> = candidates.iter().map(BatchStem::key).collect();
+    let found = lake.exist_each(Container::Silver, &keys).await?;
+    Ok(keys.into_iter().zip(found).filter(|(_, exists)| *exists).map(|(k, _)| k).collect())
+}
+
+/// The silver files of one partition that are not folded, from one listing of them all.
+async fn unfolded_listed(lake: &Lake, partition: &str, folded: &manifest::Folded) -> Result<Vec<Path>> {
+    let mut new = Vec::new();
+    for meta in lake.list(Container::Silver, &BatchStem::partition_prefix(partition)).await? {
+        match BatchStem::parse_key(meta.location.as_ref()) {
+            Some(stem) if folded.contains(&stem) => {}
+            Some(_) => new.push(meta.location),
+            None => tracing::warn!(
+                key = %meta.location,
+                "A file in silver's patient-flow folder is not named like a batch; gold ignores it (remove it)."
+            ),
+        }
+    }
+    Ok(new)
 }
 
 /// Reads one gold table file (for the build itself and for warehouse loaders).
 pub async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::RecordBatch>> {
-    let bytes = lake.get(Container::Gold, &Path::from(key)).await?;
-    parquet::decode(bytes).map(|(_, b)| b).map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })
+    decode_table(key, lake.get(Container::Gold, &Path::from(key)).await?)
+}
+
+/// Decodes the bytes of the gold table file `key`.
+fn decode_table(key: &str, bytes: bytes::Bytes) -> Result<Vec<arrow_array::RecordBatch>> {
+    parquet::decode(bytes).map(|(_, b)| b).map_err(|e| corrupt(key, e))
 }
 
 /// Reads silver files a few at a time (decoding on blocking threads) and adds their rows, until
@@ -254,7 +331,9 @@ fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes
 /// DimPatient files they leave), and new fact files for the rows that changed, moved or flipped —
 /// the files those rows leave are rewritten; every other file is kept as it is.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
+    let mut phases = Phases::start();
     let (latest, pending_files) = pending(lake).await?;
+    phases.mark("list pending silver");
     let as_of = to_micros(&options.now);
     let (prev, mut new_files) = match &latest {
         // Gold built before the ledger existed cannot be updated by the rules below: it is rebuilt
@@ -278,11 +357,15 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut visits = Visits::default();
     let taken = read_silver(lake, &new_files, &mut visits, options.max_rows_per_build).await?;
     new_files.truncate(taken);
+    phases.mark("read silver");
     let build = prev.build + 1;
-    let mut silver_files: BTreeSet<String> = prev.silver_files.iter().cloned().collect();
-    silver_files.extend(new_files.iter().map(ToString::to_string));
+    let mut silver = prev.silver.clone();
+    for key in &new_files {
+        silver
+            .insert(&BatchStem::parse_key(key.as_ref()).ok_or_else(|| Error::Internal(format!("{key} is no batch")))?);
+    }
     // Deterministic per input: the same silver files and clock give the same build id and bytes.
-    let build_id = format!("{build:010}-{:016x}", keys::build_nonce(silver_files.iter().map(String::as_str), as_of));
+    let build_id = format!("{build:010}-{:016x}", keys::build_nonce(&silver, as_of));
     let dir = format!("{BUILDS}/{build_id}");
     let mut metrics = GoldMetrics {
         build,
@@ -297,6 +380,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         dims::read_departments(&read_table(lake, &prev.dim_department).await?, &mut departments)?;
     }
     metrics.departments_added = dims::add_departments(&mut departments, &visits) as u64;
+    phases.mark("departments");
 
     // The ledger rows of the patients this build sees: newest segment first, each patient from the
     // newest segment that holds it.
@@ -342,6 +426,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         wanted.retain(|k| !hits.contains(k));
     }
     drop(wanted);
+    phases.mark("ledger lookup");
     visits.rank();
     for bucket in &mut visits.buckets {
         bucket.sort();
@@ -421,6 +506,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         }
     }
 
+    phases.mark("patients and visits");
     let mut uploads = Uploads::new(lake);
 
     // DimPatient and the ledger: one new segment for the changed patients; the DimPatient files
@@ -460,6 +546,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
     drop(leavers);
+    phases.mark("dim_patient and ledger");
     // Fact rows own their strings: the records are no longer needed.
     drop(visits);
 
@@ -483,8 +570,15 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
                 keep.push(f);
                 continue;
             }
+            let bytes = lake.get(Container::Gold, &Path::from(f.file.as_str())).await?;
+            if !is_due && !is_small && !holds_any(&f.file, bytes.clone(), &leaving)? {
+                keep.push(f);
+                continue;
+            }
             let mut rows = Vec::new();
-            fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut rows)?;
+            let batches = decode_table(&f.file, bytes)?;
+            fact::decode(&f.file, &batches, &mut rows)?;
+            drop(batches);
             let n = rows.len();
             rows.retain(|r| {
                 let leaves = leaving.contains(&r.fact_id);
@@ -529,6 +623,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         }
     }
 
+    phases.mark("facts");
     // DimTime: every hour of each day a fact references.
     let mut days = Days::new();
     for (name, p) in &partitions {
@@ -549,23 +644,29 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     metrics.rows = rows.clone();
 
     let (ledger, dim_patient) = segments.into_iter().unzip();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         build,
         build_id,
         as_of: rfc3339(&options.now),
-        silver_files: silver_files.into_iter().collect(),
+        silver,
         dim_department,
         dim_patient,
         dim_time,
         fact_patient_flow: partitions,
         rows,
         ledger: Some(ledger),
+        removed: Vec::new(),
     };
+    let now_referenced: HashSet<String> = manifest.files().into_iter().collect();
+    manifest.removed = latest.as_ref().map(|m| m.removed_by(&now_referenced)).unwrap_or_default();
+    phases.mark("uploads");
     manifest::commit(lake, &manifest).await?;
+    phases.mark("commit");
     metrics.files_cleaned = cleanup(lake, options).await.unwrap_or_else(|error| {
         tracing::warn!(%error, "Gold cleanup failed; it is retried after the next build.");
         0
     });
+    phases.mark("cleanup");
     Ok(BuildOutcome::Built(metrics))
 }
 
@@ -620,6 +721,40 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     let rows = patients.num_rows() as u64;
     lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &patients)?).await?;
     Ok((segment, TableFile { file, rows, ..Default::default() }))
+}
+
+/// Whether the fact file holds any of the `fact_ids` (reads only its `fact_id` column).
+fn holds_any(key: &str, bytes: bytes::Bytes, fact_ids: &FxHashSet<i64>) -> Result<bool> {
+    if fact_ids.is_empty() {
+        return Ok(false);
+    }
+    let batches = parquet::decode_columns(bytes, &["fact_id"]).map_err(|e| corrupt(key, e))?.1;
+    for b in &batches {
+        let ids = input::column(b, key, "fact_id", |c| c.as_primitive_opt::<arrow_array::types::Int64Type>())?;
+        if ids.values().iter().any(|id| fact_ids.contains(id)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt { key: key.to_string(), detail: e.to_string() }
+}
+
+/// Logs how long each phase of a build took, at debug level (`RUST_LOG=patientflow=debug`).
+struct Phases(Instant);
+
+impl Phases {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        tracing::debug!(phase, ms = (now - self.0).as_secs_f64() * 1e3, "Gold build phase done.");
+        self.0 = now;
+    }
 }
 
 /// A fact partition of `files`, with the discharge days of them all.
@@ -709,4 +844,71 @@ pub struct GoldTables {
     pub dim_time: Vec<arrow_array::RecordBatch>,
     /// FactPatientFlow.
     pub fact_patient_flow: Vec<arrow_array::RecordBatch>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageConfig;
+    use proptest::prelude::*;
+
+    /// `(partition, first, width, folded, file written)`: a batch, whether gold folded it, and
+    /// whether its silver file exists (else only its index markers do: a refine in flight).
+    type Batch = (u8, i64, i64, bool, bool);
+
+    async fn pending_of(batches: &[Batch], indexed: [bool; 2]) -> (Vec<String>, Vec<String>) {
+        let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+        let mut folded = manifest::Folded::default();
+        let mut expected = std::collections::BTreeSet::new();
+        for &(p, first, width, is_folded, written) in batches {
+            let stem = BatchStem { partition: p.to_string(), first_seq: first, last_seq: first + width };
+            if is_folded {
+                folded.insert(&stem);
+            }
+            if indexed[usize::from(p)] {
+                for marker in stem.index_keys() {
+                    lake.put(Container::Silver, &marker, bytes::Bytes::new()).await.unwrap();
+                }
+            }
+            if written {
+                lake.put(Container::Silver, &stem.key(), bytes::Bytes::new()).await.unwrap();
+            }
+        }
+        for (p, indexed) in indexed.iter().enumerate() {
+            if *indexed {
+                lake.put(Container::Silver, &BatchStem::index_complete(&p.to_string()), bytes::Bytes::new())
+                    .await
+                    .unwrap();
+            }
+        }
+        for &(p, first, width, _, written) in batches {
+            let stem = BatchStem { partition: p.to_string(), first_seq: first, last_seq: first + width };
+            if written && !folded.contains(&stem) {
+                expected.insert(stem.key().to_string());
+            }
+        }
+        manifest::commit(&lake, &Manifest { build: 1, silver: folded, ..Default::default() }).await.unwrap();
+        let (_, new) = pending(&lake).await.unwrap();
+        (new.iter().map(ToString::to_string).collect(), expected.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Reading silver's sequence index finds exactly the silver files a full listing would find
+        /// unfolded: narrow and wide ranges, across bucket boundaries, with markers whose files are
+        /// not written yet, and partitions whose index is not complete.
+        #[test]
+        fn pending_finds_what_a_full_listing_finds(
+            batches in prop::collection::vec(
+                (0..2u8, 0..6 * SEQ_BUCKET, prop_oneof![0..64i64, (SEQ_BUCKET - 4)..(SEQ_BUCKET + 4), 0..3 * SEQ_BUCKET],
+                 any::<bool>(), prop::bool::weighted(0.9)),
+                0..24,
+            ),
+            indexed in [prop::bool::weighted(0.8), prop::bool::weighted(0.8)],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (got, expected) = rt.block_on(pending_of(&batches, indexed));
+            prop_assert_eq!(got, expected);
+        }
+    }
 }

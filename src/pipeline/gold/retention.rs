@@ -1,19 +1,25 @@
 //! Retention: what [`cleanup`] deletes from the gold container, decided from gold's own records and
-//! one clock — the build's — never from the objects' modification times.
+//! one clock — the build's — never from the objects' modification times. Its cost follows what
+//! expires and what failed, not the size of gold or of the retention window.
 //!
-//! - A manifest is kept when it is the latest, or its `as_of` is within the retention of the clock
-//!   (readers of a recent build finish first); older ones are deleted.
-//! - A build file is kept when a kept manifest references it. Otherwise its folder's build number
-//!   (`builds/<number>-<nonce>/…`) decides: at or below the latest committed build, the build can
-//!   never commit (its number is taken) — it lost a race, failed, or was superseded — so the file
-//!   is garbage; above the latest, it may belong to a build in flight and is kept.
+//! - Manifests expire oldest first: the oldest is deleted when it is not the latest and its `as_of`
+//!   is past the retention of the clock (readers of a recent build finish first). Each manifest
+//!   lists the files the build before it referenced and it no longer does (`removed`); once a
+//!   build's manifest expires, the files its successor removed are referenced by no manifest left,
+//!   and are deleted with it. So each manifest is read about twice in its life.
+//! - A build that never committed (it lost the race for its number, or failed) leaves a folder
+//!   `builds/<number>-<nonce>` beside the committed build's folder of that number. Cleanup lists
+//!   the build folders (names only) and, for a number with more than one, deletes every folder but
+//!   the one its manifest names. Folders numbered above the latest build may belong to builds in
+//!   flight and are kept. The latest build's own folder loses any file it does not reference (left
+//!   by an earlier attempt at the same build that crashed).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use object_store::path::Path;
 
-use super::manifest::{self, BUILDS};
-use super::{GoldOptions, Result};
+use super::manifest::{self, BUILDS, Manifest};
+use super::{Error, GoldOptions, Result};
 use crate::storage::{Container, Lake};
 
 /// The build number of a build file's folder (`builds/0000000007-<nonce>/…` → 7).
@@ -22,36 +28,71 @@ pub fn build_number_of(key: &str) -> Option<u64> {
     folder.split_once('-').map_or(folder, |(n, _)| n).parse().ok()
 }
 
-/// Deletes manifests older than the retention (never the latest) and build files no kept manifest
-/// references whose build number is at or below the latest (see the module doc). Returns how many
-/// objects it deleted.
+/// Build `n`'s manifest, or `None` when another cleanup deleted it meanwhile.
+async fn read(lake: &Lake, n: u64) -> Result<Option<Manifest>> {
+    match manifest::read(lake, n).await {
+        Ok(m) => Ok(Some(m)),
+        Err(Error::Storage(crate::storage::Error::NotFound { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes expired manifests with the files only they referenced, and the files of builds that
+/// never committed (see the module doc). Returns how many objects it deleted.
 pub async fn cleanup(lake: &Lake, options: &GoldOptions) -> Result<u64> {
     let cutoff = options.now - chrono::Duration::from_std(options.retention).unwrap_or_default();
     let numbers = manifest::build_numbers(lake).await?;
     let Some(&latest) = numbers.last() else { return Ok(0) };
-    let mut keep: HashSet<String> = HashSet::new();
     let mut deleted = 0;
-    for &n in numbers.iter().rev() {
-        let m = match manifest::read(lake, n).await {
-            Ok(m) => m,
-            // Another builder's cleanup deleted it meanwhile.
-            Err(super::Error::Storage(crate::storage::Error::NotFound { .. })) => continue,
-            Err(e) => return Err(e),
+
+    let mut current = None;
+    for pair in numbers.windows(2) {
+        let [n, next] = [pair[0], pair[1]];
+        let Some(m) = (match current.take() {
+            Some(m) => Some(m),
+            None => read(lake, n).await?,
+        }) else {
+            continue;
         };
-        let recent = crate::model::time::parse_utc(&m.as_of).is_none_or(|t| t >= cutoff);
-        if n == latest || recent {
-            keep.extend(m.files());
-        } else {
-            lake.delete(Container::Gold, &manifest::manifest_key(n)).await?;
+        let expired = crate::model::time::parse_utc(&m.as_of).is_some_and(|t| t < cutoff);
+        if !expired {
+            break;
+        }
+        let Some(successor) = read(lake, next).await? else { continue };
+        for file in &successor.removed {
+            lake.delete(Container::Gold, &Path::from(file.as_str())).await?;
             deleted += 1;
         }
+        lake.delete(Container::Gold, &manifest::manifest_key(n)).await?;
+        deleted += 1;
+        current = Some(successor);
     }
-    for meta in lake.list(Container::Gold, &Path::from(BUILDS)).await? {
-        let key = meta.location.as_ref();
-        let settled = build_number_of(key).is_some_and(|n| n <= latest);
-        if settled && !keep.contains(key) {
-            lake.delete(Container::Gold, &meta.location).await?;
-            deleted += 1;
+
+    let mut folders: BTreeMap<u64, Vec<Path>> = BTreeMap::new();
+    for folder in lake.list_folders(Container::Gold, &Path::from(BUILDS)).await? {
+        if let Some(n) = build_number_of(&format!("{folder}/")).filter(|&n| n <= latest) {
+            folders.entry(n).or_default().push(folder);
+        }
+    }
+    for (n, folders) in folders {
+        if folders.len() < 2 && n != latest {
+            continue;
+        }
+        // An expired number's folders are left alone: which one committed is no longer known.
+        let Some(m) = read(lake, n).await? else { continue };
+        let committed = format!("{BUILDS}/{}", m.build_id);
+        let referenced: HashSet<String> = if n == latest { m.files().into_iter().collect() } else { HashSet::new() };
+        for folder in folders {
+            let is_committed = folder.as_ref() == committed;
+            if is_committed && n != latest {
+                continue;
+            }
+            for meta in lake.list(Container::Gold, &folder).await? {
+                if !is_committed || !referenced.contains(meta.location.as_ref()) {
+                    lake.delete(Container::Gold, &meta.location).await?;
+                    deleted += 1;
+                }
+            }
         }
     }
     Ok(deleted)
@@ -104,7 +145,11 @@ mod tests {
     async fn scenario(now: chrono::NaiveDateTime) -> BTreeSet<String> {
         let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
         let hours = |h: i64| now - chrono::Duration::hours(h);
-        let manifests = [build(1, hours(30), 1), build(2, hours(2), 2), build(3, hours(1), 2)];
+        let mut manifests = [build(1, hours(30), 1), build(2, hours(2), 2), build(3, hours(1), 2)];
+        for i in 1..manifests.len() {
+            let next: std::collections::HashSet<String> = manifests[i].files().into_iter().collect();
+            manifests[i].removed = manifests[i - 1].removed_by(&next);
+        }
         let mut files: Vec<String> = manifests.iter().flat_map(Manifest::files).collect();
         files.push(format!("{BUILDS}/0000000003-00000000000000bb/dim_time.parquet"));
         files.push(format!("{BUILDS}/0000000004-00000000000000cc/dim_time.parquet"));
