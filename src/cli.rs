@@ -607,7 +607,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: false,
     };
     let settings = HandlerSettings { now: Some(now), ..Default::default() };
-    let warehouse = WarehouseConfig::Embedded(dir.join("lake/warehouse.duckdb"));
+    // The deploy build has no embedded warehouse: it measures everything up to gold.
+    let warehouse = if cfg!(feature = "embedded-warehouse") {
+        WarehouseConfig::Embedded(dir.join("lake/warehouse.duckdb"))
+    } else {
+        WarehouseConfig::None
+    };
     let gold = GoldSettings { min_new_files: 0, ..Default::default() };
     let started = Instant::now();
     let report = crate::run::run(lake, settings, warehouse, gold, options).await?;

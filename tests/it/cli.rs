@@ -169,6 +169,32 @@ fn serve_answers_the_hosts_probe_and_logs_to_stdout() {
     assert!(stdout.contains("Handler listening"), "log lines go to stdout: {stdout}");
 }
 
+/// `bench` runs on both builds — the deploy build has no warehouse, so it stops after gold — and
+/// reports every stage with the handler's and the local host's time apart.
+#[test]
+fn bench_times_every_stage_of_this_build() {
+    let out = bin()
+        .args(["bench", "--events", "3000", "--batch-size", "100", "--partitions", "2"])
+        .env_remove("LAKE")
+        .env_remove("PATIENTFLOW_WAREHOUSE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages: Vec<&str> = v["stages"].as_array().unwrap().iter().filter_map(|s| s["stage"].as_str()).collect();
+    for stage in ["bronze", "silver", "gold"] {
+        assert!(stages.contains(&stage), "{stages:?}");
+    }
+    assert!(v["silver_rows"].as_u64().is_some_and(|n| n > 0 && n <= 3000), "{v}");
+    assert!(v["handler_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
+    assert!(v["host_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
+    if cfg!(feature = "embedded-warehouse") {
+        assert!(v["fact_rows"].as_u64().is_some_and(|n| n > 0), "the embedded warehouse was loaded: {v}");
+    } else {
+        assert!(v["fact_rows"].is_null(), "no warehouse in the deploy build: {v}");
+    }
+}
+
 #[cfg(feature = "embedded-warehouse")]
 #[test]
 fn run_with_no_arguments_finishes_and_reports_its_counts() {
