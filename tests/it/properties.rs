@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use chrono::NaiveDateTime;
 use patientflow::app::AppState;
 use patientflow::local_host::envelopes;
-use patientflow::model::time::parse_utc;
+use patientflow::model::time::{parse_utc, to_micros};
 use patientflow::pipeline::gold::{self, BuildOutcome, GoldOptions, manifest};
 use patientflow::storage::keys::BatchStem;
 use patientflow::storage::{Container, Lake};
@@ -493,6 +493,10 @@ async fn partitions_follow_the_corrected_admission() {
     let m = manifest::latest(&lake).await.unwrap().unwrap();
     assert_eq!(m.fact_patient_flow.keys().collect::<Vec<_>>(), ["2026-11-27"], "the emptied day is dropped");
     assert_eq!(snapshot(&lake).await["FactPatientFlow"].len(), 1);
+    // The moved row keeps the time gold first knew the visit: the first build's clock.
+    let facts = gold::read_build(&lake, &m).await.unwrap().fact_patient_flow;
+    let ingested: Vec<Option<i64>> = facts.iter().flat_map(|b| micros(b, "ingested_at")).collect();
+    assert_eq!(ingested, [Some(to_micros(&t(NOW)))]);
     check_invariants(&lake).await;
 }
 

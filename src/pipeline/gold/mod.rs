@@ -550,54 +550,37 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     // Fact rows own their strings: the records are no longer needed.
     drop(visits);
 
-    // Facts: the days rows leave or land on, and the files whose census flag flips or that are
-    // small enough to compact.
+    // Facts, day by day: the days rows leave or land on, and the days whose files' census flag
+    // flips or that are small enough to compact. A day's files are read, merged with its new rows
+    // and written before the next day is read, so memory holds the build's new rows and one day,
+    // not every day the build touches. A row that moves keeps its first ingestion time, read first
+    // (two columns) from the files it leaves, whichever day is written first.
     let mut partitions = prev.fact_patient_flow.clone();
     let mut touched: BTreeSet<i32> = by_day.keys().copied().collect();
     touched.extend(leaving_days.iter().copied());
     touched.extend(partitions.iter().filter(|(_, p)| p.files.iter().any(due)).filter_map(|(day, _)| day_number(day)));
-    let mut first_seen: FxHashMap<i64, i64> = FxHashMap::default();
-    let mut kept: BTreeMap<i32, Vec<TableFile>> = BTreeMap::new();
+    let leaving_files: Vec<String> = leaving_days
+        .iter()
+        .filter_map(|&day| partitions.get(&day_name(day)))
+        .flat_map(|p| p.files.iter().map(|f| f.file.clone()))
+        .collect();
+    let (first_seen, holding) = first_ingestions(lake, &leaving_files, &leaving).await?;
     for &day in &touched {
-        let part = partitions.remove(&day_name(day)).unwrap_or_default();
+        let name = day_name(day);
+        let part = partitions.remove(&name).unwrap_or_default();
         let is_settled_small = |f: &TableFile| f.next_change_us.is_none() && (f.rows as usize) < fact::MIN_FILE_ROWS;
         let compact = part.files.iter().filter(|f| is_settled_small(f)).count() + 1 >= fact::MAX_SMALL_FILES;
-        let mut keep = Vec::new();
+        let mut rows = by_day.remove(&day).unwrap_or_default();
+        let mut files = Vec::new();
         for f in part.files {
-            let is_due = due(&f);
-            let is_small = compact && is_settled_small(&f);
-            if !(is_due || is_small || leaving_days.contains(&day)) {
-                keep.push(f);
+            if !(due(&f) || (compact && is_settled_small(&f)) || holding.contains(f.file.as_str())) {
+                files.push(f);
                 continue;
             }
-            let bytes = lake.get(Container::Gold, &Path::from(f.file.as_str())).await?;
-            if !is_due && !is_small && !holds_any(&f.file, bytes.clone(), &leaving)? {
-                keep.push(f);
-                continue;
-            }
-            let mut rows = Vec::new();
-            let batches = decode_table(&f.file, bytes)?;
-            fact::decode(&f.file, &batches, &mut rows)?;
-            drop(batches);
-            let n = rows.len();
-            rows.retain(|r| {
-                let leaves = leaving.contains(&r.fact_id);
-                if leaves {
-                    first_seen.insert(r.fact_id, r.ingested_us);
-                }
-                !leaves
-            });
-            if !is_due && !is_small && rows.len() == n {
-                keep.push(f);
-                continue;
-            }
-            by_day.entry(day).or_default().extend(rows.into_iter().map(|r| (false, r)));
+            let mut old = Vec::new();
+            fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut old)?;
+            rows.extend(old.into_iter().filter(|r| !leaving.contains(&r.fact_id)).map(|r| (false, r)));
         }
-        kept.insert(day, keep);
-    }
-    for (day, mut rows) in by_day {
-        let name = day_name(day);
-        let mut files = kept.remove(&day).unwrap_or_default();
         for (_, row) in &mut rows {
             // The first ingestion time is kept: it says when gold first knew the visit.
             row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(row.ingested_us);
@@ -615,11 +598,6 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         }
         if !files.is_empty() {
             partitions.insert(name, partition(files));
-        }
-    }
-    for (day, files) in kept {
-        if !files.is_empty() {
-            partitions.insert(day_name(day), partition(files));
         }
     }
 
@@ -723,19 +701,46 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
-/// Whether the fact file holds any of the `fact_ids` (reads only its `fact_id` column).
-fn holds_any(key: &str, bytes: bytes::Bytes, fact_ids: &FxHashSet<i64>) -> Result<bool> {
-    if fact_ids.is_empty() {
-        return Ok(false);
+/// The first ingestion times of the `leaving` fact rows, and which of `files` hold them: reads
+/// only the `fact_id` and `ingested_at` columns, a few files at a time.
+async fn first_ingestions(
+    lake: &Lake,
+    files: &[String],
+    leaving: &FxHashSet<i64>,
+) -> Result<(FxHashMap<i64, i64>, FxHashSet<String>)> {
+    let mut first_seen = FxHashMap::default();
+    let mut holding = FxHashSet::default();
+    if leaving.is_empty() {
+        return Ok((first_seen, holding));
     }
-    let batches = parquet::decode_columns(bytes, &["fact_id"]).map_err(|e| corrupt(key, e))?.1;
-    for b in &batches {
-        let ids = input::column(b, key, "fact_id", |c| c.as_primitive_opt::<arrow_array::types::Int64Type>())?;
-        if ids.values().iter().any(|id| fact_ids.contains(id)) {
-            return Ok(true);
+    let mut read = futures::stream::iter(files.iter().cloned())
+        .map(|key| async move {
+            let bytes = lake.get(Container::Gold, &Path::from(key.as_str())).await?;
+            let batches = parquet::decode_columns(bytes, &["fact_id", "ingested_at"]).map_err(|e| corrupt(&key, e))?.1;
+            Ok::<_, Error>((key, batches))
+        })
+        .buffered(4);
+    while let Some((key, batches)) = read.try_next().await? {
+        let key = key.as_str();
+        let mut holds = false;
+        for b in &batches {
+            let ids = input::column(b, key, "fact_id", |c| c.as_primitive_opt::<arrow_array::types::Int64Type>())?;
+            let ingested = b
+                .column_by_name("ingested_at")
+                .and_then(|c| crate::model::schema::gold_column_micros(c.as_ref()))
+                .ok_or_else(|| corrupt(key, "no `ingested_at` timestamp column"))?;
+            for (i, id) in ids.values().iter().enumerate() {
+                if leaving.contains(id) {
+                    first_seen.insert(*id, ingested.value(i));
+                    holds = true;
+                }
+            }
+        }
+        if holds {
+            holding.insert(key.to_owned());
         }
     }
-    Ok(false)
+    Ok((first_seen, holding))
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
