@@ -537,9 +537,9 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             #[cfg(feature = "embedded-warehouse")]
-            WarehouseConfig::Embedded(path) => {
-                crate::warehouse::embedded::Embedded::open(&path)?;
-                println!("embedded schema applied to {}", path.display());
+            WarehouseConfig::Embedded(config) => {
+                crate::warehouse::embedded::Embedded::open_with(&config)?;
+                println!("embedded schema applied to {}", config.path.display());
                 Ok(())
             }
             _ => bail!("no warehouse is configured (PATIENTFLOW_WAREHOUSE)"),
@@ -609,7 +609,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let settings = HandlerSettings { now: Some(now), ..Default::default() };
     // The deploy build has no embedded warehouse: it measures everything up to gold.
     let warehouse = if cfg!(feature = "embedded-warehouse") {
-        WarehouseConfig::Embedded(dir.join("lake/warehouse.duckdb"))
+        WarehouseConfig::Embedded(dir.join("lake/warehouse.duckdb").into())
     } else {
         WarehouseConfig::None
     };

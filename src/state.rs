@@ -69,11 +69,13 @@ impl AppState {
                 match &self.0.warehouse_config {
                     WarehouseConfig::None => Ok(None),
                     #[cfg(feature = "embedded-warehouse")]
-                    WarehouseConfig::Embedded(path) => {
-                        let path = path.clone();
-                        let w = tokio::task::spawn_blocking(move || crate::warehouse::embedded::Embedded::open(&path))
-                            .await
-                            .map_err(|e| Error::Database(format!("opening the embedded warehouse panicked: {e}")))??;
+                    WarehouseConfig::Embedded(config) => {
+                        let config = config.clone();
+                        let w = tokio::task::spawn_blocking(move || {
+                            crate::warehouse::embedded::Embedded::open_with(&config)
+                        })
+                        .await
+                        .map_err(|e| Error::Database(format!("opening the embedded warehouse panicked: {e}")))??;
                         Ok(Some(Arc::new(w) as Arc<dyn Warehouse>))
                     }
                     #[cfg(not(feature = "embedded-warehouse"))]

@@ -11,7 +11,7 @@ pub mod host;
 pub mod settings;
 
 pub use self::host::HostLimits;
-pub use self::settings::{GoldSettings, HandlerSettings, WarehouseConfig};
+pub use self::settings::{EmbeddedConfig, GoldSettings, HandlerSettings, WarehouseConfig};
 
 use crate::model::time::parse_clock;
 use crate::storage::{AzureAuth, Backend, Container, StorageConfig};
@@ -225,6 +225,10 @@ pub struct GoldArgs {
     /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
     pub warehouse_path: Option<PathBuf>,
+    /// Memory the embedded warehouse (DuckDB) may use for a load or a report, e.g. `256MB` or `1GB`;
+    /// past it DuckDB spills to `<warehouse file>.tmp`.
+    #[arg(long, env = "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", default_value = settings::DEFAULT_WAREHOUSE_MEMORY_LIMIT)]
+    pub warehouse_memory_limit: String,
     /// Synapse settings.
     #[command(flatten)]
     pub synapse: SynapseArgs,
@@ -275,9 +279,10 @@ impl GoldArgs {
         match choice.as_deref() {
             None | Some("embedded" | "duckdb") => {
                 if cfg!(feature = "embedded-warehouse") {
-                    Ok(WarehouseConfig::Embedded(
-                        self.warehouse_path.clone().unwrap_or_else(|| data_dir.join("warehouse.duckdb")),
-                    ))
+                    Ok(WarehouseConfig::Embedded(EmbeddedConfig {
+                        path: self.warehouse_path.clone().unwrap_or_else(|| data_dir.join("warehouse.duckdb")),
+                        memory_limit: memory_limit(&self.warehouse_memory_limit)?,
+                    }))
                 } else {
                     Err(ConfigError(NO_EMBEDDED_WAREHOUSE.into()))
                 }
@@ -288,6 +293,22 @@ impl GoldArgs {
                 "PATIENTFLOW_WAREHOUSE={other:?} is not a warehouse; use `embedded`, `synapse` or `none`"
             ))),
         }
+    }
+}
+
+/// A DuckDB memory size: a number and a unit (`KB`, `MB`, `GB`, `TB`, or `KiB` … `TiB`).
+fn memory_limit(value: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let units = ["KB", "MB", "GB", "TB", "KIB", "MIB", "GIB", "TIB"];
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && units.contains(&unit.trim().to_ascii_uppercase().as_str()) => {
+            Ok(format!("{number}{}", unit.trim()))
+        }
+        _ => Err(ConfigError(format!(
+            "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT={value:?} is not a memory size; use a number and a unit, e.g. 256MB or 1GB"
+        ))),
     }
 }
 
@@ -428,5 +449,15 @@ mod tests {
         assert!(t.lake.storage_config().unwrap_err().to_string().contains("LAKE__credential"));
         let t = T::try_parse_from(["x", "--bronze-container", "Bad_Name"]).unwrap();
         assert!(t.lake.storage_config().unwrap_err().to_string().contains("not valid"));
+    }
+
+    #[test]
+    fn the_warehouse_memory_limit_is_a_size_with_a_unit() {
+        assert_eq!(memory_limit("256MB").unwrap(), "256MB");
+        assert_eq!(memory_limit(" 1.5 GiB ").unwrap(), "1.5GiB");
+        for bad in ["", "256", "lots", "0MB", "-1GB", "12 parsecs"] {
+            let e = memory_limit(bad).unwrap_err().to_string();
+            assert!(e.contains("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT") && e.contains("256MB"), "{bad:?}: {e}");
+        }
     }
 }

@@ -98,8 +98,29 @@ impl Default for GoldSettings {
 pub enum WarehouseConfig {
     /// None: gold stays in the lake only.
     None,
-    /// The embedded DuckDB database at this path (only in builds with `embedded-warehouse`).
-    Embedded(std::path::PathBuf),
+    /// The embedded DuckDB database (only in builds with `embedded-warehouse`).
+    Embedded(EmbeddedConfig),
     /// An Azure Synapse dedicated SQL pool.
     Synapse(Arc<crate::warehouse::synapse::SynapseConfig>),
+}
+
+/// Default of `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`: DuckDB's memory for a load or a report. Past it
+/// DuckDB spills to a temporary folder beside the database file instead of growing (its own
+/// default, 80 % of the machine, let the KPI report over 10M facts take 2.6 GB).
+pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "256MB";
+
+/// The embedded DuckDB warehouse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedConfig {
+    /// The database file.
+    pub path: std::path::PathBuf,
+    /// DuckDB's `memory_limit` (e.g. `256MB`, `1GB`).
+    pub memory_limit: String,
+}
+
+impl From<std::path::PathBuf> for EmbeddedConfig {
+    /// The file at `path`, with the default memory limit.
+    fn from(path: std::path::PathBuf) -> Self {
+        Self { path, memory_limit: DEFAULT_WAREHOUSE_MEMORY_LIMIT.into() }
+    }
 }

@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection};
 
 use super::{Error, FileChanges, GoldFile, LoadMetrics, LoadedFiles, Result, Table, Warehouse};
+use crate::config::EmbeddedConfig;
 use crate::pipeline::gold::manifest::Manifest;
 use crate::storage::{Container, Lake};
 
@@ -70,17 +71,23 @@ pub struct Embedded {
     path: PathBuf,
     lock: Arc<Mutex<()>>,
     lock_wait: Duration,
+    memory_limit: String,
 }
 
 impl Embedded {
     /// Opens (creating if needed) the database at `path`, applies the schema and closes it again.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_waiting(path, LOCK_WAIT)
+        Self::open_with(&EmbeddedConfig::from(path.to_path_buf()))
     }
 
-    /// [`open`](Self::open), waiting at most `lock_wait` (here and in every later operation) for a
-    /// file another process holds.
-    pub fn open_waiting(path: &Path, lock_wait: Duration) -> Result<Self> {
+    /// [`open`](Self::open) with the configured memory limit.
+    pub fn open_with(config: &EmbeddedConfig) -> Result<Self> {
+        Self::open_waiting(&config.path, &config.memory_limit, LOCK_WAIT)
+    }
+
+    /// [`open_with`](Self::open_with), waiting at most `lock_wait` (here and in every later
+    /// operation) for a file another process holds.
+    pub fn open_waiting(path: &Path, memory_limit: &str, lock_wait: Duration) -> Result<Self> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -89,7 +96,12 @@ impl Embedded {
         // One lock per file, whatever relative path names it.
         let file = path.file_name().ok_or_else(|| Error::Database(format!("{} is not a file path", path.display())))?;
         let key = dir.canonicalize().unwrap_or(dir).join(file);
-        let this = Self { path: path.to_path_buf(), lock: process_lock(&key), lock_wait };
+        let this = Self {
+            path: path.to_path_buf(),
+            lock: process_lock(&key),
+            lock_wait,
+            memory_limit: memory_limit.to_string(),
+        };
         this.session(Access::Write, |c| {
             reset_pre_file_set_layout(c, path)?;
             c.execute_batch(SCHEMA).map_err(db)
@@ -122,7 +134,14 @@ impl Embedded {
                 // load in half the CPU time) and take the core that decodes gold.
                 Access::Write => Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
             }
-            .map_err(db)?;
+            // Past the limit DuckDB spills to `<file>.tmp` rather than growing with the tables.
+            .and_then(|c| c.max_memory(&self.memory_limit))
+            .map_err(|e| {
+                Error::Database(format!(
+                    "DuckDB refused the memory limit {:?} ({e}); set PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT to e.g. 256MB",
+                    self.memory_limit
+                ))
+            })?;
             match Connection::open_with_flags(&self.path, config) {
                 Ok(c) => return Ok(c),
                 Err(e) if is_lock_conflict(&e) && Instant::now() < deadline => {
@@ -154,7 +173,12 @@ impl Embedded {
         access: Access,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let this = Self { path: self.path.clone(), lock: Arc::clone(&self.lock), lock_wait: self.lock_wait };
+        let this = Self {
+            path: self.path.clone(),
+            lock: Arc::clone(&self.lock),
+            lock_wait: self.lock_wait,
+            memory_limit: self.memory_limit.clone(),
+        };
         tokio::task::spawn_blocking(move || this.session(access, f))
             .await
             .map_err(|e| Error::Database(format!("warehouse task failed: {e}")))?
@@ -447,6 +471,11 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     .map_err(db)?;
     tx.commit().map_err(db)?;
     lap("commit");
+    // The checkpoint (compressing the new rows into the file) is what closing the file would do on
+    // this connection's one thread; done here it uses every core, as nothing else runs by now.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    conn.execute_batch(&format!("SET threads = {cores}; CHECKPOINT;")).map_err(db)?;
+    lap("checkpoint");
     Ok(LoadMetrics {
         build: manifest.build,
         loaded: true,

@@ -67,7 +67,7 @@ async fn webhook_queues_a_job_that_builds_loads_and_calls_back_once() {
     let dir = tempfile::tempdir().unwrap();
     let (ingest, lake) = util::memory().await;
     land(&ingest, &lake, "0", 0, &[event("A", "Male", 50, "ICU", 3, 1, "2026-11-24T01:00:00", None)]).await;
-    let app = state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb")));
+    let app = state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb").into()));
 
     let callback = format!("{base}/callback/run-7");
     let started = std::time::Instant::now();
@@ -106,7 +106,7 @@ async fn a_failing_load_calls_back_with_the_error() {
     let (ingest, lake) = util::memory().await;
     land(&ingest, &lake, "0", 0, &[event("A", "Male", 50, "ICU", 3, 1, "2026-11-24T01:00:00", None)]).await;
     // The warehouse "file" is a folder: the load fails.
-    let app = state(&lake, WarehouseConfig::Embedded(dir.path().to_path_buf()));
+    let app = state(&lake, WarehouseConfig::Embedded(dir.path().to_path_buf().into()));
     let (_, response) =
         call(&app, "gold_webhook", &webhook(&json!({"runId": "run-8", "callBackUri": format!("{base}/callback/8")})))
             .await;

@@ -44,7 +44,7 @@ fn state(lake: &Lake, dir: &std::path::Path) -> AppState {
         StorageConfig::memory(),
         Some(lake.clone()),
         util::settings(),
-        WarehouseConfig::Embedded(dir.join("warehouse.duckdb")),
+        WarehouseConfig::Embedded(dir.join("warehouse.duckdb").into()),
         GoldSettings { min_new_files: 0, retention: Duration::from_secs(3600), ..Default::default() },
     )
 }

@@ -376,7 +376,7 @@ async fn the_seed_kpis_match_values_computed_independently() {
     let bodies: Vec<Vec<u8>> =
         data.iter().map(|(id, g, d, h, b, a, dis)| event(id, g, 50, d, *h, *b, a, *dis)).collect();
     land(&state, &lake, "0", 0, &bodies).await;
-    let timer = timer_state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb")), 0);
+    let timer = timer_state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb").into()), 0);
     let (status, response) = call(&timer, "build_gold", &envelopes::timer("build_gold", &t(NOW), false, "g")).await;
     assert_eq!(status, StatusCode::OK, "{response}");
     let warehouse = timer.warehouse().await.unwrap().unwrap();

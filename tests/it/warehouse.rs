@@ -325,3 +325,33 @@ fn a_70000_character_department_is_truncated_in_text_and_whole_in_json() {
     let rows = census.unwrap()["rows"].as_array().unwrap();
     assert!(rows.iter().any(|r| r[1].as_str() == Some(department.as_str())), "the full value in JSON");
 }
+
+/// `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT` reaches DuckDB (its own `memory_limit` setting reads it
+/// back, in binary units), and a value that is no size fails `report` with the setting's name.
+#[tokio::test]
+async fn duckdb_runs_under_the_configured_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        patientflow::config::EmbeddedConfig { path: dir.path().join("warehouse.duckdb"), memory_limit: "64MB".into() };
+    let w = Embedded::open_with(&config).unwrap();
+    let limit = w
+        .with_conn(|c| {
+            c.query_row("SELECT current_setting('memory_limit')", [], |r| r.get::<_, String>(0))
+                .map_err(|e| patientflow::warehouse::Error::Database(e.to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(limit, "61.0 MiB", "64 MB = 61.0 MiB");
+
+    let out = bin()
+        .args(["report", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("LAKE")
+        .env_remove("PATIENTFLOW_WAREHOUSE")
+        .env("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", "plenty")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.status.code() != Some(101), "{stderr}");
+    assert!(stderr.contains("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT") && stderr.contains("not a memory size"), "{stderr}");
+}

@@ -4,14 +4,20 @@
 -- i.e. the gender's visits (admitted or not, discharged or not) per distinct bed number — bed
 -- numbers of different hospitals count as one bed. Joined on every version of the patient, as the
 -- seed's shared patient_sk does. NULLIF only turns the seed's division by zero into NULL.
-WITH seed_join AS (
-    SELECT f.fact_id, f.bed_id, p.gender
+-- Counted without a DISTINCT over every fact (which holds all fact ids in memory at once): a fact
+-- has one version (patient_sk is unique) and is paired once with each distinct gender its patient
+-- ever had, so its rows per gender are one, and count(*) is the seed's COUNT(DISTINCT fact_id).
+WITH genders AS (
+    SELECT DISTINCT patient_id, gender FROM DimPatient
+),
+seed_join AS (
+    SELECT f.bed_id, g.gender
     FROM FactPatientFlow f
     JOIN DimPatient v ON v.patient_sk = f.patient_sk
-    JOIN DimPatient p ON p.patient_id = v.patient_id
+    JOIN genders g ON g.patient_id = v.patient_id
 )
 SELECT s.gender,
-       CAST(count(DISTINCT s.fact_id) AS DOUBLE) / nullif(count(DISTINCT s.bed_id), 0) AS bed_turnover_rate
+       CAST(count(*) AS DOUBLE) / nullif(count(DISTINCT s.bed_id), 0) AS bed_turnover_rate
 FROM seed_join s
 GROUP BY s.gender
 ORDER BY s.gender NULLS LAST;
