@@ -2,6 +2,7 @@
 //! by [`Visit::order_key`]) and the patient version valid at its admission, partitioned by visit
 //! date — the date of the admission the row carries — so a build rewrites only the days it touches.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -10,7 +11,8 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 
 use super::dims::{self, PatientVersion};
 use super::input::{Visit, Visits};
@@ -106,16 +108,27 @@ impl FactRow {
 
     /// Admitted and not (yet) discharged at `as_of`.
     pub fn is_currently_admitted(&self, as_of: i64) -> bool {
-        !self.discharge_before_admission() && self.admission_us <= as_of && self.discharge_us.is_none_or(|d| d > as_of)
+        is_admitted(self.admission_us, self.discharge_us, as_of)
     }
 
     /// The first instant after `as_of` at which [`is_currently_admitted`](Self::is_currently_admitted) flips.
     pub fn next_change(&self, as_of: i64) -> Option<i64> {
-        if self.discharge_before_admission() {
-            return None;
-        }
-        [Some(self.admission_us), self.discharge_us].into_iter().flatten().filter(|&t| t > as_of).min()
+        next_change(self.admission_us, self.discharge_us, as_of)
     }
+}
+
+/// A visit admitted at `admission` and discharged at `discharge` (µs) is admitted at `as_of`: it
+/// has begun and not ended; a discharge before the admission never counts as a stay.
+pub fn is_admitted(admission: i64, discharge: Option<i64>, as_of: i64) -> bool {
+    discharge.is_none_or(|d| d >= admission) && admission <= as_of && discharge.is_none_or(|d| d > as_of)
+}
+
+/// The first instant after `as_of` at which [`is_admitted`] flips for the visit.
+pub fn next_change(admission: i64, discharge: Option<i64>, as_of: i64) -> Option<i64> {
+    if discharge.is_some_and(|d| d < admission) {
+        return None;
+    }
+    [Some(admission), discharge].into_iter().flatten().filter(|&t| t > as_of).min()
 }
 
 /// Rows whose census flag flips within [`NEAR_FLIP_US`] of the build share files by six-hour window
@@ -143,39 +156,132 @@ pub const MAX_SMALL_FILES: usize = 8;
 
 /// Which file of its day a row belongs in: rows new to gold apart from the rest (a loader appends
 /// those without deleting), then by flip window (see [`FLIP_WINDOW_US`]); settled rows last.
-fn file_class(fresh: bool, r: &FactRow, as_of: i64) -> (bool, u8, i64) {
-    match r.next_change(as_of) {
+fn file_class(fresh: bool, next_change: Option<i64>, as_of: i64) -> (bool, u8, i64) {
+    match next_change {
         None => (!fresh, 2, 0),
         Some(t) if t - as_of <= NEAR_FLIP_US => (!fresh, 0, t.div_euclid(FLIP_WINDOW_US)),
         Some(t) => (!fresh, 1, t.div_euclid(FAR_FLIP_WINDOW_US)),
     }
 }
 
-/// Splits one day's rows into files by [`file_class`]. Returns each file's rows and whether they
-/// are all new.
-pub fn split_files(mut rows: Vec<(bool, FactRow)>, as_of: i64) -> Vec<(bool, Vec<FactRow>)> {
-    rows.sort_by_cached_key(|(fresh, r)| (file_class(*fresh, r, as_of), r.admission_us, r.fact_id));
-    let mut files: Vec<(bool, Vec<FactRow>)> = Vec::new();
-    let mut last = None;
-    for (fresh, row) in rows {
-        let class = file_class(fresh, &row, as_of);
-        if last != Some(class) {
-            files.push((fresh, Vec::new()));
-            last = Some(class);
-        }
-        if let Some((_, rs)) = files.last_mut() {
-            rs.push(row);
-        }
-    }
-    files
+/// One file of a day, as [`lay_out_day`] splits it.
+pub struct DayFile {
+    /// Whether all its rows are new to gold (a loader appends them without deleting).
+    pub fresh: bool,
+    /// Its rows, sorted by admission, then key.
+    pub batch: RecordBatch,
+    /// The earliest instant one of its rows' census flag flips.
+    pub next_change_us: Option<i64>,
+    /// The other days whose hours its rows reference (keyable discharges on another day).
+    pub discharge_days: BTreeSet<i32>,
 }
 
-/// The other days whose hours a file's rows reference (keyable discharges on another day).
-pub fn discharge_days(rows: &[FactRow], day: i32) -> std::collections::BTreeSet<i32> {
-    rows.iter()
-        .filter_map(|r| r.discharge_us.filter(|&d| keys::time_key(d).is_some()).map(epoch_days))
-        .filter(|&d| d != day)
-        .collect()
+/// Lays one day out into files by [`file_class`]: the day's `new` rows (with whether each is new
+/// to gold) and the rows it keeps from the files it rewrites, as decoded (`kept`, without the
+/// rows that left). Kept rows stay columns: only their census flag is recomputed as of `as_of`.
+/// The flag and the flip instants follow the stored (millisecond) timestamps for every row, new
+/// or kept, so a row's flag never depends on which build wrote it.
+pub fn lay_out_day(
+    key: &str,
+    new: Vec<(bool, FactRow)>,
+    kept: Vec<RecordBatch>,
+    day: i32,
+    as_of: i64,
+) -> Result<Vec<DayFile>> {
+    let mut batches = Vec::with_capacity(kept.len() + 1);
+    let mut fresh: Vec<bool> = Vec::with_capacity(new.len());
+    if !new.is_empty() {
+        let (flags, mut rows): (Vec<bool>, Vec<FactRow>) = {
+            let mut new = new;
+            new.sort_by_key(|(_, r)| (r.admission_us, r.fact_id));
+            new.into_iter().unzip()
+        };
+        fresh = flags;
+        batches.push(encode(&mut rows, as_of)?);
+    }
+    for b in kept {
+        fresh.extend(std::iter::repeat_n(false, b.num_rows()));
+        batches.push(conform(key, b)?);
+    }
+    if fresh.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = arrow_select::concat::concat_batches(&FACT_PATIENT_FLOW, &batches)?;
+    drop(batches);
+    let corrupt = |detail: &str| Error::Corrupt { key: key.to_string(), detail: detail.to_string() };
+    let column = |name: &str| all.column_by_name(name).ok_or_else(|| corrupt(name));
+    let admission = gold_column_micros(column("admission_time")?.as_ref()).ok_or_else(|| corrupt("admission_time"))?;
+    let discharge = gold_column_micros(column("discharge_time")?.as_ref()).ok_or_else(|| corrupt("discharge_time"))?;
+    let fact_id = column("fact_id")?.as_primitive::<Int64Type>().clone();
+    let n = all.num_rows();
+    let discharge_at = |i: usize| (!discharge.is_null(i)).then(|| discharge.value(i));
+    let mut admitted = BooleanBuilder::with_capacity(n);
+    let mut next = Vec::with_capacity(n);
+    let mut class = Vec::with_capacity(n);
+    for (i, &is_fresh) in fresh.iter().enumerate() {
+        let (adm, dis) = (admission.value(i), discharge_at(i));
+        admitted.append_value(is_admitted(adm, dis, as_of));
+        let change = next_change(adm, dis, as_of);
+        next.push(change);
+        class.push(file_class(is_fresh, change, as_of));
+    }
+    let mut columns = all.columns().to_vec();
+    let flag = FACT_PATIENT_FLOW.index_of("is_currently_admitted")?;
+    columns[flag] = Arc::new(admitted.finish());
+    let all = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns)?;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_unstable_by_key(|&i| {
+        let i = i as usize;
+        (class[i], admission.value(i), fact_id.value(i))
+    });
+    let sorted = arrow_select::take::take_record_batch(&all, &UInt32Array::from(order.clone()))?;
+    drop(all);
+    let mut files = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let this = class[order[start] as usize];
+        let end = start + order[start..].iter().take_while(|&&i| class[i as usize] == this).count();
+        let rows = &order[start..end];
+        files.push(DayFile {
+            fresh: !this.0,
+            batch: sorted.slice(start, end - start),
+            next_change_us: rows.iter().filter_map(|&i| next[i as usize]).min(),
+            discharge_days: rows
+                .iter()
+                .filter_map(|&i| discharge_at(i as usize))
+                .filter(|&d| keys::time_key(d).is_some())
+                .map(epoch_days)
+                .filter(|&d| d != day)
+                .collect(),
+        });
+        start = end;
+    }
+    Ok(files)
+}
+
+/// A decoded gold fact batch in the current schema; a file written with another layout (e.g.
+/// microsecond timestamps) is converted row by row.
+fn conform(key: &str, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema().fields() == FACT_PATIENT_FLOW.fields() {
+        return Ok(RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), batch.columns().to_vec())?);
+    }
+    let mut rows = Vec::new();
+    decode(key, std::slice::from_ref(&batch), &mut rows)?;
+    // The census flag is recomputed by the caller; this one is never read.
+    encode(&mut rows, 0)
+}
+
+/// `batch` without the rows whose `fact_id` is in `leaving`.
+pub fn without(key: &str, batch: RecordBatch, leaving: &rustc_hash::FxHashSet<i64>) -> Result<RecordBatch> {
+    if leaving.is_empty() {
+        return Ok(batch);
+    }
+    let ids = batch
+        .column_by_name("fact_id")
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| Error::Corrupt { key: key.to_string(), detail: "no `fact_id` column".into() })?;
+    let keep: BooleanArray = ids.values().iter().map(|id| Some(!leaving.contains(id))).collect();
+    Ok(arrow_select::filter::filter_record_batch(&batch, &keep)?)
 }
 
 /// Encodes a partition's rows (sorted by admission, then key, for deterministic bytes).

@@ -570,31 +570,31 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         let part = partitions.remove(&name).unwrap_or_default();
         let is_settled_small = |f: &TableFile| f.next_change_us.is_none() && (f.rows as usize) < fact::MIN_FILE_ROWS;
         let compact = part.files.iter().filter(|f| is_settled_small(f)).count() + 1 >= fact::MAX_SMALL_FILES;
-        let mut rows = by_day.remove(&day).unwrap_or_default();
+        let mut new = by_day.remove(&day).unwrap_or_default();
+        for (_, row) in &mut new {
+            // The first ingestion time is kept: it says when gold first knew the visit.
+            row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(row.ingested_us);
+        }
+        let mut kept = Vec::new();
         let mut files = Vec::new();
         for f in part.files {
             if !(due(&f) || (compact && is_settled_small(&f)) || holding.contains(f.file.as_str())) {
                 files.push(f);
                 continue;
             }
-            let mut old = Vec::new();
-            fact::decode(&f.file, &read_table(lake, &f.file).await?, &mut old)?;
-            rows.extend(old.into_iter().filter(|r| !leaving.contains(&r.fact_id)).map(|r| (false, r)));
+            for b in read_table(lake, &f.file).await? {
+                kept.push(fact::without(&f.file, b, &leaving)?);
+            }
         }
-        for (_, row) in &mut rows {
-            // The first ingestion time is kept: it says when gold first knew the visit.
-            row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(row.ingested_us);
-        }
-        if !rows.is_empty() {
+        if !new.is_empty() || kept.iter().any(|b| b.num_rows() > 0) {
             metrics.partitions_written += 1;
         }
-        for (n, (fresh, mut rows)) in fact::split_files(rows, as_of).into_iter().enumerate() {
-            let next_change_us = rows.iter().filter_map(|r| r.next_change(as_of)).min();
-            let discharge_days = fact::discharge_days(&rows, day).into_iter().map(day_name).collect();
-            let file = format!("{dir}/fact_patient_flow/visit_date={name}/part-{n:04}.parquet");
-            let batch = fact::encode(&mut rows, as_of)?;
-            let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, batch).await?;
-            files.push(TableFile { file, rows, fresh, next_change_us, discharge_days });
+        let key = format!("{dir}/fact_patient_flow/visit_date={name}");
+        for (n, out) in fact::lay_out_day(&key, new, kept, day, as_of)?.into_iter().enumerate() {
+            let file = format!("{key}/part-{n:04}.parquet");
+            let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, out.batch).await?;
+            let discharge_days = out.discharge_days.into_iter().map(day_name).collect();
+            files.push(TableFile { file, rows, fresh: out.fresh, next_change_us: out.next_change_us, discharge_days });
         }
         if !files.is_empty() {
             partitions.insert(name, partition(files));
