@@ -11,7 +11,6 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 
 use super::dims::{self, PatientVersion};
@@ -208,7 +207,7 @@ pub fn lay_out_day(
     }
     let all = arrow_select::concat::concat_batches(&FACT_PATIENT_FLOW, &batches)?;
     drop(batches);
-    let corrupt = |detail: &str| Error::Corrupt { key: key.to_string(), detail: detail.to_string() };
+    let corrupt = |name: &str| Error::Corrupt { key: key.to_string(), detail: format!("no `{name}` timestamp column") };
     let column = |name: &str| all.column_by_name(name).ok_or_else(|| corrupt(name));
     let admission = gold_column_micros(column("admission_time")?.as_ref()).ok_or_else(|| corrupt("admission_time"))?;
     let discharge = gold_column_micros(column("discharge_time")?.as_ref()).ok_or_else(|| corrupt("discharge_time"))?;
