@@ -207,7 +207,7 @@ pub fn lay_out_day(
     }
     let all = arrow_select::concat::concat_batches(&FACT_PATIENT_FLOW, &batches)?;
     drop(batches);
-    let corrupt = |name: &str| Error::Corrupt { key: key.to_string(), detail: format!("no `{name}` timestamp column") };
+    let corrupt = |name: &str| Error::Corrupt { key: key.to_string(), detail: format!("no usable `{name}` column") };
     let column = |name: &str| all.column_by_name(name).ok_or_else(|| corrupt(name));
     let admission = gold_column_micros(column("admission_time")?.as_ref()).ok_or_else(|| corrupt("admission_time"))?;
     let discharge = gold_column_micros(column("discharge_time")?.as_ref()).ok_or_else(|| corrupt("discharge_time"))?;
