@@ -225,9 +225,54 @@ fn decode_table(key: &str, bytes: bytes::Bytes) -> Result<Vec<arrow_array::Recor
     parquet::decode(bytes).map(|(_, b)| b).map_err(|e| corrupt(key, e))
 }
 
+/// Where each group of pending silver files that must be folded together ends (exclusive
+/// indices into `files`, which are sorted by key: by partition, then sequence range).
+///
+/// The manifest records what is folded as sequence ranges, and a silver file holds only the events
+/// of its batch that no other silver file held when it was written (a redelivery with other
+/// boundaries holds few or none). So a file's range may be recorded only together with every file
+/// that overlaps it: folding a redelivered batch 101–104 alone would mark 103–103 and 104–104 folded
+/// while their events were never read. Files whose ranges overlap, directly or through others,
+/// form one group, and a build takes whole groups.
+fn overlap_groups(files: &[Path]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut open: Option<(String, i64)> = None;
+    for (i, key) in files.iter().enumerate() {
+        let stem = BatchStem::parse_key(key.as_ref());
+        let joins = match (&open, &stem) {
+            (Some((partition, last)), Some(s)) => *partition == s.partition && s.first_seq <= *last,
+            _ => false,
+        };
+        if i > 0 && !joins {
+            ends.push(i);
+        }
+        open = match (open.take(), stem) {
+            (Some((partition, last)), Some(s)) if joins => Some((partition, last.max(s.last_seq))),
+            (_, Some(s)) => Some((s.partition, s.last_seq)),
+            (_, None) => None,
+        };
+    }
+    if !files.is_empty() {
+        ends.push(files.len());
+    }
+    ends
+}
+
+/// How many files the whole groups ending at `ends` hold, at most `max` (but at least the first
+/// group, however large).
+fn whole_groups(ends: &[usize], max: usize) -> usize {
+    ends.iter().copied().take_while(|&end| end <= max).last().or(ends.first().copied()).unwrap_or(0)
+}
+
 /// Reads silver files a few at a time (decoding on blocking threads) and adds their rows, until
-/// `max_rows` are in; returns how many files it took.
-async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits, max_rows: usize) -> Result<usize> {
+/// `max_rows` are in at the end of a group (see [`overlap_groups`]); returns how many files it took.
+async fn read_silver(
+    lake: &Lake,
+    files: &[Path],
+    groups: &[usize],
+    visits: &mut Visits,
+    max_rows: usize,
+) -> Result<usize> {
     let mut decoded = futures::stream::iter(files.iter().cloned())
         .map(|key| async move {
             let bytes = lake.get(Container::Silver, &key).await?;
@@ -241,11 +286,12 @@ async fn read_silver(lake: &Lake, files: &[Path], visits: &mut Visits, max_rows:
         })
         .buffered(4);
     let mut taken = 0;
-    while visits.len() < max_rows.max(1)
-        && let Some((key, batches)) = decoded.try_next().await?
-    {
+    while let Some((key, batches)) = decoded.try_next().await? {
         visits.add_silver(&key, &batches)?;
         taken += 1;
+        if visits.len() >= max_rows.max(1) && groups.contains(&taken) {
+            break;
+        }
     }
     Ok(taken)
 }
@@ -347,7 +393,9 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         Some(m) => (m.clone(), pending_files),
         None => (Manifest { ledger: Some(Vec::new()), ..Default::default() }, pending_files),
     };
-    new_files.truncate(options.max_files_per_build.max(1));
+    new_files.sort();
+    let groups = overlap_groups(&new_files);
+    new_files.truncate(whole_groups(&groups, options.max_files_per_build.max(1)));
     let due = |f: &TableFile| f.next_change_us.is_some_and(|t| t <= as_of);
     let any_due = prev.fact_patient_flow.values().flat_map(|p| &p.files).any(due);
     if new_files.is_empty() && !any_due {
@@ -355,7 +403,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
 
     let mut visits = Visits::default();
-    let taken = read_silver(lake, &new_files, &mut visits, options.max_rows_per_build).await?;
+    let taken = read_silver(lake, &new_files, &groups, &mut visits, options.max_rows_per_build).await?;
     new_files.truncate(taken);
     phases.mark("read silver");
     let build = prev.build + 1;
@@ -856,6 +904,30 @@ mod tests {
     use super::*;
     use crate::storage::StorageConfig;
     use proptest::prelude::*;
+
+    fn keys(stems: &[(&str, i64, i64)]) -> Vec<Path> {
+        let mut keys: Vec<Path> = stems
+            .iter()
+            .map(|&(p, first, last)| BatchStem { partition: p.into(), first_seq: first, last_seq: last }.key())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// A redelivered batch 101–104 and the batches 103 and 104 it overlaps are one group; a build
+    /// takes whole groups, so their ranges are recorded folded only once all three are read.
+    #[test]
+    fn files_whose_ranges_overlap_are_folded_together() {
+        let files = keys(&[("0", 100, 100), ("0", 101, 104), ("0", 103, 103), ("0", 104, 104), ("0", 105, 105)]);
+        assert_eq!(overlap_groups(&files), [1, 4, 5]);
+        assert_eq!(whole_groups(&overlap_groups(&files), 2), 1, "the group 101–104 does not fit in two files");
+        assert_eq!(whole_groups(&overlap_groups(&files), 4), 4);
+        assert_eq!(whole_groups(&[3, 5], 1), 3, "at least the first group, however large");
+        // Touching is not overlapping; other partitions never join.
+        let files = keys(&[("0", 1, 5), ("0", 6, 9), ("1", 2, 3), ("1", 3, 8), ("1", 9, 9)]);
+        assert_eq!(overlap_groups(&files), [1, 2, 4, 5]);
+        assert_eq!(overlap_groups(&[]), Vec::<usize>::new());
+    }
 
     /// `(partition, first, width, folded, file written)`: a batch, whether gold folded it, and
     /// whether its silver file exists (else only its index markers do: a refine in flight).
