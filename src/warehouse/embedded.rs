@@ -423,6 +423,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         clock = Instant::now();
     };
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // 1. The rows the added files replace: one DELETE per table, by the keys staged.
     for table in keyed {
         let replacing: Vec<&GoldFile> = changes.replacing(table).collect();
@@ -437,8 +438,10 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
             }
             appender.flush().map_err(db)?;
         }
+        // The DELETE scans the whole table for the keys: every core scans, then one appends again.
+        tx.execute_batch(&format!("SET threads = {cores}")).map_err(db)?;
         tx.execute(&format!("DELETE FROM {table} WHERE {key} IN (SELECT key FROM {STAGED_KEYS})"), []).map_err(db)?;
-        tx.execute_batch(&format!("DROP TABLE {STAGED_KEYS}")).map_err(db)?;
+        tx.execute_batch(&format!("SET threads = 1; DROP TABLE {STAGED_KEYS}")).map_err(db)?;
     }
 
     lap("delete");
@@ -473,7 +476,6 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     lap("commit");
     // The checkpoint (compressing the new rows into the file) is what closing the file would do on
     // this connection's one thread; done here it uses every core, as nothing else runs by now.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     conn.execute_batch(&format!("SET threads = {cores}; CHECKPOINT;")).map_err(db)?;
     lap("checkpoint");
     Ok(LoadMetrics {
