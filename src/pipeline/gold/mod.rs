@@ -613,6 +613,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         .flat_map(|p| p.files.iter().map(|f| f.file.clone()))
         .collect();
     let (first_seen, holding) = first_ingestions(lake, &leaving_files, &leaving).await?;
+    phases.mark("facts: rows that leave");
     for &day in &touched {
         let name = day_name(day);
         let part = partitions.remove(&name).unwrap_or_default();
@@ -623,15 +624,20 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
             // The first ingestion time is kept: it says when gold first knew the visit.
             row.ingested_us = first_seen.get(&row.fact_id).copied().unwrap_or(row.ingested_us);
         }
-        let mut kept = Vec::new();
         let mut files = Vec::new();
+        let mut rewritten = Vec::new();
         for f in part.files {
-            if !(due(&f) || (compact && is_settled_small(&f)) || holding.contains(f.file.as_str())) {
+            if due(&f) || (compact && is_settled_small(&f)) || holding.contains(f.file.as_str()) {
+                rewritten.push(f.file);
+            } else {
                 files.push(f);
-                continue;
             }
-            for b in read_table(lake, &f.file).await? {
-                kept.push(fact::without(&f.file, b, &leaving)?);
+        }
+        let mut kept = Vec::new();
+        let mut read = decoded(lake, rewritten, None);
+        while let Some((key, batches)) = read.try_next().await? {
+            for b in batches {
+                kept.push(fact::without(&key, b, &leaving)?);
             }
         }
         if !new.is_empty() || kept.iter().any(|b| b.num_rows() > 0) {
@@ -749,6 +755,30 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
+/// Gold files fetched a few at a time and decoded (only `columns`, if given) on blocking threads,
+/// in order.
+fn decoded<'a>(
+    lake: &'a Lake,
+    keys: Vec<String>,
+    columns: Option<&'static [&'static str]>,
+) -> impl futures::Stream<Item = Result<(String, Vec<RecordBatch>)>> + 'a {
+    futures::stream::iter(keys)
+        .map(move |key| async move {
+            let bytes = lake.get(Container::Gold, &Path::from(key.as_str())).await?;
+            let name = key.clone();
+            let batches = tokio::task::spawn_blocking(move || match columns {
+                Some(columns) => parquet::decode_columns(bytes, columns),
+                None => parquet::decode(bytes),
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| corrupt(&name, e))?
+            .1;
+            Ok((key, batches))
+        })
+        .buffered(4)
+}
+
 /// The first ingestion times of the `leaving` fact rows, and which of `files` hold them: reads
 /// only the `fact_id` and `ingested_at` columns, a few files at a time.
 async fn first_ingestions(
@@ -761,13 +791,7 @@ async fn first_ingestions(
     if leaving.is_empty() {
         return Ok((first_seen, holding));
     }
-    let mut read = futures::stream::iter(files.iter().cloned())
-        .map(|key| async move {
-            let bytes = lake.get(Container::Gold, &Path::from(key.as_str())).await?;
-            let batches = parquet::decode_columns(bytes, &["fact_id", "ingested_at"]).map_err(|e| corrupt(&key, e))?.1;
-            Ok::<_, Error>((key, batches))
-        })
-        .buffered(4);
+    let mut read = decoded(lake, files.to_vec(), Some(&["fact_id", "ingested_at"]));
     while let Some((key, batches)) = read.try_next().await? {
         let key = key.as_str();
         let mut holds = false;
