@@ -95,7 +95,7 @@ impl FactRow {
 
     /// Discharge before admission: the stay is unknown, never negative.
     pub fn discharge_before_admission(&self) -> bool {
-        self.discharge_us.is_some_and(|d| d < self.admission_us)
+        discharge_before_admission(self.admission_us, self.discharge_us)
     }
 
     /// Length of stay in hours, for discharged visits with a consistent discharge (computed in
@@ -116,15 +116,20 @@ impl FactRow {
     }
 }
 
+/// The discharge (µs) is before the admission: the stay is unknown.
+fn discharge_before_admission(admission: i64, discharge: Option<i64>) -> bool {
+    discharge.is_some_and(|d| d < admission)
+}
+
 /// A visit admitted at `admission` and discharged at `discharge` (µs) is admitted at `as_of`: it
 /// has begun and not ended; a discharge before the admission never counts as a stay.
 pub fn is_admitted(admission: i64, discharge: Option<i64>, as_of: i64) -> bool {
-    discharge.is_none_or(|d| d >= admission) && admission <= as_of && discharge.is_none_or(|d| d > as_of)
+    !discharge_before_admission(admission, discharge) && admission <= as_of && discharge.is_none_or(|d| d > as_of)
 }
 
 /// The first instant after `as_of` at which [`is_admitted`] flips for the visit.
 pub fn next_change(admission: i64, discharge: Option<i64>, as_of: i64) -> Option<i64> {
-    if discharge.is_some_and(|d| d < admission) {
+    if discharge_before_admission(admission, discharge) {
         return None;
     }
     [Some(admission), discharge].into_iter().flatten().filter(|&t| t > as_of).min()

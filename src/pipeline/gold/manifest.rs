@@ -113,9 +113,10 @@ pub struct Manifest {
 /// folded batches, merged (`[first, last]`, inclusive, sorted, neither overlapping nor adjacent).
 ///
 /// A silver file is one batch, `partition=<p>/<first>-<last>`, and an Event Hubs (partition,
-/// sequence number) is one event: a file is folded when its whole range is. A redelivered batch
-/// cut at other boundaries is folded when not all of its events are (folding it again changes
-/// nothing, see the module `gold`), and then it is.
+/// sequence number) is one event: a file is folded when its whole range is. That holds because a
+/// build records a file's range only together with every silver file that overlaps it (a
+/// redelivered batch's file holds only the events no earlier file held; see `gold`'s
+/// `overlap_groups`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Folded(BTreeMap<String, Vec<[i64; 2]>>);

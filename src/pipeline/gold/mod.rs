@@ -217,11 +217,7 @@ async fn unfolded_listed(lake: &Lake, partition: &str, folded: &manifest::Folded
 
 /// Reads one gold table file (for the build itself and for warehouse loaders).
 pub async fn read_table(lake: &Lake, key: &str) -> Result<Vec<arrow_array::RecordBatch>> {
-    decode_table(key, lake.get(Container::Gold, &Path::from(key)).await?)
-}
-
-/// Decodes the bytes of the gold table file `key`.
-fn decode_table(key: &str, bytes: bytes::Bytes) -> Result<Vec<arrow_array::RecordBatch>> {
+    let bytes = lake.get(Container::Gold, &Path::from(key)).await?;
     parquet::decode(bytes).map(|(_, b)| b).map_err(|e| corrupt(key, e))
 }
 
@@ -236,21 +232,21 @@ fn decode_table(key: &str, bytes: bytes::Bytes) -> Result<Vec<arrow_array::Recor
 /// form one group, and a build takes whole groups.
 fn overlap_groups(files: &[Path]) -> Vec<usize> {
     let mut ends = Vec::new();
+    // The open group's partition and the furthest sequence number it reaches.
     let mut open: Option<(String, i64)> = None;
     for (i, key) in files.iter().enumerate() {
         let stem = BatchStem::parse_key(key.as_ref());
-        let joins = match (&open, &stem) {
-            (Some((partition, last)), Some(s)) => *partition == s.partition && s.first_seq <= *last,
-            _ => false,
-        };
-        if i > 0 && !joins {
+        if let (Some((partition, last)), Some(s)) = (&mut open, &stem)
+            && *partition == s.partition
+            && s.first_seq <= *last
+        {
+            *last = (*last).max(s.last_seq);
+            continue;
+        }
+        if i > 0 {
             ends.push(i);
         }
-        open = match (open.take(), stem) {
-            (Some((partition, last)), Some(s)) if joins => Some((partition, last.max(s.last_seq))),
-            (_, Some(s)) => Some((s.partition, s.last_seq)),
-            (_, None) => None,
-        };
+        open = stem.map(|s| (s.partition, s.last_seq));
     }
     if !files.is_empty() {
         ends.push(files.len());
@@ -273,20 +269,9 @@ async fn read_silver(
     visits: &mut Visits,
     max_rows: usize,
 ) -> Result<usize> {
-    let mut decoded = futures::stream::iter(files.iter().cloned())
-        .map(|key| async move {
-            let bytes = lake.get(Container::Silver, &key).await?;
-            let name = key.to_string();
-            let batches = tokio::task::spawn_blocking(move || parquet::decode(bytes))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(|e| Error::Corrupt { key: name.clone(), detail: e.to_string() })?
-                .1;
-            Ok::<_, Error>((name, batches))
-        })
-        .buffered(4);
+    let mut read = decoded(lake, Container::Silver, files.iter().map(ToString::to_string).collect(), None);
     let mut taken = 0;
-    while let Some((key, batches)) = decoded.try_next().await? {
+    while let Some((key, batches)) = read.try_next().await? {
         visits.add_silver(&key, &batches)?;
         taken += 1;
         if visits.len() >= max_rows.max(1) && groups.contains(&taken) {
@@ -393,7 +378,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         Some(m) => (m.clone(), pending_files),
         None => (Manifest { ledger: Some(Vec::new()), ..Default::default() }, pending_files),
     };
-    new_files.sort();
+    // Sorted by key: `pending` sorts, and a listing is sorted.
     let groups = overlap_groups(&new_files);
     new_files.truncate(whole_groups(&groups, options.max_files_per_build.max(1)));
     let due = |f: &TableFile| f.next_change_us.is_some_and(|t| t <= as_of);
@@ -612,7 +597,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         .filter_map(|&day| partitions.get(&day_name(day)))
         .flat_map(|p| p.files.iter().map(|f| f.file.clone()))
         .collect();
-    let (first_seen, holding) = first_ingestions(lake, &leaving_files, &leaving).await?;
+    let (first_seen, holding) = first_ingestions(lake, leaving_files, &leaving).await?;
     phases.mark("facts: rows that leave");
     for &day in &touched {
         let name = day_name(day);
@@ -634,7 +619,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
             }
         }
         let mut kept = Vec::new();
-        let mut read = decoded(lake, rewritten, None);
+        let mut read = decoded(lake, Container::Gold, rewritten, None);
         while let Some((key, batches)) = read.try_next().await? {
             for b in batches {
                 kept.push(fact::without(&key, b, &leaving)?);
@@ -755,16 +740,17 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
-/// Gold files fetched a few at a time and decoded (only `columns`, if given) on blocking threads,
-/// in order.
+/// Parquet files of `container` fetched a few at a time and decoded (only `columns`, if given) on
+/// blocking threads, in order.
 fn decoded<'a>(
     lake: &'a Lake,
+    container: Container,
     keys: Vec<String>,
     columns: Option<&'static [&'static str]>,
 ) -> impl futures::Stream<Item = Result<(String, Vec<RecordBatch>)>> + 'a {
     futures::stream::iter(keys)
         .map(move |key| async move {
-            let bytes = lake.get(Container::Gold, &Path::from(key.as_str())).await?;
+            let bytes = lake.get(container, &Path::from(key.as_str())).await?;
             let name = key.clone();
             let batches = tokio::task::spawn_blocking(move || match columns {
                 Some(columns) => parquet::decode_columns(bytes, columns),
@@ -783,7 +769,7 @@ fn decoded<'a>(
 /// only the `fact_id` and `ingested_at` columns, a few files at a time.
 async fn first_ingestions(
     lake: &Lake,
-    files: &[String],
+    files: Vec<String>,
     leaving: &FxHashSet<i64>,
 ) -> Result<(FxHashMap<i64, i64>, FxHashSet<String>)> {
     let mut first_seen = FxHashMap::default();
@@ -791,7 +777,7 @@ async fn first_ingestions(
     if leaving.is_empty() {
         return Ok((first_seen, holding));
     }
-    let mut read = decoded(lake, files.to_vec(), Some(&["fact_id", "ingested_at"]));
+    let mut read = decoded(lake, Container::Gold, files, Some(&["fact_id", "ingested_at"]));
     while let Some((key, batches)) = read.try_next().await? {
         let key = key.as_str();
         let mut holds = false;
