@@ -67,6 +67,7 @@ enum Access {
 }
 
 /// A DuckDB database file holding the star schema.
+#[derive(Clone)]
 pub struct Embedded {
     path: PathBuf,
     lock: Arc<Mutex<()>>,
@@ -134,8 +135,9 @@ impl Embedded {
                 // load in half the CPU time) and take the core that decodes gold.
                 Access::Write => Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
             }
+            .map_err(db)?
             // Past the limit DuckDB spills to `<file>.tmp` rather than growing with the tables.
-            .and_then(|c| c.max_memory(&self.memory_limit))
+            .max_memory(&self.memory_limit)
             .map_err(|e| {
                 Error::Database(format!(
                     "DuckDB refused the memory limit {:?} ({e}); set PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT to e.g. 256MB",
@@ -173,12 +175,7 @@ impl Embedded {
         access: Access,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let this = Self {
-            path: self.path.clone(),
-            lock: Arc::clone(&self.lock),
-            lock_wait: self.lock_wait,
-            memory_limit: self.memory_limit.clone(),
-        };
+        let this = self.clone();
         tokio::task::spawn_blocking(move || this.session(access, f))
             .await
             .map_err(|e| Error::Database(format!("warehouse task failed: {e}")))?
