@@ -1,10 +1,14 @@
 -- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
--- DDL in sql/synapse/. No key constraints: a load replaces rows by key inside a transaction.
+-- DDL in sql/synapse/, plus `gold_file_id` on every table: the gold file (LoadedFile.file_id) a row
+-- was loaded from. A load deletes the rows of the gold files the build no longer has by that id and
+-- appends the rows of its new files, inside a transaction. Ids grow with each load, so the rows of
+-- one file are contiguous and a delete touches only the row groups that hold them.
 -- TIMESTAMP columns hold UTC (gold's UTC instants, stored naive so no session time zone shifts them).
 CREATE TABLE IF NOT EXISTS DimDepartment (
     department_sk BIGINT NOT NULL,
     department    VARCHAR NOT NULL,
-    hospital_id   INTEGER NOT NULL
+    hospital_id   INTEGER NOT NULL,
+    gold_file_id  BIGINT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS DimPatient (
@@ -15,7 +19,8 @@ CREATE TABLE IF NOT EXISTS DimPatient (
     attr_hash      BIGINT NOT NULL,
     effective_from TIMESTAMP NOT NULL,
     effective_to   TIMESTAMP,
-    is_current     BOOLEAN NOT NULL
+    is_current     BOOLEAN NOT NULL,
+    gold_file_id   BIGINT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS DimTime (
@@ -27,7 +32,8 @@ CREATE TABLE IF NOT EXISTS DimTime (
     day         INTEGER NOT NULL,
     hour        INTEGER NOT NULL,
     day_of_week INTEGER NOT NULL,
-    is_weekend  BOOLEAN NOT NULL
+    is_weekend  BOOLEAN NOT NULL,
+    gold_file_id BIGINT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS FactPatientFlow (
@@ -48,7 +54,8 @@ CREATE TABLE IF NOT EXISTS FactPatientFlow (
     enqueued_time         TIMESTAMP NOT NULL,
     bronze_file           VARCHAR NOT NULL,
     ingested_at           TIMESTAMP NOT NULL,
-    visit_date            DATE NOT NULL
+    visit_date            DATE NOT NULL,
+    gold_file_id          BIGINT NOT NULL
 );
 
 -- Which gold build each load brought in: a load of a build already here changes nothing.
@@ -63,5 +70,6 @@ CREATE TABLE IF NOT EXISTS LoadLog (
 -- the build's files not listed here and forgets listed ones the build no longer has.
 CREATE TABLE IF NOT EXISTS LoadedFile (
     table_name VARCHAR NOT NULL,
-    file       VARCHAR NOT NULL
+    file       VARCHAR NOT NULL,
+    file_id    BIGINT NOT NULL
 );

@@ -1,12 +1,12 @@
 //! The embedded warehouse: one DuckDB database file. Gold tables are sets of immutable parquet
-//! files; the warehouse records which ones it holds (`LoadedFile`). Loading build N, in one
-//! transaction: the build's files the warehouse does not hold are added — for each one not `fresh`,
-//! the rows with its keys are deleted first (one set-based DELETE per table, the keys staged in a
-//! temporary table), then every added file's rows are appended — and held files the build lacks
-//! are forgotten; DimDepartment and DimTime, small, are replaced whole when their file changed, and
-//! so is a keyed table whose every held file the build dropped (see [`super::FileChanges::emptied`]).
-//! Then N goes into `LoadLog`, so a reader sees build N-1 or build N. Loading N twice changes
-//! nothing. See [`super::file_changes`] for why this is exact however far behind the warehouse is.
+//! files; the warehouse records which ones it holds (`LoadedFile`, each with an id) and tags every
+//! row with the id of the file it came from (`gold_file_id`). Loading build N, in one transaction:
+//! the rows of held files the build no longer has are deleted by their ids (one DELETE per table),
+//! the rows of the build's files the warehouse does not hold are appended under new ids, and
+//! `LoadedFile` follows. Then N goes into `LoadLog`, so a reader sees build N-1 or build N. Loading
+//! N twice changes nothing. The warehouse then holds exactly the rows of the build's files, however
+//! far behind it was: no rule about keys is needed, and a delete reads one small integer column,
+//! whose row groups zone maps skip (ids grow with each load, so a file's rows are contiguous).
 //!
 //! Gold files are fetched and decoded on another thread while DuckDB appends the previous batch
 //! (arrow batches through the appender), a few batches in flight at most, so memory holds a
@@ -20,17 +20,17 @@
 //! The loaded state is read inside the load's transaction, so a load of a build older than the one
 //! loaded (a stale load) changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection};
 
-use super::{Error, FileChanges, GoldFile, LoadMetrics, LoadedFiles, Result, Table, Warehouse};
+use super::{Error, GoldFile, LoadMetrics, Result, Table, Warehouse};
 use crate::config::EmbeddedConfig;
 use crate::pipeline::gold::manifest::Manifest;
 use crate::storage::{Container, Lake};
@@ -104,7 +104,7 @@ impl Embedded {
             memory_limit: memory_limit.to_string(),
         };
         this.session(Access::Write, |c| {
-            reset_pre_file_set_layout(c, path)?;
+            reset_older_layout(c, path)?;
             c.execute_batch(SCHEMA).map_err(db)
         })?;
         Ok(this)
@@ -182,51 +182,60 @@ impl Embedded {
     }
 }
 
-/// A warehouse loaded before gold tables were file sets records fact days (`LoadedPartition`), not
-/// files; its rows cannot be matched to the files of the rebuilt gold (see the README,
-/// "Upgrading"). It is derived data: its tables are emptied and the old record dropped, so the
-/// next load brings the rebuilt gold in whole.
-fn reset_pre_file_set_layout(conn: &Connection, path: &Path) -> Result<()> {
-    let old: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = 'LoadedPartition'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
-    if old > 0 {
-        tracing::warn!(
-            warehouse = %path.display(),
-            "The embedded warehouse predates gold's file sets; emptying it so the next load brings gold in whole."
-        );
-        conn.execute_batch(
-            "BEGIN TRANSACTION;
-             DELETE FROM DimDepartment; DELETE FROM DimPatient; DELETE FROM DimTime; DELETE FROM FactPatientFlow;
-             DELETE FROM LoadLog; DROP TABLE LoadedPartition;
-             COMMIT;",
-        )
-        .map_err(db)?;
+/// A warehouse written by an earlier layout cannot be loaded incrementally: one loaded before gold
+/// tables were file sets records fact days (`LoadedPartition`), not files, and one loaded before
+/// rows were tagged with their file has no `gold_file_id` to delete by (see the README,
+/// "Upgrading"). It is derived data: its tables are dropped (the schema recreates them) and its
+/// load log emptied, so the next load brings the build in whole.
+fn reset_older_layout(conn: &Connection, path: &Path) -> Result<()> {
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db);
+    let file_sets = count(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = 'LoadedPartition'",
+    )? > 0;
+    let facts = count(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = 'FactPatientFlow'",
+    )? > 0;
+    let tagged = count(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' \
+         AND table_name = 'FactPatientFlow' AND column_name = 'gold_file_id'",
+    )? > 0;
+    if !file_sets && (tagged || !facts) {
+        return Ok(());
     }
-    Ok(())
+    tracing::warn!(
+        warehouse = %path.display(),
+        "The embedded warehouse was written by an older layout; emptying it so the next load brings gold in whole."
+    );
+    conn.execute_batch(
+        "BEGIN TRANSACTION;
+         DROP TABLE IF EXISTS DimDepartment; DROP TABLE IF EXISTS DimPatient; DROP TABLE IF EXISTS DimTime;
+         DROP TABLE IF EXISTS FactPatientFlow; DROP TABLE IF EXISTS LoadedFile; DROP TABLE IF EXISTS LoadedPartition;
+         DROP TABLE IF EXISTS LoadLog;
+         COMMIT;",
+    )
+    .map_err(db)
 }
 
+/// The gold files the warehouse holds rows of, with their ids (`LoadedFile`).
+type HeldFiles = BTreeMap<(Table, String), i64>;
+
 /// The loaded build and the gold files the warehouse holds rows of.
-fn loaded(conn: &Connection) -> Result<(Option<u64>, LoadedFiles)> {
+fn loaded(conn: &Connection) -> Result<(Option<u64>, HeldFiles)> {
     let build: Option<i64> = conn.query_row("SELECT max(build) FROM LoadLog", [], |r| r.get(0)).map_err(db)?;
-    let mut stmt = conn.prepare("SELECT table_name, file FROM LoadedFile").map_err(db)?;
-    let rows: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+    let mut stmt = conn.prepare("SELECT table_name, file, file_id FROM LoadedFile").map_err(db)?;
+    let rows: Vec<(String, String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .map_err(db)?
         .collect::<std::result::Result<_, _>>()
         .map_err(db)?;
-    let mut files = LoadedFiles::new();
-    for (table, file) in rows {
+    let mut files = BTreeMap::new();
+    for (table, file, id) in rows {
         let t = Table::parse(&table).ok_or_else(|| {
             Error::Database(format!(
                 "LoadedFile names an unknown table {table:?}; the warehouse was written by another version — delete it and load again"
             ))
         })?;
-        files.insert((t, file));
+        files.insert((t, file), id);
     }
     Ok((build.map(|b| b as u64), files))
 }
@@ -283,13 +292,6 @@ fn naive_timestamps(batch: RecordBatch) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| Error::Database(e.to_string()))
 }
 
-/// What the reader thread decodes from one gold file: every column, or only the key column.
-#[derive(Debug, Clone)]
-struct Read {
-    file: String,
-    key_only: Option<&'static str>,
-}
-
 /// A message from the reader thread: a batch of the current file, or its end.
 enum Piece {
     Batch(RecordBatch),
@@ -299,28 +301,19 @@ enum Piece {
 /// Batches in flight between the reader thread and DuckDB.
 const IN_FLIGHT: usize = 4;
 
-/// Decodes `key` (or every column) of a parquet file, batch by batch, into `out`. Fails (never
-/// panics) on anything that is not a gold file.
-fn decode_into(
-    file: &str,
-    bytes: bytes::Bytes,
-    key: Option<&str>,
-    out: &tokio::sync::mpsc::Sender<Result<Piece>>,
-) -> Result<()> {
-    use parquet::arrow::ProjectionMask;
+/// Decodes a gold file, batch by batch, into `out`, each batch with the column `gold_file_id`
+/// holding `id` added last. Fails (never panics) on anything that is not a gold file.
+fn decode_into(file: &str, id: i64, bytes: bytes::Bytes, out: &tokio::sync::mpsc::Sender<Result<Piece>>) -> Result<()> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let corrupt = |detail: String| Error::Pipeline(crate::pipeline::Error::Corrupt { key: file.to_string(), detail });
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
-    if let Some(key) = key {
-        let index = builder
-            .schema()
-            .index_of(key)
-            .map_err(|_| corrupt(format!("no `{key}` column, which every file of its table has")))?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
-        builder = builder.with_projection(mask);
-    }
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
     for batch in builder.with_batch_size(32 * 1024).build().map_err(|e| corrupt(e.to_string()))? {
         let batch = naive_timestamps(batch.map_err(|e| corrupt(e.to_string()))?)?;
+        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(GOLD_FILE_ID, DataType::Int64, false));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from_value(id, batch.num_rows())));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| corrupt(e.to_string()))?;
         if out.blocking_send(Ok(Piece::Batch(batch))).is_err() {
             return Ok(()); // The load stopped.
         }
@@ -332,7 +325,7 @@ fn decode_into(
 /// overlapping the current one's decode; the receiver gets each file's batches, then its end.
 fn spawn_reader(
     lake: &Lake,
-    reads: Vec<Read>,
+    reads: Vec<(String, i64)>,
     rt: &tokio::runtime::Handle,
 ) -> tokio::sync::mpsc::Receiver<Result<Piece>> {
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
@@ -343,12 +336,12 @@ fn spawn_reader(
     };
     let blocking = rt.clone();
     rt.spawn_blocking(move || {
-        let mut next = reads.first().map(|r| fetch(&r.file));
-        for (i, read) in reads.iter().enumerate() {
+        let mut next = reads.first().map(|(file, _)| fetch(file));
+        for (i, (file, id)) in reads.iter().enumerate() {
             let Some(current) = next.take() else { break };
-            next = reads.get(i + 1).map(|r| fetch(&r.file));
+            next = reads.get(i + 1).map(|(file, _)| fetch(file));
             let result = match blocking.block_on(current) {
-                Ok(Ok(bytes)) => decode_into(&read.file, bytes, read.key_only, &tx),
+                Ok(Ok(bytes)) => decode_into(file, *id, bytes, &tx),
                 Ok(Err(e)) => Err(Error::Pipeline(e.into())),
                 Err(e) => Err(Error::Database(format!("reading gold failed: {e}"))),
             };
@@ -381,14 +374,14 @@ fn receive(
     }
 }
 
-/// The temporary table a load stages the keys it replaces in.
-const STAGED_KEYS: &str = "pf_replaced_keys";
+/// The column that tags each warehouse row with the gold file it came from (`LoadedFile.file_id`).
+const GOLD_FILE_ID: &str = "gold_file_id";
 
 /// Applies a load in one transaction that first reads what is loaded: a build already loaded
 /// changes nothing, an older one is refused.
 fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::runtime::Handle) -> Result<LoadMetrics> {
     let tx = conn.transaction().map_err(db)?;
-    let (current, files) = loaded(&tx)?;
+    let (current, held) = loaded(&tx)?;
     match current {
         Some(b) if b == manifest.build => {
             let total: i64 = tx.query_row("SELECT count(*) FROM FactPatientFlow", [], |r| r.get(0)).map_err(db)?;
@@ -397,58 +390,37 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         Some(b) if b > manifest.build => return Err(Error::Newer { loaded: b, offered: manifest.build }),
         _ => {}
     }
-    let changes = super::file_changes(manifest, &files);
-    let keyed = [Table::DimPatient, Table::FactPatientFlow];
-    // What the reader decodes, in the order it is consumed: the keys of the files that replace
-    // rows, then every added file whole.
-    let mut reads: Vec<Read> = Vec::new();
-    for table in keyed {
-        let key = table.key();
-        reads.extend(changes.replacing(table).map(|f| Read { file: f.file.clone(), key_only: key }));
-    }
-    let whole = |f: &GoldFile| Read { file: f.file.clone(), key_only: None };
-    for table in Table::ALL {
-        if table.key().is_some() || changes.replaces_whole(table) {
-            reads.extend(changes.added(table).map(whole));
-        }
-    }
-    let mut rx = spawn_reader(lake, reads, rt);
-    let mut phases = std::collections::BTreeMap::new();
+    let changes = super::file_changes(manifest, &held.keys().cloned().collect());
+    // New ids follow every id ever given (ids only grow: see the module doc).
+    let first_id = tx.query_row("SELECT coalesce(max(file_id), 0) + 1 FROM LoadedFile", [], |r| r.get::<_, i64>(0));
+    let first_id = first_id.map_err(db)?;
+    let added: Vec<(&GoldFile, i64)> = Table::ALL.into_iter().flat_map(|t| changes.added(t)).zip(first_id..).collect();
+    let mut rx = spawn_reader(lake, added.iter().map(|(f, id)| (f.file.clone(), *id)).collect(), rt);
+    let mut phases = BTreeMap::new();
     let mut clock = Instant::now();
     let mut lap = |phase: &'static str| {
         phases.insert(phase, clock.elapsed().as_secs_f64());
         clock = Instant::now();
     };
 
+    // 1. The rows of the files the build no longer has, by their ids: every core scans (DuckDB's
+    // client spins while its workers run, so appends stay on one thread).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // 1. The rows the added files replace: one DELETE per table, by the keys staged.
-    for table in keyed {
-        let replacing: Vec<&GoldFile> = changes.replacing(table).collect();
-        let Some(key) = table.key().filter(|_| !replacing.is_empty()) else { continue };
-        let sql_type = if table == Table::DimPatient { "VARCHAR" } else { "BIGINT" };
-        tx.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {STAGED_KEYS} (key {sql_type} NOT NULL)"))
-            .map_err(db)?;
-        {
-            let mut appender = tx.appender_to_catalog_and_db(STAGED_KEYS, "temp", "main").map_err(db)?;
-            for _ in &replacing {
-                receive(&mut rx, |b| appender.append_record_batch(b).map_err(db))?;
-            }
-            appender.flush().map_err(db)?;
-        }
-        // The DELETE scans the whole table for the keys: every core scans, then one appends again.
+    let removed: Vec<i64> = changes.removed.iter().filter_map(|key| held.get(key).copied()).collect();
+    if !removed.is_empty() {
+        let ids = removed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         tx.execute_batch(&format!("SET threads = {cores}")).map_err(db)?;
-        tx.execute(&format!("DELETE FROM {table} WHERE {key} IN (SELECT key FROM {STAGED_KEYS})"), []).map_err(db)?;
-        tx.execute_batch(&format!("SET threads = 1; DROP TABLE {STAGED_KEYS}")).map_err(db)?;
+        for table in Table::ALL.into_iter().filter(|&t| changes.removed.iter().any(|(r, _)| *r == t)) {
+            tx.execute(&format!("DELETE FROM {table} WHERE {GOLD_FILE_ID} IN ({ids})"), []).map_err(db)?;
+        }
+        tx.execute_batch("SET threads = 1").map_err(db)?;
     }
-
     lap("delete");
 
-    // 2. The added files' rows; the small tables whole.
-    let mut written: std::collections::BTreeMap<Table, u64> = Default::default();
+    // 2. The rows of the added files, each tagged with its file's id.
+    let mut written: BTreeMap<Table, u64> = BTreeMap::new();
     for table in Table::ALL {
-        if changes.replaces_whole(table) {
-            tx.execute(&format!("DELETE FROM {table}"), []).map_err(db)?;
-        } else if table.key().is_none() {
+        if changes.added(table).next().is_none() {
             continue;
         }
         let mut appender = tx.appender(table.name()).map_err(db)?;
@@ -461,7 +433,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     lap("insert");
 
     // 3. What the warehouse holds now, and the build.
-    record_files(&tx, &changes)?;
+    record_files(&tx, &removed, &added)?;
     let total: i64 = tx.query_row("SELECT count(*) FROM FactPatientFlow", [], |r| r.get(0)).map_err(db)?;
     let as_of = manifest.as_of.trim_end_matches('Z').to_string();
     tx.execute(
@@ -487,22 +459,15 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     })
 }
 
-/// Records the added files in `LoadedFile` and forgets the removed ones (set-based: the removed
-/// names are staged in a temporary table).
-fn record_files(tx: &Connection, changes: &FileChanges) -> Result<()> {
-    if !changes.removed.is_empty() {
-        tx.execute_batch("CREATE OR REPLACE TEMP TABLE pf_removed_files (file VARCHAR NOT NULL)").map_err(db)?;
-        {
-            let mut appender = tx.appender_to_catalog_and_db("pf_removed_files", "temp", "main").map_err(db)?;
-            appender.append_rows(changes.removed.iter().map(|(_, f)| [f.as_str()])).map_err(db)?;
-            appender.flush().map_err(db)?;
-        }
-        tx.execute_batch(
-            "DELETE FROM LoadedFile WHERE file IN (SELECT file FROM pf_removed_files); DROP TABLE pf_removed_files;",
-        )
-        .map_err(db)?;
+/// Forgets the removed files' ids in `LoadedFile` and records the added files with theirs.
+fn record_files(tx: &Connection, removed: &[i64], added: &[(&GoldFile, i64)]) -> Result<()> {
+    if !removed.is_empty() {
+        let ids = removed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        tx.execute(&format!("DELETE FROM LoadedFile WHERE file_id IN ({ids})"), []).map_err(db)?;
     }
     let mut appender = tx.appender("LoadedFile").map_err(db)?;
-    appender.append_rows(changes.added.iter().map(|f| [f.table.name(), f.file.as_str()])).map_err(db)?;
+    for (f, id) in added {
+        appender.append_row(duckdb::params![f.table.name(), f.file.as_str(), *id]).map_err(db)?;
+    }
     appender.flush().map_err(db)
 }

@@ -274,21 +274,32 @@ async fn builds(lake: &Lake, plans: &[BuildPlan]) -> (Vec<Manifest>, BTreeSet<Ro
     (manifests, patients.rows(), facts.rows())
 }
 
-/// Every table of a warehouse as sorted rows of text.
+/// Every table of a warehouse as sorted rows of text: the star schema's columns (`gold_file_id`,
+/// the id a load gives the file a row came from, differs between load sequences), and the files held.
+/// Every row's `gold_file_id` must name a held file of its table.
 async fn contents(w: &Embedded) -> BTreeMap<&'static str, Vec<String>> {
     w.with_conn(|c| {
         let mut out = BTreeMap::new();
-        for (table, row) in [
-            ("DimDepartment", "CAST(t AS VARCHAR)"),
-            ("DimPatient", "CAST(t AS VARCHAR)"),
-            ("DimTime", "CAST(t AS VARCHAR)"),
-            ("FactPatientFlow", "CAST(t AS VARCHAR)"),
-            ("LoadedFile", "table_name || ' ' || file"),
-        ] {
-            let mut s = c.prepare(&format!("SELECT {row} FROM {table} t ORDER BY 1")).unwrap();
+        for table in ["DimDepartment", "DimPatient", "DimTime", "FactPatientFlow"] {
+            let sql =
+                format!("SELECT CAST(t AS VARCHAR) FROM (SELECT * EXCLUDE (gold_file_id) FROM {table}) t ORDER BY 1");
+            let mut s = c.prepare(&sql).unwrap();
             let rows = s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect();
             out.insert(table, rows);
+            let orphans: i64 = c
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM {table} WHERE gold_file_id NOT IN \
+                         (SELECT file_id FROM LoadedFile WHERE table_name = '{table}')"
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(orphans, 0, "{table}: rows tagged with a file the warehouse does not hold");
         }
+        let mut s = c.prepare("SELECT table_name || ' ' || file FROM LoadedFile ORDER BY 1").unwrap();
+        out.insert("LoadedFile", s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect());
         Ok(out)
     })
     .await
@@ -392,7 +403,7 @@ async fn a_warehouse_loaded_before_file_sets_is_emptied_when_it_opens() {
         CREATE TABLE LoadedPartition (visit_date VARCHAR NOT NULL, file VARCHAR NOT NULL);
         INSERT INTO LoadedPartition VALUES ('2026-11-24', 'builds/0000000009-aa/fact.parquet');
         INSERT INTO LoadLog VALUES (9, '0000000009-aa', TIMESTAMP '2026-11-24 12:00:00', 0);
-        INSERT INTO DimDepartment VALUES (1, 'ICU', 1);";
+        INSERT INTO DimDepartment VALUES (1, 'ICU', 1, 1);";
     Embedded::open(&path)
         .unwrap()
         .with_conn(move |c| {
@@ -421,4 +432,35 @@ async fn a_warehouse_loaded_before_file_sets_is_emptied_when_it_opens() {
         .await
         .unwrap();
     assert_eq!(old, 0, "the old record is dropped");
+}
+
+/// A warehouse loaded before rows named their gold file (no `gold_file_id`: the previous release's
+/// schema, kept as test data) cannot delete by file: it is emptied when it opens, and the next load
+/// brings the build in whole, with no row of the old one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_loaded_before_rows_named_their_file_is_emptied_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    {
+        let c = duckdb::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../data/embedded/schema_before_file_ids.sql")).unwrap();
+        c.execute_batch(
+            "INSERT INTO LoadLog VALUES (9, '0000000009-aa', TIMESTAMP '2026-11-24 12:00:00', 0);
+             INSERT INTO LoadedFile VALUES ('DimDepartment', 'builds/0000000009-aa/dim_department.parquet');
+             INSERT INTO DimDepartment VALUES (1, 'ICU', 1);",
+        )
+        .unwrap();
+    }
+    let w = Embedded::open(&path).unwrap();
+    assert_eq!(w.loaded_build().await.unwrap(), None, "LoadLog is emptied");
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let (manifests, patients, facts) = builds(&lake, &[(vec![Op::Fresh(3)], vec![Op::Fresh(4)], true)]).await;
+    let out = w.load(&lake, &manifests[0]).await.unwrap();
+    assert_eq!((out.build, out.fact_rows_total), (1, facts.len() as u64), "build 1 loads though 9 was held");
+    let held = contents(&w).await;
+    assert_eq!(held["DimDepartment"].len(), 1, "the old ICU row is gone: {:?}", held["DimDepartment"]);
+    let files: Vec<String> = loaded_files(&manifests[0]).into_iter().map(|(t, f)| format!("{t} {f}")).collect();
+    assert_eq!(held["LoadedFile"], files, "only the build's files are held");
+    let (held_patients, held_facts, _) = keyed_rows(&w).await;
+    assert_eq!((held_patients, held_facts), (patients, facts));
 }

@@ -1,0 +1,69 @@
+-- The embedded warehouse schema before rows were tagged with their gold file (gold_file_id): a
+-- warehouse written by that release must be emptied when it opens (tests/it/loads.rs).
+-- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
+-- DDL in sql/synapse/. No key constraints: a load replaces rows by key inside a transaction.
+-- TIMESTAMP columns hold UTC (gold's UTC instants, stored naive so no session time zone shifts them).
+CREATE TABLE IF NOT EXISTS DimDepartment (
+    department_sk BIGINT NOT NULL,
+    department    VARCHAR NOT NULL,
+    hospital_id   INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS DimPatient (
+    patient_sk     BIGINT NOT NULL,
+    patient_id     VARCHAR NOT NULL,
+    gender         VARCHAR,
+    age            INTEGER,
+    attr_hash      BIGINT NOT NULL,
+    effective_from TIMESTAMP NOT NULL,
+    effective_to   TIMESTAMP,
+    is_current     BOOLEAN NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS DimTime (
+    time_key    INTEGER NOT NULL,
+    date        DATE NOT NULL,
+    year        INTEGER NOT NULL,
+    quarter     INTEGER NOT NULL,
+    month       INTEGER NOT NULL,
+    day         INTEGER NOT NULL,
+    hour        INTEGER NOT NULL,
+    day_of_week INTEGER NOT NULL,
+    is_weekend  BOOLEAN NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS FactPatientFlow (
+    fact_id               BIGINT NOT NULL,
+    patient_sk            BIGINT NOT NULL,
+    department_sk         BIGINT NOT NULL,
+    admission_time_key    INTEGER NOT NULL,
+    discharge_time_key    INTEGER,
+    admission_time        TIMESTAMP NOT NULL,
+    discharge_time        TIMESTAMP,
+    admission_date        DATE NOT NULL,
+    length_of_stay_hours  DOUBLE,
+    is_currently_admitted BOOLEAN NOT NULL,
+    bed_id                INTEGER,
+    hospital_id           INTEGER,
+    partition_id          VARCHAR NOT NULL,
+    sequence_number       BIGINT NOT NULL,
+    enqueued_time         TIMESTAMP NOT NULL,
+    bronze_file           VARCHAR NOT NULL,
+    ingested_at           TIMESTAMP NOT NULL,
+    visit_date            DATE NOT NULL
+);
+
+-- Which gold build each load brought in: a load of a build already here changes nothing.
+CREATE TABLE IF NOT EXISTS LoadLog (
+    build     BIGINT NOT NULL,
+    build_id  VARCHAR NOT NULL,
+    as_of     TIMESTAMP NOT NULL,
+    fact_rows BIGINT NOT NULL
+);
+
+-- The gold files the warehouse holds rows of (gold tables are sets of immutable files): a load adds
+-- the build's files not listed here and forgets listed ones the build no longer has.
+CREATE TABLE IF NOT EXISTS LoadedFile (
+    table_name VARCHAR NOT NULL,
+    file       VARCHAR NOT NULL
+);
