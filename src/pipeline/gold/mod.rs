@@ -289,14 +289,18 @@ struct Uploads<'a> {
 }
 
 impl<'a> Uploads<'a> {
-    const IN_FLIGHT: usize = 4;
-
     fn new(lake: &'a Lake) -> Self {
         Self { lake, running: Default::default() }
     }
 
+    /// Files encoded at once: one per core (at least two, so an upload overlaps an encode). Each
+    /// holds its batch, the encoder's pages and the encoded bytes: more would only cost memory.
+    fn in_flight() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+    }
+
     async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
-        while self.running.len() >= Self::IN_FLIGHT {
+        while self.running.len() >= Self::in_flight() {
             self.running.next().await.transpose()?;
         }
         let rows = batch.num_rows() as u64;
@@ -540,6 +544,9 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
 
     phases.mark("patients and visits");
+    // Fact rows, the segment and the DimPatient rows own their data: the records are no longer needed.
+    drop((old_winners, new_winners));
+    drop(visits);
     let mut uploads = Uploads::new(lake);
 
     // DimPatient and the ledger: one new segment for the changed patients; the DimPatient files
@@ -580,8 +587,6 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
     drop(leavers);
     phases.mark("dim_patient and ledger");
-    // Fact rows own their strings: the records are no longer needed.
-    drop(visits);
 
     // Facts, day by day: the days rows leave or land on, and the days whose files' census flag
     // flips or that are small enough to compact. A day's files are read, merged with its new rows
@@ -777,11 +782,13 @@ async fn first_ingestions(
     if leaving.is_empty() {
         return Ok((first_seen, holding));
     }
+    let (scanned, mut rows) = (files.len(), 0);
     let mut read = decoded(lake, Container::Gold, files, Some(&["fact_id", "ingested_at"]));
     while let Some((key, batches)) = read.try_next().await? {
         let key = key.as_str();
         let mut holds = false;
         for b in &batches {
+            rows += b.num_rows();
             let ids = input::column(b, key, "fact_id", |c| c.as_primitive_opt::<arrow_array::types::Int64Type>())?;
             let ingested = b
                 .column_by_name("ingested_at")
@@ -798,6 +805,7 @@ async fn first_ingestions(
             holding.insert(key.to_owned());
         }
     }
+    tracing::debug!(leaving = leaving.len(), scanned, rows, holding = holding.len(), "Fact files the leaving rows may be in.");
     Ok((first_seen, holding))
 }
 
