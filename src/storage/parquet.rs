@@ -161,6 +161,32 @@ fn decode_projected(bytes: Bytes, columns: Option<&[&str]>) -> Result<(SchemaRef
     Ok((schema, batches))
 }
 
+/// Whether a parquet file may hold any of `values` in its int64 column `column`, by the column's
+/// bloom filters (a "no" is certain, a "yes" may be a false positive); `None` when some row group
+/// has no bloom filter for the column (a file written without one): only decoding can tell.
+/// Reads the footer and the filters, no data page.
+pub fn may_contain_any(bytes: Bytes, column: &str, values: &[i64]) -> Result<Option<bool>, ParquetError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::serialized_reader::ReadOptionsBuilder;
+    let properties = parquet::file::properties::ReaderProperties::builder().set_read_bloom_filter(true).build();
+    let options = ReadOptionsBuilder::new().with_reader_properties(properties).build();
+    let reader = SerializedFileReader::new_with_options(bytes, options).map_err(|e| ParquetError(e.to_string()))?;
+    let Some(index) =
+        reader.metadata().file_metadata().schema_descr().columns().iter().position(|c| c.name() == column)
+    else {
+        return Err(ParquetError(format!("no `{column}` column")));
+    };
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(|e| ParquetError(e.to_string()))?;
+        match group.get_column_bloom_filter(index) {
+            None => return Ok(None),
+            Some(filter) if values.iter().any(|v| filter.check(v)) => return Ok(Some(true)),
+            Some(_) => {}
+        }
+    }
+    Ok(Some(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +210,34 @@ mod tests {
         let (_, back) = decode(bytes.clone()).unwrap();
         assert_eq!(back, vec![batch.clone()]);
         assert_eq!(encode(&schema, &[batch], Codec::Archive).unwrap(), bytes, "encoding is deterministic");
+    }
+
+    /// A bloom filter answers "certainly not here" for values the file lacks and never "no" for a
+    /// value it holds; a file without one says it cannot tell.
+    #[test]
+    fn bloom_filters_tell_which_files_may_hold_a_value() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let ids: Vec<i64> = (0..5000).map(|i| i * 7919 - 20_000).collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(ids.clone()))]).unwrap();
+        let props = writer_properties_builder(Codec::Fast)
+            .set_column_bloom_filter_enabled("id".into(), true)
+            .set_column_bloom_filter_max_ndv("id".into(), ids.len() as u64)
+            .set_column_bloom_filter_fpp("id".into(), 0.01)
+            .set_max_row_group_row_count(Some(2000))
+            .build();
+        let with = encode_with(&schema, std::slice::from_ref(&batch), props).unwrap();
+        for id in &ids {
+            assert_eq!(may_contain_any(with.clone(), "id", &[*id]).unwrap(), Some(true), "{id} is in the file");
+        }
+        let absent: Vec<i64> = (0..2000).map(|i| i * 7919 + 1).collect();
+        let false_positives =
+            absent.iter().filter(|v| may_contain_any(with.clone(), "id", &[**v]).unwrap() == Some(true));
+        // Three row groups at 1% each: about 60 of 2,000; far fewer than "all".
+        assert!(false_positives.count() < 200);
+        let without = encode(&schema, std::slice::from_ref(&batch), Codec::Fast).unwrap();
+        assert_eq!(may_contain_any(without, "id", &[ids[0]]).unwrap(), None);
+        assert!(may_contain_any(with.clone(), "nope", &[1]).is_err());
+        assert!(may_contain_any(Bytes::from_static(b"not parquet"), "id", &[1]).is_err());
     }
 
     #[test]

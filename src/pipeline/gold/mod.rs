@@ -344,13 +344,22 @@ const DISTINCT: [&str; 16] = [
 ];
 
 /// Encodes a gold file: the lake's settings for its layer (Snappy, page statistics), without
-/// dictionaries on the columns whose values are distinct.
+/// dictionaries on the columns whose values are distinct. A fact file gets a bloom filter on
+/// `fact_id` (1% false positives, about 1.2 bytes a row): a build finds the few files that hold
+/// the rows it moves by the filters instead of decoding every file of their days.
 fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
     let mut props = parquet::writer_properties_builder(Codec::Fast);
     for field in schema.fields() {
         if DISTINCT.contains(&field.name().as_str()) {
             props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
         }
+    }
+    if schema.field_with_name("fact_id").is_ok() {
+        let ndv = (batch.num_rows() as u64).max(1);
+        props = props
+            .set_column_bloom_filter_enabled("fact_id".into(), true)
+            .set_column_bloom_filter_max_ndv("fact_id".into(), ndv)
+            .set_column_bloom_filter_fpp("fact_id".into(), 0.01);
     }
     Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props.build())?)
 }
@@ -783,7 +792,29 @@ async fn first_ingestions(
         return Ok((first_seen, holding));
     }
     let (scanned, mut rows) = (files.len(), 0);
-    let mut read = decoded(lake, Container::Gold, files, Some(&["fact_id", "ingested_at"]));
+    let wanted: Arc<Vec<i64>> = Arc::new(leaving.iter().copied().collect());
+    let mut read = futures::stream::iter(files)
+        .map(|key| {
+            let wanted = Arc::clone(&wanted);
+            async move {
+                let bytes = lake.get(Container::Gold, &Path::from(key.as_str())).await?;
+                let name = key.clone();
+                let batches = tokio::task::spawn_blocking(move || {
+                    // The bloom filter rules most files out without decoding a page.
+                    match parquet::may_contain_any(bytes.clone(), "fact_id", &wanted)? {
+                        Some(false) => Ok(Vec::new()),
+                        Some(true) | None => {
+                            parquet::decode_columns(bytes, &["fact_id", "ingested_at"]).map(|(_, b)| b)
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| corrupt(&name, e))?;
+                Ok::<_, Error>((key, batches))
+            }
+        })
+        .buffered(4);
     while let Some((key, batches)) = read.try_next().await? {
         let key = key.as_str();
         let mut holds = false;
@@ -805,7 +836,13 @@ async fn first_ingestions(
             holding.insert(key.to_owned());
         }
     }
-    tracing::debug!(leaving = leaving.len(), scanned, rows, holding = holding.len(), "Fact files the leaving rows may be in.");
+    tracing::debug!(
+        leaving = leaving.len(),
+        scanned,
+        rows,
+        holding = holding.len(),
+        "Fact files the leaving rows may be in."
+    );
     Ok((first_seen, holding))
 }
 
