@@ -156,8 +156,10 @@ pub async fn pending(lake: &Lake) -> Result<(Option<Manifest>, Vec<Path>)> {
     Ok((latest, new))
 }
 
-/// Past this many index buckets to list, or this many candidate files to confirm, one listing of
-/// the partition's silver files is cheaper (a large backlog, or the first build).
+/// Past this many index buckets to list (and half of all the partition's buckets), or this many
+/// candidate files to confirm, one listing of the partition's silver files is cheaper (a large
+/// backlog, or the first build). Relative to history, so that a run's worth of new batches on a
+/// long history still reads the index, not every silver file ever written.
 const MAX_INDEX_BUCKETS: usize = 8;
 const MAX_CANDIDATES: usize = 512;
 
@@ -178,7 +180,7 @@ async fn unfolded(lake: &Lake, partition: &str, folded: &manifest::Folded) -> Re
         })
         .map(|b| BatchStem::index_bucket_folder(partition, b))
         .collect();
-    if open.len() > MAX_INDEX_BUCKETS {
+    if open.len() > MAX_INDEX_BUCKETS.max(buckets.len() / 2) {
         return unfolded_listed(lake, partition, folded).await;
     }
     let listings: Vec<_> = open.iter().map(|f| lake.list(Container::Silver, f)).collect();
@@ -456,21 +458,34 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     wanted.sort_unstable();
     wanted.dedup();
     let mut home: FxHashMap<i64, usize> = FxHashMap::default();
+    let (looked_for, mut sidecars, mut decoded_segments, mut decoded_rows) = (wanted.len(), 0, 0, 0);
     for s in (0..segments.len()).rev() {
         if wanted.is_empty() {
             break;
         }
         let file = &segments[s].0.file;
         let sidecar = ledger::keys_file(file);
+        sidecars += 1;
         let hits = ledger::matching(&wanted, &ledger::decode_keys(&sidecar, &read_table(lake, &sidecar).await?)?);
         if hits.is_empty() {
             continue;
         }
         let hits: FxHashSet<i64> = hits.into_iter().collect();
+        decoded_segments += 1;
+        decoded_rows += segments[s].0.rows;
         ledger::decode(file, &read_table(lake, file).await?, |k| hits.contains(&k), &mut visits)?;
         home.extend(hits.iter().map(|&k| (k, s)));
         wanted.retain(|k| !hits.contains(k));
     }
+    tracing::debug!(
+        patients = looked_for,
+        found = home.len(),
+        segments = segments.len(),
+        sidecars,
+        decoded_segments,
+        decoded_rows,
+        "Ledger lookup."
+    );
     drop(wanted);
     phases.mark("ledger lookup");
     visits.rank();
