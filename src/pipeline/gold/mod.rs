@@ -295,14 +295,14 @@ impl<'a> Uploads<'a> {
         Self { lake, running: Default::default() }
     }
 
-    /// Files encoded at once: one per core (at least two, so an upload overlaps an encode). Each
-    /// holds its batch, the encoder's pages and the encoded bytes: more would only cost memory.
-    fn in_flight() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
-    }
+    /// Files encoded at once. Each holds its batch, the encoder's pages and the encoded bytes; with
+    /// fewer than four, the build waits on the ledger's and DimPatient's large encodes instead of
+    /// laying out facts meanwhile (measured on two cores: two in flight, 0.5 s slower a 1M build
+    /// for 20–40 MB less).
+    const IN_FLIGHT: usize = 4;
 
     async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
-        while self.running.len() >= Self::in_flight() {
+        while self.running.len() >= Self::IN_FLIGHT {
             self.running.next().await.transpose()?;
         }
         let rows = batch.num_rows() as u64;
