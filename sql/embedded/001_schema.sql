@@ -1,8 +1,8 @@
 -- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
 -- DDL in sql/synapse/, plus `gold_file_id` on every table: the gold file (LoadedFile.file_id) a row
 -- was loaded from. A load deletes the rows of the gold files the build no longer has by that id and
--- appends the rows of its new files, inside a transaction. Ids grow with each load, so the rows of
--- one file are contiguous and a delete touches only the row groups that hold them.
+-- appends the rows of its new files, inside a transaction. New ids follow the largest held, so the
+-- rows of one file are contiguous and a delete touches only the row groups that hold them.
 -- TIMESTAMP columns hold UTC (gold's UTC instants, stored naive so no session time zone shifts them).
 CREATE TABLE IF NOT EXISTS DimDepartment (
     department_sk BIGINT NOT NULL,

@@ -6,7 +6,8 @@
 //! `LoadedFile` follows. Then N goes into `LoadLog`, so a reader sees build N-1 or build N. Loading
 //! N twice changes nothing. The warehouse then holds exactly the rows of the build's files, however
 //! far behind it was: no rule about keys is needed, and a delete reads one small integer column,
-//! whose row groups zone maps skip (ids grow with each load, so a file's rows are contiguous).
+//! whose row groups zone maps skip (each load's ids follow the largest held, so a file's rows are
+//! contiguous and ids rise along the table).
 //!
 //! Gold files are fetched and decoded on another thread while DuckDB appends the previous batch
 //! (arrow batches through the appender), a few batches in flight at most, so memory holds a
@@ -391,7 +392,8 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         _ => {}
     }
     let changes = super::file_changes(manifest, &held.keys().cloned().collect());
-    // New ids follow every id ever given (ids only grow: see the module doc).
+    // New ids follow the largest held (an id freed with the newest file may come back; it names no
+    // row by then: the file's rows went in the same transaction).
     let first_id = tx.query_row("SELECT coalesce(max(file_id), 0) + 1 FROM LoadedFile", [], |r| r.get::<_, i64>(0));
     let first_id = first_id.map_err(db)?;
     let added: Vec<(&GoldFile, i64)> = Table::ALL.into_iter().flat_map(|t| changes.added(t)).zip(first_id..).collect();

@@ -183,9 +183,11 @@ async fn unfolded(lake: &Lake, partition: &str, folded: &manifest::Folded) -> Re
     if open.len() > MAX_INDEX_BUCKETS.max(buckets.len() / 2) {
         return unfolded_listed(lake, partition, folded).await;
     }
+    // A few listings at a time: on a long history, half the buckets can be hundreds.
     let listings: Vec<_> = open.iter().map(|f| lake.list(Container::Silver, f)).collect();
+    let listings = futures::stream::iter(listings).buffered(8);
     let mut markers = meta;
-    markers.extend(futures::future::try_join_all(listings).await?.into_iter().flatten());
+    markers.extend(listings.try_collect::<Vec<_>>().await?.into_iter().flatten());
     let mut candidates: Vec<BatchStem> = markers
         .iter()
         .filter_map(|m| BatchStem::parse_index_key(m.location.as_ref()))
