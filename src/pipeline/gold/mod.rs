@@ -635,6 +635,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         .collect();
     let (first_seen, holding) = first_ingestions(lake, leaving_files, &leaving).await?;
     phases.mark("facts: rows that leave");
+    let mut rewrites = Rewrites::default();
     for &day in &touched {
         let name = day_name(day);
         let part = partitions.remove(&name).unwrap_or_default();
@@ -648,11 +649,18 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         let mut files = Vec::new();
         let mut rewritten = Vec::new();
         for f in part.files {
-            if due(&f) || (compact && is_settled_small(&f)) || holding.contains(f.file.as_str()) {
-                rewritten.push(f.file);
+            let why = if due(&f) {
+                &mut rewrites.due
+            } else if holding.contains(f.file.as_str()) {
+                &mut rewrites.holding
+            } else if compact && is_settled_small(&f) {
+                &mut rewrites.compacted
             } else {
                 files.push(f);
-            }
+                continue;
+            };
+            *why += f.rows;
+            rewritten.push(f.file);
         }
         let mut kept = Vec::new();
         let mut read = decoded(lake, Container::Gold, rewritten, None);
@@ -676,6 +684,12 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
         }
     }
 
+    tracing::debug!(
+        due = rewrites.due,
+        holding = rewrites.holding,
+        compacted = rewrites.compacted,
+        "Fact rows rewritten, by why their file was."
+    );
     phases.mark("facts");
     // DimTime: every hour of each day a fact references.
     let mut days = Days::new();
@@ -870,6 +884,15 @@ async fn first_ingestions(
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt { key: key.to_string(), detail: e.to_string() }
+}
+
+/// Rows of the fact files a build rewrites, by why: a census flag flips (`due`), a row leaves
+/// (`holding`), or small settled files are merged (`compacted`). Logged at debug level.
+#[derive(Default)]
+struct Rewrites {
+    due: u64,
+    holding: u64,
+    compacted: u64,
 }
 
 /// Logs how long each phase of a build took, at debug level (`RUST_LOG=patientflow=debug`).
