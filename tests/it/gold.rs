@@ -496,3 +496,55 @@ async fn a_backlog_is_folded_in_bounded_builds_with_the_same_result() {
     assert_eq!(sorted(&c.fact_patient_flow, "fact_id"), sorted(&b.fact_patient_flow, "fact_id"));
     assert_eq!(sorted(&c.dim_patient, "patient_sk"), sorted(&b.dim_patient, "patient_sk"));
 }
+
+/// A build of a backlog ends where an Event Hubs partition ends once it holds half its rows, so a
+/// patient (events are partitioned by patient) is not split across two builds of one backlog; it
+/// still stops at the row cap inside a partition, and goes on into the next partition when the
+/// first holds less than half.
+#[tokio::test]
+async fn a_build_ends_where_a_partition_ends_once_half_full() {
+    let (state, lake) = util::memory().await;
+    // Partition "0": three files of 10 events; partition "1": three files of 10 events.
+    for p in ["0", "1"] {
+        for i in 0..3 {
+            let bodies: Vec<Vec<u8>> = (0..10)
+                .map(|j| {
+                    let at = format!("2026-11-2{}T0{}:00:00", i, j % 10);
+                    event(&format!("P{p}-{}", i * 10 + j), "Male", 30, "ICU", 1, j + 1, &at, None)
+                })
+                .collect();
+            land(&state, &lake, p, i * 100, &bodies).await;
+        }
+    }
+    let build = |max_rows| {
+        let lake = lake.clone();
+        async move {
+            match gold::build(&lake, &GoldOptions { max_rows_per_build: max_rows, ..options(NOW) }).await.unwrap() {
+                BuildOutcome::Built(m) => (m.silver_files, m.rows_in),
+                nothing => panic!("{nothing:?}"),
+            }
+        }
+    };
+    // Cap 40: partition "0" (30 rows, at least 20) is one build, though a fourth file would fit.
+    assert_eq!(build(40).await, (3, 30));
+    // Cap 20 inside partition "1": stops at the cap (two files), then the last file.
+    assert_eq!(build(20).await, (2, 20));
+    assert_eq!(build(20).await, (1, 10));
+
+    // Cap 80 on a fresh lake: partition "0" holds less than half, so the build goes on into "1".
+    let (state, lake) = util::memory().await;
+    for p in ["0", "1"] {
+        for i in 0..3 {
+            let bodies: Vec<Vec<u8>> = (0..10)
+                .map(|j| {
+                    let at = format!("2026-11-2{}T0{}:00:00", i, j % 10);
+                    event(&format!("P{p}-{}", i * 10 + j), "Male", 30, "ICU", 1, j + 1, &at, None)
+                })
+                .collect();
+            land(&state, &lake, p, i * 100, &bodies).await;
+        }
+    }
+    let options = GoldOptions { max_rows_per_build: 80, ..options(NOW) };
+    let BuildOutcome::Built(m) = gold::build(&lake, &options).await.unwrap() else { panic!() };
+    assert_eq!((m.silver_files, m.rows_in), (6, 60), "30 rows at partition 0's end are less than half of 80");
+}

@@ -265,7 +265,15 @@ fn whole_groups(ends: &[usize], max: usize) -> usize {
 }
 
 /// Reads silver files a few at a time (decoding on blocking threads) and adds their rows, until
-/// `max_rows` are in at the end of a group (see [`overlap_groups`]); returns how many files it took.
+/// `max_rows` are in at the end of a group (see [`overlap_groups`]), or half of them at the end of
+/// an Event Hubs partition; returns how many files it took.
+///
+/// Events are partitioned by patient, so a build that ends where a partition ends leaves none of its
+/// patients to the next build of the same backlog. A patient split across two builds costs a
+/// rewrite: when the second build's events re-point a few hundred of the first build's facts (a
+/// returning patient's new version), every file those facts are in is written again — for a
+/// backlog of 1M events in four partitions, builds 2–4 each rewrote all of the previous build's
+/// 262,000 rows.
 async fn read_silver(
     lake: &Lake,
     files: &[Path],
@@ -273,12 +281,18 @@ async fn read_silver(
     visits: &mut Visits,
     max_rows: usize,
 ) -> Result<usize> {
+    let partition = |i: usize| files.get(i).and_then(|k| BatchStem::parse_key(k.as_ref())).map(|s| s.partition);
     let mut read = decoded(lake, Container::Silver, files.iter().map(ToString::to_string).collect(), None);
     let mut taken = 0;
     while let Some((key, batches)) = read.try_next().await? {
         visits.add_silver(&key, &batches)?;
         taken += 1;
-        if visits.len() >= max_rows.max(1) && groups.contains(&taken) {
+        if !groups.contains(&taken) {
+            continue;
+        }
+        let full = visits.len() >= max_rows.max(1);
+        let half_at_partition_end = visits.len() >= max_rows / 2 && partition(taken) != partition(taken - 1);
+        if full || half_at_partition_end {
             break;
         }
     }
