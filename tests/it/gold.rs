@@ -503,19 +503,7 @@ async fn a_backlog_is_folded_in_bounded_builds_with_the_same_result() {
 /// first holds less than half.
 #[tokio::test]
 async fn a_build_ends_where_a_partition_ends_once_half_full() {
-    let (state, lake) = util::memory().await;
-    // Partition "0": three files of 10 events; partition "1": three files of 10 events.
-    for p in ["0", "1"] {
-        for i in 0..3 {
-            let bodies: Vec<Vec<u8>> = (0..10)
-                .map(|j| {
-                    let at = format!("2026-11-2{}T0{}:00:00", i, j % 10);
-                    event(&format!("P{p}-{}", i * 10 + j), "Male", 30, "ICU", 1, j + 1, &at, None)
-                })
-                .collect();
-            land(&state, &lake, p, i * 100, &bodies).await;
-        }
-    }
+    let lake = two_partitions().await;
     let build = |max_rows| {
         let lake = lake.clone();
         async move {
@@ -532,6 +520,15 @@ async fn a_build_ends_where_a_partition_ends_once_half_full() {
     assert_eq!(build(20).await, (1, 10));
 
     // Cap 80 on a fresh lake: partition "0" holds less than half, so the build goes on into "1".
+    let lake = two_partitions().await;
+    let options = GoldOptions { max_rows_per_build: 80, ..options(NOW) };
+    let BuildOutcome::Built(m) = gold::build(&lake, &options).await.unwrap() else { panic!() };
+    assert_eq!((m.silver_files, m.rows_in), (6, 60), "30 rows at partition 0's end are less than half of 80");
+}
+
+/// A lake whose silver holds two Event Hubs partitions, "0" and "1", of three files of 10 events
+/// each (a patient per event).
+async fn two_partitions() -> Lake {
     let (state, lake) = util::memory().await;
     for p in ["0", "1"] {
         for i in 0..3 {
@@ -544,7 +541,5 @@ async fn a_build_ends_where_a_partition_ends_once_half_full() {
             land(&state, &lake, p, i * 100, &bodies).await;
         }
     }
-    let options = GoldOptions { max_rows_per_build: 80, ..options(NOW) };
-    let BuildOutcome::Built(m) = gold::build(&lake, &options).await.unwrap() else { panic!() };
-    assert_eq!((m.silver_files, m.rows_in), (6, 60), "30 rows at partition 0's end are less than half of 80");
+    lake
 }
