@@ -398,6 +398,33 @@ fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes
 /// DimPatient files they leave), and new fact files for the rows that changed, moved or flipped —
 /// the files those rows leave are rewritten; every other file is kept as it is.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
+    let base = manifest::build_numbers(lake).await?.last().copied();
+    match build_on(lake, options).await {
+        Err(e) if is_not_found(&e) => Err(overtaken(lake, base, e).await),
+        other => other,
+    }
+}
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Storage(crate::storage::Error::NotFound { .. }))
+}
+
+/// A file a build reads went missing. When another builder committed a build since this one began,
+/// that is the race, not damage: the winner's cleanup deletes the folders of builds that lost its
+/// number (this one's too, while it runs) and a merge may drop the files this build started from.
+/// It is reported as [`Error::Conflict`], so the build is retried on the new state; otherwise the
+/// error stands.
+async fn overtaken(lake: &Lake, base: Option<u64>, error: Error) -> Error {
+    match manifest::build_numbers(lake).await {
+        Ok(numbers) if numbers.last().copied() > base => Error::Conflict(format!(
+            "another gold build was committed while this one ran, and a file it read went with it ({error})"
+        )),
+        _ => error,
+    }
+}
+
+/// [`build`], without telling a lost race from a missing file.
+async fn build_on(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut phases = Phases::start();
     let (latest, pending_files) = pending(lake).await?;
     phases.mark("list pending silver");
@@ -1041,6 +1068,22 @@ mod tests {
         let files = keys(&[("0", 1, 5), ("0", 6, 9), ("1", 2, 3), ("1", 3, 8), ("1", 9, 9)]);
         assert_eq!(overlap_groups(&files), [1, 2, 4, 5]);
         assert_eq!(overlap_groups(&[]), Vec::<usize>::new());
+    }
+
+    /// A missing file is a lost race when another build was committed since this one began (its
+    /// cleanup deleted this build's folder), and stays what it is otherwise.
+    #[tokio::test]
+    async fn a_file_gone_after_another_build_committed_is_a_conflict() {
+        let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+        let missing =
+            || Error::Storage(crate::storage::Error::NotFound { container: "gold".into(), key: "builds/x".into() });
+        assert!(is_not_found(&missing()));
+        assert!(matches!(overtaken(&lake, None, missing()).await, Error::Storage(_)), "nothing committed since");
+        manifest::commit(&lake, &Manifest { build: 1, ..Default::default() }).await.unwrap();
+        assert!(matches!(overtaken(&lake, None, missing()).await, Error::Conflict(_)), "build 1 came meanwhile");
+        assert!(matches!(overtaken(&lake, Some(1), missing()).await, Error::Storage(_)), "1 was there before");
+        manifest::commit(&lake, &Manifest { build: 2, ..Default::default() }).await.unwrap();
+        assert!(matches!(overtaken(&lake, Some(1), missing()).await, Error::Conflict(_)));
     }
 
     /// `(partition, first, width, folded, file written)`: a batch, whether gold folded it, and
