@@ -410,7 +410,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let removed: Vec<i64> = changes.removed.iter().filter_map(|key| held.get(key).copied()).collect();
     if !removed.is_empty() {
-        let ids = removed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let ids = id_list(&removed);
         tx.execute_batch(&format!("SET threads = {cores}")).map_err(db)?;
         for table in Table::ALL.into_iter().filter(|&t| changes.removed.iter().any(|(r, _)| *r == t)) {
             tx.execute(&format!("DELETE FROM {table} WHERE {GOLD_FILE_ID} IN ({ids})"), []).map_err(db)?;
@@ -461,11 +461,15 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     })
 }
 
+/// File ids as the list of an SQL `IN (…)`.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// Forgets the removed files' ids in `LoadedFile` and records the added files with theirs.
 fn record_files(tx: &Connection, removed: &[i64], added: &[(&GoldFile, i64)]) -> Result<()> {
     if !removed.is_empty() {
-        let ids = removed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-        tx.execute(&format!("DELETE FROM LoadedFile WHERE file_id IN ({ids})"), []).map_err(db)?;
+        tx.execute(&format!("DELETE FROM LoadedFile WHERE file_id IN ({})", id_list(removed)), []).map_err(db)?;
     }
     let mut appender = tx.appender("LoadedFile").map_err(db)?;
     for (f, id) in added {

@@ -282,7 +282,7 @@ async fn read_silver(
     max_rows: usize,
 ) -> Result<usize> {
     let partition = |i: usize| files.get(i).and_then(|k| BatchStem::parse_key(k.as_ref())).map(|s| s.partition);
-    let mut read = decoded(lake, Container::Silver, files.iter().map(ToString::to_string).collect(), None);
+    let mut read = decoded(lake, Container::Silver, files.iter().map(ToString::to_string).collect(), whole);
     let mut taken = 0;
     while let Some((key, batches)) = read.try_next().await? {
         visits.add_silver(&key, &batches)?;
@@ -398,13 +398,17 @@ fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes
 /// DimPatient files they leave), and new fact files for the rows that changed, moved or flipped —
 /// the files those rows leave are rewritten; every other file is kept as it is.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
-    let base = manifest::build_numbers(lake).await?.last().copied();
-    match build_on(lake, options).await {
+    let mut phases = Phases::start();
+    let (latest, pending_files) = pending(lake).await?;
+    phases.mark("list pending silver");
+    let base = latest.as_ref().map(|m| m.build);
+    match build_on(lake, options, phases, latest, pending_files).await {
         Err(e) if is_not_found(&e) => Err(overtaken(lake, base, e).await),
         other => other,
     }
 }
 
+/// Whether a build failed because an object it read is not in the lake.
 fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Storage(crate::storage::Error::NotFound { .. }))
 }
@@ -423,11 +427,15 @@ async fn overtaken(lake: &Lake, base: Option<u64>, error: Error) -> Error {
     }
 }
 
-/// [`build`], without telling a lost race from a missing file.
-async fn build_on(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
-    let mut phases = Phases::start();
-    let (latest, pending_files) = pending(lake).await?;
-    phases.mark("list pending silver");
+/// [`build`] from the latest manifest and the silver files it has not folded, without telling a
+/// lost race from a missing file.
+async fn build_on(
+    lake: &Lake,
+    options: &GoldOptions,
+    mut phases: Phases,
+    latest: Option<Manifest>,
+    pending_files: Vec<Path>,
+) -> Result<BuildOutcome> {
     let as_of = to_micros(&options.now);
     let (prev, mut new_files) = match &latest {
         // Gold built before the ledger existed cannot be updated by the rules below: it is rebuilt
@@ -704,7 +712,7 @@ async fn build_on(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
             rewritten.push(f.file);
         }
         let mut kept = Vec::new();
-        let mut read = decoded(lake, Container::Gold, rewritten, None);
+        let mut read = decoded(lake, Container::Gold, rewritten, whole);
         while let Some((key, batches)) = read.try_next().await? {
             for b in batches {
                 kept.push(fact::without(&key, b, &leaving)?);
@@ -831,29 +839,36 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
-/// Parquet files of `container` fetched a few at a time and decoded (only `columns`, if given) on
-/// blocking threads, in order.
-fn decoded<'a>(
+/// Parquet files of `container` fetched a few at a time and decoded by `decode` on blocking
+/// threads, in order.
+fn decoded<'a, D>(
     lake: &'a Lake,
     container: Container,
     keys: Vec<String>,
-    columns: Option<&'static [&'static str]>,
-) -> impl futures::Stream<Item = Result<(String, Vec<RecordBatch>)>> + 'a {
+    decode: D,
+) -> impl futures::Stream<Item = Result<(String, Vec<RecordBatch>)>> + 'a
+where
+    D: Fn(bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, parquet::ParquetError> + Clone + Send + 'static,
+{
     futures::stream::iter(keys)
-        .map(move |key| async move {
-            let bytes = lake.get(container, &Path::from(key.as_str())).await?;
-            let name = key.clone();
-            let batches = tokio::task::spawn_blocking(move || match columns {
-                Some(columns) => parquet::decode_columns(bytes, columns),
-                None => parquet::decode(bytes),
-            })
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|e| corrupt(&name, e))?
-            .1;
-            Ok((key, batches))
+        .map(move |key| {
+            let decode = decode.clone();
+            async move {
+                let bytes = lake.get(container, &Path::from(key.as_str())).await?;
+                let name = key.clone();
+                let batches = tokio::task::spawn_blocking(move || decode(bytes))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(|e| corrupt(&name, e))?;
+                Ok((key, batches))
+            }
         })
         .buffered(4)
+}
+
+/// Every column of a parquet file (for [`decoded`]).
+fn whole(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, parquet::ParquetError> {
+    parquet::decode(bytes).map(|(_, batches)| batches)
 }
 
 /// The first ingestion times of the `leaving` fact rows, and which of `files` hold them: reads
@@ -870,28 +885,13 @@ async fn first_ingestions(
     }
     let (scanned, mut rows) = (files.len(), 0);
     let wanted: Arc<Vec<i64>> = Arc::new(leaving.iter().copied().collect());
-    let mut read = futures::stream::iter(files)
-        .map(|key| {
-            let wanted = Arc::clone(&wanted);
-            async move {
-                let bytes = lake.get(Container::Gold, &Path::from(key.as_str())).await?;
-                let name = key.clone();
-                let batches = tokio::task::spawn_blocking(move || {
-                    // The bloom filter rules most files out without decoding a page.
-                    match parquet::may_contain_any(bytes.clone(), "fact_id", &wanted)? {
-                        Some(false) => Ok(Vec::new()),
-                        Some(true) | None => {
-                            parquet::decode_columns(bytes, &["fact_id", "ingested_at"]).map(|(_, b)| b)
-                        }
-                    }
-                })
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(|e| corrupt(&name, e))?;
-                Ok::<_, Error>((key, batches))
-            }
-        })
-        .buffered(4);
+    // The bloom filter rules most files out without decoding a page.
+    let mut read = decoded(lake, Container::Gold, files, move |bytes| {
+        match parquet::may_contain_any(bytes.clone(), "fact_id", &wanted)? {
+            Some(false) => Ok(Vec::new()),
+            Some(true) | None => parquet::decode_columns(bytes, &["fact_id", "ingested_at"]).map(|(_, b)| b),
+        }
+    });
     while let Some((key, batches)) = read.try_next().await? {
         let key = key.as_str();
         let mut holds = false;

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use object_store::path::Path;
 
 use super::manifest::{self, BUILDS, Manifest};
-use super::{Error, GoldOptions, Result};
+use super::{GoldOptions, Result};
 use crate::storage::{Container, Lake};
 
 /// The build number of a build file's folder (`builds/0000000007-<nonce>/…` → 7).
@@ -32,7 +32,7 @@ pub fn build_number_of(key: &str) -> Option<u64> {
 async fn read(lake: &Lake, n: u64) -> Result<Option<Manifest>> {
     match manifest::read(lake, n).await {
         Ok(m) => Ok(Some(m)),
-        Err(Error::Storage(crate::storage::Error::NotFound { .. })) => Ok(None),
+        Err(e) if super::is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
