@@ -14,7 +14,7 @@ use crate::config::{
     GoldArgs, GoldSettings, HandlerArgs, HandlerSettings, HostLimits, LakeArgs, WarehouseConfig, handler_port,
 };
 use crate::model::time::{now_utc, parse_clock, rfc3339};
-use crate::run::{RunOptions, Source};
+use crate::run::{RunOptions, Source, Via};
 use crate::simulate::{DirtRates, SimulationConfig, Simulator};
 use crate::storage::Lake;
 use crate::telemetry::{self, LogTarget};
@@ -220,6 +220,11 @@ struct RunArgs {
     /// refine_silver invocations in flight (host.json extensions.blobs.maxDegreeOfParallelism).
     #[arg(long, default_value_t = 2)]
     silver_concurrency: usize,
+    /// Play the Functions host: post every invocation as the host's HTTP envelope to the handler on
+    /// a loopback port (as `bench` does), instead of calling the functions in this process. Slower;
+    /// the lake it writes is the same.
+    #[arg(long)]
+    via_host: bool,
     /// Output format of the report.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -459,6 +464,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         now,
         silver_concurrency: args.silver_concurrency,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        via: if args.via_host { Via::Host } else { Via::InProcess },
     };
     if args.partitions == 0 {
         bail!("--partitions must be at least 1");
@@ -605,6 +611,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         now,
         silver_concurrency: args.silver_concurrency,
         progress: false,
+        // The bench measures the handler as Azure runs it: every invocation through its envelope.
+        via: Via::Host,
     };
     let settings = HandlerSettings { now: Some(now), ..Default::default() };
     // The deploy build has no embedded warehouse: it measures everything up to gold.

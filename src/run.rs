@@ -1,7 +1,13 @@
 //! `patientflow run`: the whole pipeline on this machine. Simulates a hospital network (or reads an
-//! NDJSON file), then plays the Functions host: Event Hubs batches per partition to `ingest_bronze`,
-//! one blob-trigger call per new bronze file to `refine_silver`, one timer call to `build_gold`
-//! (gold and the warehouse load), then reads the KPI report.
+//! NDJSON file), then delivers what the Functions host would: Event Hubs batches per partition to
+//! `ingest_bronze`, one blob trigger per new bronze file to `refine_silver`, one timer call to
+//! `build_gold` (gold and the warehouse load), then reads the KPI report.
+//!
+//! The handler is reached one of two ways ([`Via`]): in this process, where each stage calls the
+//! function's own pipeline step with what the host would deliver (the default: no envelope to build,
+//! encode, send and decode), or over HTTP on a loopback port with the host's exact envelopes
+//! (`--via-host`, and `patientflow bench`, which measures the handler as Azure runs it). Both write
+//! the same lake, byte for byte (tested).
 //!
 //! Stages overlap as under the host: the blob trigger fires for a bronze file as soon as it lands, so
 //! silver refines run while bronze ingest goes on (`silver_concurrency` at a time), and the gold timer
@@ -25,7 +31,9 @@ use crate::app::{AppState, GoldSettings, WarehouseConfig};
 use crate::functions::{build_gold, ingest_bronze, refine_silver};
 use crate::local_host::envelopes::{self, HubEvent, HubPartition};
 use crate::local_host::{Invocation, LocalHost};
-use crate::pipeline::silver::SilverMetrics;
+use crate::pipeline::bronze::{self, EventBatch};
+use crate::pipeline::job::{self, Trigger};
+use crate::pipeline::silver::{self, SilverMetrics};
 use crate::simulate::{SimulationConfig, Simulator, Tally};
 use crate::storage::keys::{BatchStem, patient_flow_prefix};
 use crate::storage::{Container, Lake, StorageConfig};
@@ -64,6 +72,113 @@ pub struct RunOptions {
     pub silver_concurrency: usize,
     /// Show a progress bar on a terminal.
     pub progress: bool,
+    /// How the stages reach the handler.
+    pub via: Via,
+}
+
+/// How `run` reaches the handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Via {
+    /// In this process: each stage calls the function's own pipeline step (bronze ingest, silver
+    /// refine, the gold job) with what the host would deliver — a batch's events, a bronze file,
+    /// the timer's time — and no envelope or HTTP in between.
+    #[default]
+    InProcess,
+    /// As the Functions host: every invocation is the host's HTTP envelope, posted to the handler
+    /// on a loopback port.
+    Host,
+}
+
+/// The handler, as the stages reach it.
+#[derive(Clone)]
+pub enum Handler {
+    /// Over HTTP on a loopback port, with the host's envelopes.
+    Host(Arc<LocalHost>),
+    /// In this process.
+    InProcess(AppState),
+}
+
+impl Handler {
+    fn via(&self) -> Via {
+        match self {
+            Handler::Host(_) => Via::Host,
+            Handler::InProcess(_) => Via::InProcess,
+        }
+    }
+
+    /// Lands one batch in bronze: whether it created a file, and the file's key.
+    async fn ingest(&self, delivery: Delivery, split: &mut Split) -> anyhow::Result<(bool, Option<String>)> {
+        match (self, delivery.load) {
+            (Handler::Host(host), Load::Envelope(body)) => {
+                let invocation = host.invoke_timed(ingest_bronze::NAME, body, &delivery.id).await?;
+                split.invocation(&invocation);
+                let answer = &invocation.response.return_value;
+                let created = answer.get("created").and_then(Value::as_bool) == Some(true);
+                Ok((created, answer.get("key").and_then(Value::as_str).map(str::to_string)))
+            }
+            (Handler::InProcess(state), Load::Batch(batch)) => {
+                let started = Instant::now();
+                let m = bronze::ingest(state.lake().await?, &batch).await?;
+                split.handler += started.elapsed();
+                Ok((m.created, Some(m.key)))
+            }
+            _ => bail!("a batch was built for the other way of reaching the handler (a bug in `run`)"),
+        }
+    }
+
+    /// Refines one bronze file, as its blob trigger would; `w` names the worker.
+    async fn refine(&self, lake: &Lake, stem: &BatchStem, now: &NaiveDateTime, w: usize) -> anyhow::Result<Refined> {
+        let started = Instant::now();
+        match self {
+            Handler::Host(host) => {
+                // The host reads the blob and sends it base64-encoded (`dataType: binary`).
+                let key = stem.key();
+                let bytes = lake.get(Container::Bronze, &key).await?;
+                let uri = lake.uri(Container::Bronze, &key);
+                let body = envelopes::blob_trigger_bytes(&uri, &stem.name(), Some(&bytes), now, &format!("silver-{w}"));
+                drop(bytes);
+                let built = started.elapsed();
+                let invocation = host.invoke_timed(refine_silver::NAME, body, &format!("silver-{stem}")).await?;
+                let mut split = Split { host: built, ..Split::default() };
+                split.invocation(&invocation);
+                let metrics = serde_json::from_value(invocation.response.return_value)
+                    .context("refine_silver returned no metrics")?;
+                Ok(Refined { metrics, split })
+            }
+            Handler::InProcess(state) => {
+                let metrics = silver::process_from_lake(state.lake().await?, stem).await?;
+                Ok(Refined { metrics, split: Split { handler: started.elapsed(), ..Split::default() } })
+            }
+        }
+    }
+
+    /// Fires the gold timer at `now`: the gold job's report, the handler's time, and the host's
+    /// (building the envelope and the round trip beyond the handler's time).
+    async fn gold_timer(&self, now: &NaiveDateTime) -> anyhow::Result<(Value, Duration, Duration, Duration)> {
+        let started = Instant::now();
+        match self {
+            Handler::Host(host) => {
+                let body = serde_json::to_vec(&envelopes::timer(build_gold::NAME, now, false, "gold"))?;
+                let built = started.elapsed();
+                let invocation = host.invoke_timed(build_gold::NAME, body, "gold-timer").await?;
+                let (handler, transport) = (invocation.handler, invocation.transport());
+                Ok((invocation.response.return_value, handler, built, transport))
+            }
+            Handler::InProcess(state) => {
+                let gold = state.gold();
+                let trigger =
+                    Trigger::Timer { min_new_files: gold.min_new_files, reconcile_max_files: gold.reconcile_max_files };
+                let report = job::run(state.lake().await?, state, &state.job_options(*now, trigger)).await?;
+                Ok((serde_json::to_value(&report)?, started.elapsed(), Duration::ZERO, Duration::ZERO))
+            }
+        }
+    }
+}
+
+/// One refine: its metrics and where its time went.
+struct Refined {
+    metrics: SilverMetrics,
+    split: Split,
 }
 
 /// Wall time, rows and the handler/host split of one stage.
@@ -226,9 +341,18 @@ impl RunReport {
     }
 }
 
-struct Envelope {
-    partition: usize,
-    body: Vec<u8>,
+/// One batch for a partition's worker, in the form its handler takes.
+struct Delivery {
+    /// Names the invocation.
+    id: String,
+    load: Load,
+}
+
+enum Load {
+    /// The host's Event Hubs envelope.
+    Envelope(Vec<u8>),
+    /// The batch the handler would decode from it.
+    Batch(Box<EventBatch>),
 }
 
 /// What the producer did: events sent, what the simulator injected, and its busy time (all of its
@@ -243,7 +367,7 @@ struct Produced {
 fn produce(
     start: Vec<(i64, i64)>,
     options: RunOptions,
-    senders: Vec<mpsc::Sender<Envelope>>,
+    senders: Vec<mpsc::Sender<Delivery>>,
     progress: indicatif::ProgressBar,
 ) -> anyhow::Result<Produced> {
     let started = Instant::now();
@@ -272,11 +396,14 @@ fn produce(
             consumer_group: "$Default",
             partition_id: &ids[p],
         };
-        let guid = format!("{p}-{}", buffer[0].sequence_number);
-        let body = envelopes::event_hub_batch_bytes(&hub, buffer, &last, &guid);
+        let id = format!("{p}-{}", buffer[0].sequence_number);
+        let load = match options.via {
+            Via::Host => Load::Envelope(envelopes::event_hub_batch_bytes(&hub, buffer, &last, &id)),
+            Via::InProcess => Load::Batch(Box::new(envelopes::event_batch(&hub, buffer, &last))),
+        };
         buffer.clear();
         let waiting = Instant::now();
-        let sent = senders[p].blocking_send(Envelope { partition: p, body });
+        let sent = senders[p].blocking_send(Delivery { id: format!("bronze-{id}"), load });
         blocked.set(blocked.get() + waiting.elapsed());
         sent.context("the handler stopped accepting batches")
     };
@@ -420,11 +547,11 @@ pub async fn hub_positions(lake: &Lake, partitions: usize) -> anyhow::Result<Vec
     Ok(positions)
 }
 
-/// Runs the bronze stage: every event through `POST /ingest_bronze`. Each bronze file a batch
-/// creates is announced on `landed` (the host's blob trigger fires as soon as a blob lands). `clock`
-/// is the run's start.
+/// Runs the bronze stage: every event through `ingest_bronze`. Each bronze file a batch creates is
+/// announced on `landed` (the host's blob trigger fires as soon as a blob lands). `clock` is the
+/// run's start.
 pub async fn bronze_stage(
-    host: &Arc<LocalHost>,
+    handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
     report: &mut RunReport,
@@ -437,36 +564,31 @@ pub async fn bronze_stage(
     let mut workers = Vec::with_capacity(partitions);
     for _ in 0..partitions {
         // Two batches in flight per partition at most: memory is bounded by batch size, not history.
-        let (tx, mut rx) = mpsc::channel::<Envelope>(2);
+        let (tx, mut rx) = mpsc::channel::<Delivery>(2);
         senders.push(tx);
-        let host = Arc::clone(host);
+        let handler = handler.clone();
         let landed = landed.clone();
         // Like the host: one partition's batches are delivered one after another.
         workers.push(tokio::spawn(async move {
             let (mut batches, mut created, mut replays, mut split) = (0u64, 0u64, 0u64, Split::default());
-            while let Some(env) = rx.recv().await {
-                let id = format!("bronze-{}-{batches}", env.partition);
-                let invocation = host.invoke_timed(ingest_bronze::NAME, env.body, &id).await?;
-                split.invocation(&invocation);
+            while let Some(delivery) = rx.recv().await {
+                let (new, key) = handler.ingest(delivery, &mut split).await?;
                 batches += 1;
-                let answer = &invocation.response.return_value;
-                match answer.get("created").and_then(Value::as_bool) {
-                    Some(true) => {
-                        created += 1;
-                        // A file not announced here (no key in the answer) is found by the sweep.
-                        let stem = answer.get("key").and_then(Value::as_str).and_then(BatchStem::parse_key);
-                        if let (Some(stem), Some(landed)) = (stem, &landed) {
-                            let _ = landed.send(stem);
-                        }
+                if new {
+                    created += 1;
+                    // A file not announced here (no key in the answer) is found by the sweep.
+                    if let (Some(stem), Some(landed)) = (key.as_deref().and_then(BatchStem::parse_key), &landed) {
+                        let _ = landed.send(stem);
                     }
-                    _ => replays += 1,
+                } else {
+                    replays += 1;
                 }
             }
             anyhow::Ok((batches, created, replays, split))
         }));
     }
     drop(landed);
-    let producer_options = options.clone();
+    let producer_options = RunOptions { via: handler.via(), ..options.clone() };
     let bar = progress_bar(options);
     let start = hub_positions(lake, partitions).await?;
     let producer = tokio::task::spawn_blocking(move || produce(start, producer_options, senders, bar));
@@ -523,11 +645,10 @@ impl Refines {
     }
 }
 
-/// Refines every bronze file `files` yields, `silver_concurrency` at a time, each as the host's
-/// blob-trigger call: the host reads the blob and sends it base64-encoded (`dataType: binary`).
-/// Ends when `files` is closed and drained.
+/// Refines every bronze file `files` yields, `silver_concurrency` at a time, each as its blob
+/// trigger would. Ends when `files` is closed and drained.
 async fn refine_all(
-    host: &Arc<LocalHost>,
+    handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
     files: mpsc::UnboundedReceiver<BatchStem>,
@@ -535,28 +656,17 @@ async fn refine_all(
     let files = Arc::new(tokio::sync::Mutex::new(files));
     let mut workers = Vec::new();
     for w in 0..options.silver_concurrency.max(1) {
-        let (host, lake, files, now) = (Arc::clone(host), lake.clone(), Arc::clone(&files), options.now);
+        let (handler, lake, files, now) = (handler.clone(), lake.clone(), Arc::clone(&files), options.now);
         workers.push(tokio::spawn(async move {
             let mut done = Refines::default();
             loop {
                 let next = files.lock().await.recv().await;
                 let Some(stem) = next else { break };
-                let started = Instant::now();
-                done.first.get_or_insert(started);
-                let key = stem.key();
-                let bytes = lake.get(Container::Bronze, &key).await?;
-                let uri = lake.uri(Container::Bronze, &key);
-                let body =
-                    envelopes::blob_trigger_bytes(&uri, &stem.name(), Some(&bytes), &now, &format!("silver-{w}"));
-                drop(bytes);
-                let built = started.elapsed();
-                let invocation = host.invoke_timed(refine_silver::NAME, body, &format!("silver-{stem}")).await?;
-                done.split.host += built;
-                done.split.invocation(&invocation);
+                done.first.get_or_insert(Instant::now());
+                let refined = handler.refine(&lake, &stem, &now, w).await?;
+                done.split.add(refined.split);
                 done.last = Some(Instant::now());
-                let m: SilverMetrics = serde_json::from_value(invocation.response.return_value)
-                    .context("refine_silver returned no metrics")?;
-                done.metrics.push(m);
+                done.metrics.push(refined.metrics);
             }
             anyhow::Ok(done)
         }));
@@ -616,10 +726,10 @@ fn silver_report(report: &mut RunReport, refines: Refines, clock: Instant) -> an
     Ok(())
 }
 
-/// Runs the silver stage alone: one `POST /refine_silver` per bronze file that has no silver file
-/// yet, `silver_concurrency` at a time.
+/// Runs the silver stage alone: one `refine_silver` per bronze file that has no silver file yet,
+/// `silver_concurrency` at a time.
 pub async fn silver_stage(
-    host: &Arc<LocalHost>,
+    handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
     report: &mut RunReport,
@@ -630,7 +740,7 @@ pub async fn silver_stage(
         let _ = tx.send(stem);
     }
     drop(tx);
-    let refines = refine_all(host, lake, options, rx).await?;
+    let refines = refine_all(handler, lake, options, rx).await?;
     silver_report(report, refines, clock)
 }
 
@@ -640,7 +750,7 @@ pub async fn silver_stage(
 /// refined too, so the files refined are exactly those [`silver_stage`] after [`bronze_stage`]
 /// would refine.
 pub async fn bronze_and_silver_stages(
-    host: &Arc<LocalHost>,
+    handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
     report: &mut RunReport,
@@ -648,12 +758,12 @@ pub async fn bronze_and_silver_stages(
 ) -> anyhow::Result<()> {
     let (landed, files) = mpsc::unbounded_channel();
     let refiner = {
-        let (host, lake, options) = (Arc::clone(host), lake.clone(), options.clone());
-        tokio::spawn(async move { refine_all(&host, &lake, &options, files).await })
+        let (handler, lake, options) = (handler.clone(), lake.clone(), options.clone());
+        tokio::spawn(async move { refine_all(&handler, &lake, &options, files).await })
     };
     // The bronze stage's senders close the channel when it ends, failed or not; the refiner then
     // finishes the files already announced.
-    let bronze = bronze_stage(host, lake, options, report, Some(landed), clock).await;
+    let bronze = bronze_stage(handler, lake, options, report, Some(landed), clock).await;
     let refined = refiner.await?;
     bronze?;
     let mut refines = refined?;
@@ -665,7 +775,7 @@ pub async fn bronze_and_silver_stages(
             let _ = tx.send(stem);
         }
         drop(tx);
-        refines.merge(refine_all(host, lake, options, rx).await?);
+        refines.merge(refine_all(handler, lake, options, rx).await?);
     }
     silver_report(report, refines, clock)
 }
@@ -675,17 +785,13 @@ pub async fn bronze_and_silver_stages(
 /// reports its build and load times; the rest of the handler's time (finding what is new, opening
 /// the warehouse) counts to gold.
 pub async fn gold_stage(
-    host: &Arc<LocalHost>,
+    handler: &Handler,
     options: &RunOptions,
     report: &mut RunReport,
     clock: Instant,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let body = serde_json::to_vec(&envelopes::timer(build_gold::NAME, &options.now, false, "gold"))?;
-    let built = started.elapsed();
-    let invocation = host.invoke_timed(build_gold::NAME, body, "gold-timer").await?;
-    let (handler, transport) = (invocation.handler, invocation.transport());
-    let job = invocation.response.return_value;
+    let (job, handler, built, transport) = handler.gold_timer(&options.now).await?;
     let build = &job["build"];
     let rows_in = build["rows_in"].as_u64().unwrap_or(0);
     let seconds = |k: &str| Duration::try_from_secs_f64(job[k].as_f64().unwrap_or(0.0)).unwrap_or_default();
@@ -700,8 +806,8 @@ pub async fn gold_stage(
     Ok(())
 }
 
-/// Runs every stage against `lake`, with the handler in-process on a loopback port, and reads the
-/// KPI report from the warehouse (if one is configured). The report is read in this process, as
+/// Runs every stage against `lake`, reaching the handler as `options.via` says, and reads the KPI
+/// report from the warehouse (if one is configured). The report is read in this process, as
 /// `patientflow report` would: neither the handler's time nor the local host's.
 pub async fn run(
     lake: Lake,
@@ -714,12 +820,17 @@ pub async fn run(
         bail!("--batch-size must be at least 1");
     }
     let state = AppState::build(StorageConfig::memory(), Some(lake.clone()), settings, warehouse, gold);
-    let host = Arc::new(LocalHost::start(state.clone()).await.context("cannot start the handler on a loopback port")?);
+    let handler = match options.via {
+        Via::Host => Handler::Host(Arc::new(
+            LocalHost::start(state.clone()).await.context("cannot start the handler on a loopback port")?,
+        )),
+        Via::InProcess => Handler::InProcess(state.clone()),
+    };
     let mut report = RunReport::default();
     let clock = Instant::now();
     let result = async {
-        bronze_and_silver_stages(&host, &lake, &options, &mut report, clock).await?;
-        gold_stage(&host, &options, &mut report, clock).await?;
+        bronze_and_silver_stages(&handler, &lake, &options, &mut report, clock).await?;
+        gold_stage(&handler, &options, &mut report, clock).await?;
         let started = Instant::now();
         if let Some(w) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? {
             let mut kpis = w.report().await?;
@@ -731,7 +842,9 @@ pub async fn run(
         anyhow::Ok(())
     }
     .await;
-    if let Ok(host) = Arc::try_unwrap(host) {
+    if let Handler::Host(host) = handler
+        && let Ok(host) = Arc::try_unwrap(host)
+    {
         host.stop().await;
     }
     result.map(|()| report)
@@ -756,14 +869,15 @@ mod tests {
             now,
             silver_concurrency: 2,
             progress: false,
+            via: Via::Host,
         }
     }
 
-    async fn host(lake: &Lake, now: NaiveDateTime) -> Arc<LocalHost> {
+    async fn host(lake: &Lake, now: NaiveDateTime) -> Handler {
         let settings = HandlerSettings { now: Some(now), ..Default::default() };
         let gold = GoldSettings { min_new_files: 0, ..Default::default() };
         let state = AppState::build(StorageConfig::memory(), Some(lake.clone()), settings, WarehouseConfig::None, gold);
-        Arc::new(LocalHost::start(state).await.unwrap())
+        Handler::Host(Arc::new(LocalHost::start(state).await.unwrap()))
     }
 
     /// Every silver and quarantine file of a lake, by key.

@@ -1,6 +1,6 @@
 //! Builds the envelopes the Functions host sends, exactly as reference §2.4 shows them: Event Hubs
 //! batches (`cardinality: many`, `dataType: binary`), blob-trigger calls and timer calls. Used by
-//! `patientflow run` (which plays the host locally) and by the tests.
+//! `patientflow run` (which plays the host locally, or hands the handler what the host would) and by the tests.
 //!
 //! Two forms of each trigger envelope:
 //! - [`event_hub_batch`] and [`blob_trigger`] build a `serde_json::Value` tree: readable, close to the
@@ -10,11 +10,14 @@
 //!   per-event allocation. `run` and `bench` build an envelope per thousand events and per bronze
 //!   file, so this is the local host's main cost (a property test checks both forms agree).
 
+use arrow_array::builder::StringBuilder;
+use arrow_array::{BinaryArray, Int64Array, TimestampMicrosecondArray};
 use chrono::NaiveDateTime;
 use serde_json::{Value, json};
 
 use crate::functions::invocation::to_base64;
-use crate::model::time::rfc3339;
+use crate::model::time::{rfc3339, to_micros};
+use crate::pipeline::bronze::{EventBatch, EventColumns};
 
 /// One event as a producer sent it, with its position in the partition.
 #[derive(Debug, Clone)]
@@ -241,6 +244,38 @@ pub fn event_hub_batch_bytes(p: &HubPartition<'_>, events: &[HubEvent], now: &Na
     push_sys(&mut out, "ingest_bronze", now, guid);
     out.extend_from_slice(b"}}");
     out
+}
+
+/// The batch `ingest_bronze` decodes from [`event_hub_batch_bytes`] with the same arguments, built
+/// without the envelope: what `patientflow run` hands the bronze stage when it calls the handler
+/// in this process instead of over HTTP. A property test decodes the envelope and compares.
+pub fn event_batch(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDateTime) -> EventBatch {
+    use std::fmt::Write as _;
+    let n = events.len();
+    let mut offsets = StringBuilder::with_capacity(n, n * 8);
+    let mut keys = StringBuilder::with_capacity(n, n * 8);
+    let mut properties = StringBuilder::with_capacity(n, n * 2);
+    for e in events {
+        // Writing to a builder cannot fail; the empty append ends the value written.
+        let _ = write!(offsets, "{}", e.offset);
+        offsets.append_value("");
+        keys.append_option(e.partition_key.as_deref());
+        properties.append_value("{}");
+    }
+    let events = EventColumns {
+        body: BinaryArray::from_iter_values(events.iter().map(|e| &e.body)),
+        sequence_number: Int64Array::from_iter_values(events.iter().map(|e| e.sequence_number)),
+        offset: offsets.finish(),
+        enqueued_time: TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| to_micros(&e.enqueued_time))),
+        partition_key: keys.finish(),
+        properties: properties.finish(),
+    };
+    EventBatch {
+        event_hub: p.event_hub.to_string(),
+        partition_id: p.partition_id.to_string(),
+        ingested_at: *now,
+        events,
+    }
 }
 
 /// [`blob_trigger`] written straight to bytes: the blob's base64 goes directly into the buffer
@@ -515,6 +550,26 @@ mod tests {
                 serde_json::from_slice(&blob_trigger_bytes(&names[0], &names[1], content.as_deref(), &now, &guid))
                     .unwrap();
             prop_assert_eq!(written, tree);
+        }
+
+        /// What `run` hands bronze in-process is exactly what the handler decodes from the envelope
+        /// the host would have sent: bodies byte for byte, numbers, offsets, times, keys, properties.
+        #[test]
+        fn the_batch_built_in_process_is_the_batch_the_handler_decodes(
+            events in proptest::collection::vec(hub_event(), 1..12),
+            partition in "[0-9]{1,2}",
+            hub in any::<String>(),
+        ) {
+            let now = parse_utc("2026-11-24T12:00:00.5").unwrap();
+            let p = HubPartition {
+                namespace: "ns.servicebus.windows.net",
+                event_hub: &hub,
+                consumer_group: "$Default",
+                partition_id: &partition,
+            };
+            let envelope = event_hub_batch_bytes(&p, &events, &now, "g");
+            let decoded = crate::functions::ingest_bronze::decode_batch(&envelope, now).unwrap();
+            prop_assert_eq!(event_batch(&p, &events, &now), decoded.batch);
         }
     }
 }

@@ -102,3 +102,59 @@ async fn simulated_events_are_enqueued_after_they_were_generated_and_up_to_now()
     // event was enqueued.
     assert_eq!(report["corrected"]["admission_imputed"], report["injected"]["future_admission"]);
 }
+
+/// Every file of the raw layers, by container and key.
+async fn raw_files(data: &std::path::Path) -> std::collections::BTreeMap<String, bytes::Bytes> {
+    let lake = Lake::open(&StorageConfig::local(data)).await.unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for c in [Container::Bronze, Container::Silver, Container::Quarantine] {
+        for meta in lake.list(c, &patient_flow_prefix()).await.unwrap() {
+            files.insert(format!("{c:?}/{}", meta.location), lake.get(c, &meta.location).await.unwrap());
+        }
+    }
+    files
+}
+
+/// `run` calls the functions in its own process unless told to play the host; the host's way is
+/// checked against the Functions host's envelopes elsewhere, so the in-process way must write the
+/// same lake: every bronze, silver and quarantine file byte for byte, the same gold rows, the same
+/// counts and KPIs. Two runs onto each lake, so the second continues the first's partitions.
+#[tokio::test]
+async fn in_process_and_via_the_host_write_the_same_lake() {
+    let (in_process, via_host) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dirt = ["--malformed-rate", "0.03", "--duplicate-rate", "0.03", "--wrong-type-rate", "0.02"];
+    let mut reports = Vec::new();
+    for seed in ["5", "6"] {
+        let args: Vec<&str> = ["--count", "2000", "--seed", seed, "--partitions", "3", "--batch-size", "40"]
+            .into_iter()
+            .chain(dirt)
+            .collect();
+        let a = run(in_process.path(), &args);
+        let b = run(via_host.path(), &[args.as_slice(), &["--via-host"]].concat());
+        reports.push((a, b));
+    }
+    for (a, b) in &reports {
+        for k in ["events", "batches", "bronze_files_created", "silver_files", "silver_rows", "quarantined"] {
+            assert_eq!(a[k], b[k], "{k}");
+        }
+        assert!(
+            a["quarantined"].as_object().unwrap().values().any(|v| v.as_u64() > Some(0)),
+            "the dirt reached silver"
+        );
+        assert_eq!(a["report"], b["report"], "the same KPIs");
+        assert_eq!(a["gold"]["build"]["rows_in"], b["gold"]["build"]["rows_in"]);
+    }
+    let (a, b) = (raw_files(in_process.path()).await, raw_files(via_host.path()).await);
+    assert!(a.len() > 100, "{} files", a.len());
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (key, bytes) in &a {
+        assert!(bytes == &b[key], "{key} differs");
+    }
+    let gold = |d: &std::path::Path| {
+        let d = d.to_path_buf();
+        async move { crate::properties::snapshot(&Lake::open(&StorageConfig::local(d)).await.unwrap()).await }
+    };
+    let (ga, gb) = (gold(in_process.path()).await, gold(via_host.path()).await);
+    assert_eq!(ga.len(), 4);
+    assert!(ga == gb, "the same gold rows");
+}
