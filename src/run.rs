@@ -795,16 +795,13 @@ pub async fn gold_stage(
     let build = &job["build"];
     let rows_in = build["rows_in"].as_u64().unwrap_or(0);
     let seconds = |k: &str| Duration::try_from_secs_f64(job[k].as_f64().unwrap_or(0.0)).unwrap_or_default();
-    // The loads of a backlog's earlier builds run while later ones build: the load stage is what
-    // the loads add after the build.
-    let (build_time, load_time) = (seconds("build_seconds"), seconds("load_after_build_seconds"));
-    let gold_time = handler.saturating_sub(load_time);
-    let gold_split = Split { handler: gold_time, host: built + transport, loopback: transport };
+    let (build_time, load_time) = (seconds("build_seconds"), seconds("load_seconds"));
+    let gold_split = Split { handler: handler.saturating_sub(load_time), host: built + transport, loopback: transport };
     let start = started.duration_since(clock);
     report.stages.push(StageReport::new("gold", start, build_time, rows_in, gold_split));
     let loaded = job["load"]["fact_rows_written"].as_u64().unwrap_or(0);
     let load_split = Split { handler: load_time, ..Split::default() };
-    report.stages.push(StageReport::new("load", start + gold_time, load_time, loaded, load_split));
+    report.stages.push(StageReport::new("load", start + build_time, load_time, loaded, load_split));
     report.gold = Some(job);
     Ok(())
 }

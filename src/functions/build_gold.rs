@@ -48,7 +48,6 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<I
         reconcile_deferred = reconcile.deferred,
         build_seconds = report.build_seconds,
         load_seconds = report.load_seconds,
-        load_after_build_seconds = report.load_after_build_seconds,
         summary = %report.summary,
         "Gold timer run."
     );

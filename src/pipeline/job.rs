@@ -3,11 +3,6 @@
 //! to the latest build. The two functions are thin bindings over [`run`]; the warehouse comes in
 //! through [`Loader`], so the pipeline core knows nothing of HTTP or of warehouse types.
 //!
-//! A backlog is folded in several builds (each bounded in rows); each is loaded as soon as it
-//! commits, while the next one builds, so the warehouse follows the backlog and the last load is
-//! all that remains when the last build ends. A load that fails there is not fatal: the job ends by
-//! bringing the warehouse up to the latest build, and fails only if that does.
-//!
 //! Racing builders (the timer and a Data Factory job, or two instances) cannot both commit a build
 //! number. A job whose commit loses checks whether the build that won holds every silver file the
 //! job was asked to fold in; if it does, the job's work is done and it reports success with that
@@ -119,11 +114,8 @@ pub struct GoldJobReport {
     pub load: Option<Value>,
     /// Wall seconds of the build.
     pub build_seconds: f64,
-    /// Wall seconds of the loads, summed (those of a backlog's earlier builds ran while later ones
-    /// built).
+    /// Wall seconds of the load.
     pub load_seconds: f64,
-    /// Wall seconds the job spent loading after its build ended: what the loads added to its time.
-    pub load_after_build_seconds: f64,
     /// One line for humans.
     pub summary: String,
 }
@@ -167,11 +159,8 @@ pub async fn run(
         load: None,
         build_seconds: 0.0,
         load_seconds: 0.0,
-        load_after_build_seconds: 0.0,
         summary: String::new(),
     };
-    let mut loads = Loads::default();
-    let mut build_ended = None;
     match threshold {
         Some(t) if pending.len() <= t && !due => summary.push(format!(
             "{} new silver files, not more than the threshold of {t}, and no census change due: no build",
@@ -180,95 +169,21 @@ pub async fn run(
         _ => {
             let wanted: Vec<String> = pending.iter().map(ToString::to_string).collect();
             let started = Instant::now();
-            // Each committed build wakes the loader, which loads the latest (skipping any it fell
-            // behind on) while the next one builds.
-            let (committed, mut wake) = tokio::sync::watch::channel(());
-            let building = async {
-                let built =
-                    build(lake, options, &wanted, &mut report, &mut summary, &|| committed.send_replace(())).await;
-                report.build_seconds = started.elapsed().as_secs_f64();
-                build_ended = Some(Instant::now());
-                drop(committed);
-                built
-            };
-            let loading = async {
-                wake.mark_unchanged();
-                while wake.changed().await.is_ok() {
-                    if let Err(e) = loads.latest(lake, loader).await {
-                        // Not fatal here: the load after the build tries again.
-                        tracing::warn!(error = %e, "Loading a build of the backlog failed; the job loads the latest build at its end.");
-                        break;
-                    }
-                }
-            };
-            let (built, ()) = tokio::join!(building, loading);
-            built?;
+            build(lake, options, &wanted, &mut report, &mut summary).await?;
+            report.build_seconds = started.elapsed().as_secs_f64();
         }
     }
     // Bring the warehouse up to the latest build, also when an earlier load failed after its build.
-    let started = Instant::now();
-    loads.latest(lake, loader).await.map_err(JobError::Load)?;
-    report.load_after_build_seconds = build_ended.unwrap_or(started).elapsed().as_secs_f64();
-    report.load_seconds = loads.seconds;
-    summary.extend(loads.summary);
-    report.load = loads.metrics;
+    if let Some(latest) = manifest::latest(lake).await? {
+        let started = Instant::now();
+        if let Some(loaded) = loader.load(lake, &latest).await.map_err(JobError::Load)? {
+            report.load_seconds = started.elapsed().as_secs_f64();
+            summary.extend(loaded.summary);
+            report.load = Some(loaded.metrics);
+        }
+    }
     report.summary = summary.join("; ");
     Ok(report)
-}
-
-/// The loads of one job, together.
-#[derive(Default)]
-struct Loads {
-    /// The loaders' metrics, counts summed over the loads that changed something.
-    metrics: Option<Value>,
-    /// The summary of the last load that changed something.
-    summary: Option<String>,
-    /// Seconds spent loading.
-    seconds: f64,
-}
-
-impl Loads {
-    /// Loads the latest committed build (a no-op when it is loaded already).
-    async fn latest(&mut self, lake: &Lake, loader: &dyn Loader) -> std::result::Result<(), String> {
-        let Some(latest) = manifest::latest(lake).await.map_err(|e| e.to_string())? else { return Ok(()) };
-        let started = Instant::now();
-        let loaded = loader.load(lake, &latest).await?;
-        self.seconds += started.elapsed().as_secs_f64();
-        let Some(loaded) = loaded else { return Ok(()) };
-        match &mut self.metrics {
-            Some(total) if loaded.summary.is_none() => absorb(total, &loaded.metrics, false),
-            Some(total) => absorb(total, &loaded.metrics, true),
-            None => self.metrics = Some(loaded.metrics),
-        }
-        self.summary = loaded.summary.or(self.summary.take());
-        Ok(())
-    }
-}
-
-/// Adds a later load's metrics to `total`: counts of what was written add up, the rest (the build,
-/// totals after the load) comes from the later load when it changed something.
-fn absorb(total: &mut Value, later: &Value, changed: bool) {
-    const COUNTS: [&str; 4] = ["files_added", "files_removed", "patient_rows_written", "fact_rows_written"];
-    let (Value::Object(total), Value::Object(later)) = (total, later) else { return };
-    for (key, value) in later {
-        let sum = |a: &Value, b: &Value| a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0);
-        let merged = match (total.get(key), value) {
-            (Some(Value::Number(a)), Value::Number(b)) if COUNTS.contains(&key.as_str()) => {
-                Value::from(a.as_u64().unwrap_or(0) + b.as_u64().unwrap_or(0))
-            }
-            (Some(Value::Object(a)), Value::Object(b)) => {
-                let mut phases = a.clone();
-                for (phase, seconds) in b {
-                    let s = sum(phases.get(phase).unwrap_or(&Value::Null), seconds);
-                    phases.insert(phase.clone(), Value::from(s));
-                }
-                Value::Object(phases)
-            }
-            (Some(_), _) if !changed => continue,
-            _ => value.clone(),
-        };
-        total.insert(key.clone(), merged);
-    }
 }
 
 async fn build(
@@ -277,7 +192,6 @@ async fn build(
     wanted: &[String],
     report: &mut GoldJobReport,
     summary: &mut Vec<String>,
-    committed: &(dyn Fn() + Sync),
 ) -> Result<()> {
     let gold_options = GoldOptions {
         max_files_per_build: options.max_files_per_build,
@@ -285,7 +199,7 @@ async fn build(
         ..GoldOptions::new(options.now, options.retention)
     };
     for attempt in 1..=MAX_BUILD_ATTEMPTS {
-        match gold::build_all_then(lake, &gold_options, committed).await {
+        match gold::build_all(lake, &gold_options).await {
             Ok((outcome, _)) => {
                 summary.push(match &outcome {
                     BuildOutcome::Built(m) => format!(

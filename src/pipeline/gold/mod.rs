@@ -976,26 +976,14 @@ pub async fn build_with_retry(lake: &Lake, options: &GoldOptions) -> Result<Buil
 /// Builds until nothing new is left (each build takes at most `max_files_per_build` silver
 /// files), and reports the builds together.
 pub async fn build_all(lake: &Lake, options: &GoldOptions) -> Result<(BuildOutcome, Duration)> {
-    build_all_then(lake, options, &|| {}).await
-}
-
-/// [`build_all`], calling `committed` after each build commits (the gold job loads it then).
-pub async fn build_all_then(
-    lake: &Lake,
-    options: &GoldOptions,
-    committed: &(dyn Fn() + Sync),
-) -> Result<(BuildOutcome, Duration)> {
     let started = Instant::now();
     let mut total: Option<GoldMetrics> = None;
     loop {
         match build_with_retry(lake, options).await? {
-            BuildOutcome::Built(m) => {
-                committed();
-                match &mut total {
-                    Some(t) => t.absorb(m),
-                    None => total = Some(m),
-                }
-            }
+            BuildOutcome::Built(m) => match &mut total {
+                Some(t) => t.absorb(m),
+                None => total = Some(m),
+            },
             nothing @ BuildOutcome::NothingNew { .. } => {
                 let outcome = total.map_or(nothing, BuildOutcome::Built);
                 return Ok((outcome, started.elapsed()));
