@@ -152,9 +152,8 @@ impl Handler {
         }
     }
 
-    /// Fires the gold timer at `now`: the gold job's report, the handler's time, and the host's
-    /// (building the envelope and the round trip beyond the handler's time).
-    async fn gold_timer(&self, now: &NaiveDateTime) -> anyhow::Result<(Value, Duration, Duration, Duration)> {
+    /// Fires the gold timer at `now`.
+    async fn gold_timer(&self, now: &NaiveDateTime) -> anyhow::Result<GoldTimer> {
         let started = Instant::now();
         match self {
             Handler::Host(host) => {
@@ -162,17 +161,29 @@ impl Handler {
                 let built = started.elapsed();
                 let invocation = host.invoke_timed(build_gold::NAME, body, "gold-timer").await?;
                 let (handler, transport) = (invocation.handler, invocation.transport());
-                Ok((invocation.response.return_value, handler, built, transport))
+                Ok(GoldTimer { job: invocation.response.return_value, handler, built, transport })
             }
             Handler::InProcess(state) => {
                 let gold = state.gold();
                 let trigger =
                     Trigger::Timer { min_new_files: gold.min_new_files, reconcile_max_files: gold.reconcile_max_files };
                 let report = job::run(state.lake().await?, state, &state.job_options(*now, trigger)).await?;
-                Ok((serde_json::to_value(&report)?, started.elapsed(), Duration::ZERO, Duration::ZERO))
+                let job = serde_json::to_value(&report)?;
+                Ok(GoldTimer { job, handler: started.elapsed(), built: Duration::ZERO, transport: Duration::ZERO })
             }
         }
     }
+}
+
+/// One gold timer call: the gold job's report, and where its time went.
+struct GoldTimer {
+    job: Value,
+    /// The handler's own time.
+    handler: Duration,
+    /// The host's time building the envelope.
+    built: Duration,
+    /// The round trip beyond the handler's time.
+    transport: Duration,
 }
 
 /// One refine: its metrics and where its time went.
@@ -791,7 +802,7 @@ pub async fn gold_stage(
     clock: Instant,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (job, handler, built, transport) = handler.gold_timer(&options.now).await?;
+    let GoldTimer { job, handler, built, transport } = handler.gold_timer(&options.now).await?;
     let build = &job["build"];
     let rows_in = build["rows_in"].as_u64().unwrap_or(0);
     let seconds = |k: &str| Duration::try_from_secs_f64(job[k].as_f64().unwrap_or(0.0)).unwrap_or_default();
