@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use arrow_array::RecordBatch;
 use chrono::NaiveDateTime;
 use serde::Serialize;
 use serde_json::Value;
@@ -107,37 +106,29 @@ impl Handler {
         }
     }
 
-    /// Lands one batch in bronze: the file it created, if it created one (a replay does not).
-    async fn ingest(&self, delivery: Delivery, split: &mut Split) -> anyhow::Result<Option<Landed>> {
+    /// Lands one batch in bronze: whether it created a file, and the file's key.
+    async fn ingest(&self, delivery: Delivery, split: &mut Split) -> anyhow::Result<(bool, Option<String>)> {
         match (self, delivery.load) {
             (Handler::Host(host), Load::Envelope(body)) => {
                 let invocation = host.invoke_timed(ingest_bronze::NAME, body, &delivery.id).await?;
                 split.invocation(&invocation);
                 let answer = &invocation.response.return_value;
-                if answer.get("created").and_then(Value::as_bool) != Some(true) {
-                    return Ok(None);
-                }
-                // A file not announced (no key in the answer) is found by the sweep after ingest.
-                let stem = answer.get("key").and_then(Value::as_str).and_then(BatchStem::parse_key);
-                Ok(Some(Landed { stem, rows: None }))
+                let created = answer.get("created").and_then(Value::as_bool) == Some(true);
+                Ok((created, answer.get("key").and_then(Value::as_str).map(str::to_string)))
             }
             (Handler::InProcess(state), Load::Batch(batch)) => {
                 let started = Instant::now();
                 let m = bronze::ingest(state.lake().await?, &batch).await?;
-                // Silver takes the rows just landed as they are, instead of reading the file back.
-                let rows = m.created.then(|| bronze::to_record_batch(&batch)).transpose()?;
                 split.handler += started.elapsed();
-                Ok(m.created.then(|| Landed { stem: BatchStem::parse_key(&m.key), rows }))
+                Ok((m.created, Some(m.key)))
             }
             _ => bail!("a batch was built for the other way of reaching the handler (a bug in `run`)"),
         }
     }
 
     /// Refines one bronze file, as its blob trigger would; `w` names the worker.
-    async fn refine(&self, lake: &Lake, file: ToRefine, now: &NaiveDateTime, w: usize) -> anyhow::Result<Refined> {
+    async fn refine(&self, lake: &Lake, stem: &BatchStem, now: &NaiveDateTime, w: usize) -> anyhow::Result<Refined> {
         let started = Instant::now();
-        let ToRefine { stem, rows } = file;
-        let stem = &stem;
         match self {
             Handler::Host(host) => {
                 // The host reads the blob and sends it base64-encoded (`dataType: binary`).
@@ -155,11 +146,7 @@ impl Handler {
                 Ok(Refined { metrics, split })
             }
             Handler::InProcess(state) => {
-                let lake = state.lake().await?;
-                let metrics = match rows {
-                    Some(rows) => silver::process_decoded(lake, stem, vec![rows]).await?,
-                    None => silver::process_from_lake(lake, stem).await?,
-                };
+                let metrics = silver::process_from_lake(state.lake().await?, stem).await?;
                 Ok(Refined { metrics, split: Split { handler: started.elapsed(), ..Split::default() } })
             }
         }
@@ -185,25 +172,6 @@ impl Handler {
                 Ok(GoldTimer { job, handler: started.elapsed(), built: Duration::ZERO, transport: Duration::ZERO })
             }
         }
-    }
-}
-
-/// A bronze file a batch created: its name, when the answer gave one, and its rows when this
-/// process landed them.
-struct Landed {
-    stem: Option<BatchStem>,
-    rows: Option<RecordBatch>,
-}
-
-/// A bronze file for silver, with its rows when this process has them in memory.
-pub struct ToRefine {
-    stem: BatchStem,
-    rows: Option<RecordBatch>,
-}
-
-impl From<BatchStem> for ToRefine {
-    fn from(stem: BatchStem) -> Self {
-        Self { stem, rows: None }
     }
 }
 
@@ -521,12 +489,10 @@ pub fn first_enqueued(now: NaiveDateTime, total: u64) -> anyhow::Result<NaiveDat
 /// Events in an NDJSON file: its lines that are not blank (what `run` sends).
 fn count_events(path: &std::path::Path) -> anyhow::Result<u64> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open --input {}", path.display()))?;
-    let (mut n, mut line) = (0, Vec::new());
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    // One buffer for every line: this pass only counts.
-    while reader.read_until(b'\n', &mut line).with_context(|| format!("cannot read {}", path.display()))? > 0 {
+    let mut n = 0;
+    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         n += u64::from(!line.iter().all(u8::is_ascii_whitespace));
-        line.clear();
     }
     Ok(n)
 }
@@ -600,7 +566,7 @@ pub async fn bronze_stage(
     lake: &Lake,
     options: &RunOptions,
     report: &mut RunReport,
-    landed: Option<mpsc::UnboundedSender<ToRefine>>,
+    landed: Option<mpsc::UnboundedSender<BatchStem>>,
     clock: Instant,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -617,15 +583,16 @@ pub async fn bronze_stage(
         workers.push(tokio::spawn(async move {
             let (mut batches, mut created, mut replays, mut split) = (0u64, 0u64, 0u64, Split::default());
             while let Some(delivery) = rx.recv().await {
+                let (new, key) = handler.ingest(delivery, &mut split).await?;
                 batches += 1;
-                match handler.ingest(delivery, &mut split).await? {
-                    Some(file) => {
-                        created += 1;
-                        if let (Some(stem), Some(landed)) = (file.stem, &landed) {
-                            let _ = landed.send(ToRefine { stem, rows: file.rows });
-                        }
+                if new {
+                    created += 1;
+                    // A file not announced here (no key in the answer) is found by the sweep.
+                    if let (Some(stem), Some(landed)) = (key.as_deref().and_then(BatchStem::parse_key), &landed) {
+                        let _ = landed.send(stem);
                     }
-                    None => replays += 1,
+                } else {
+                    replays += 1;
                 }
             }
             anyhow::Ok((batches, created, replays, split))
@@ -695,7 +662,7 @@ async fn refine_all(
     handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
-    files: mpsc::UnboundedReceiver<ToRefine>,
+    files: mpsc::UnboundedReceiver<BatchStem>,
 ) -> anyhow::Result<Refines> {
     let files = Arc::new(tokio::sync::Mutex::new(files));
     let mut workers = Vec::new();
@@ -705,9 +672,9 @@ async fn refine_all(
             let mut done = Refines::default();
             loop {
                 let next = files.lock().await.recv().await;
-                let Some(file) = next else { break };
+                let Some(stem) = next else { break };
                 done.first.get_or_insert(Instant::now());
-                let refined = handler.refine(&lake, file, &now, w).await?;
+                let refined = handler.refine(&lake, &stem, &now, w).await?;
                 done.split.add(refined.split);
                 done.last = Some(Instant::now());
                 done.metrics.push(refined.metrics);
@@ -781,7 +748,7 @@ pub async fn silver_stage(
     let clock = Instant::now();
     let (tx, rx) = mpsc::unbounded_channel();
     for stem in unrefined(lake, &HashSet::new()).await? {
-        let _ = tx.send(stem.into());
+        let _ = tx.send(stem);
     }
     drop(tx);
     let refines = refine_all(handler, lake, options, rx).await?;
@@ -816,7 +783,7 @@ pub async fn bronze_and_silver_stages(
     if !rest.is_empty() {
         let (tx, rx) = mpsc::unbounded_channel();
         for stem in rest {
-            let _ = tx.send(stem.into());
+            let _ = tx.send(stem);
         }
         drop(tx);
         refines.merge(refine_all(handler, lake, options, rx).await?);

@@ -925,13 +925,6 @@ pub async fn process(lake: &Lake, stem: &BatchStem, bronze: Bytes) -> Result<Sil
     let key = stem.key();
     let (_, batches) = parquet::decode_columns(bronze, &BRONZE_COLUMNS)
         .map_err(|e| Error::Corrupt { key: key.to_string(), detail: e.to_string() })?;
-    process_decoded(lake, stem, batches).await
-}
-
-/// [`process`] for a bronze file already in memory as record batches (of the bronze schema, or at
-/// least its columns silver reads): what `patientflow run` has of a batch it has just landed.
-pub async fn process_decoded(lake: &Lake, stem: &BatchStem, batches: Vec<RecordBatch>) -> Result<SilverMetrics> {
-    let key = stem.key();
     let covered = Covered::for_stem(lake, stem).await?;
     let refined = refine_batches_excluding(key.as_ref(), &batches, &covered)?;
     drop(batches);
