@@ -32,7 +32,6 @@ use crate::functions::{build_gold, ingest_bronze, refine_silver};
 use crate::local_host::envelopes::{self, HubEvent, HubPartition};
 use crate::local_host::{Invocation, LocalHost};
 use crate::pipeline::bronze::{self, EventBatch};
-use crate::pipeline::job::{self, Trigger};
 use crate::pipeline::silver::{self, SilverMetrics};
 use crate::simulate::{SimulationConfig, Simulator, Tally};
 use crate::storage::keys::{BatchStem, patient_flow_prefix};
@@ -164,11 +163,7 @@ impl Handler {
                 Ok(GoldTimer { job: invocation.response.return_value, handler, built, transport })
             }
             Handler::InProcess(state) => {
-                let gold = state.gold();
-                let trigger =
-                    Trigger::Timer { min_new_files: gold.min_new_files, reconcile_max_files: gold.reconcile_max_files };
-                let report = job::run(state.lake().await?, state, &state.job_options(*now, trigger)).await?;
-                let job = serde_json::to_value(&report)?;
+                let job = serde_json::to_value(build_gold::on_timer(state, *now, false).await?)?;
                 Ok(GoldTimer { job, handler: started.elapsed(), built: Duration::ZERO, transport: Duration::ZERO })
             }
         }

@@ -7,6 +7,7 @@
 use axum::Json;
 use axum::extract::State;
 use bytes::Bytes;
+use chrono::NaiveDateTime;
 use serde_json::Value;
 
 use super::FunctionError;
@@ -32,12 +33,23 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<I
     }
     let past_due = timer.get("IsPastDue").and_then(Value::as_bool).unwrap_or(false);
     let now = req.utc_now().unwrap_or_else(|| state.clock());
+    let report = on_timer(&state, now, past_due).await?;
+    Ok(Json(InvokeResponse {
+        logs: vec![report.summary.clone()],
+        return_value: serde_json::to_value(&report).unwrap_or_default(),
+        ..Default::default()
+    }))
+}
+
+/// What the timer does at `now`: the gold job with the timer's threshold, logged. `patientflow run`
+/// calls it in-process.
+pub async fn on_timer(state: &AppState, now: NaiveDateTime, past_due: bool) -> Result<GoldJobReport, FunctionError> {
     let trigger = Trigger::Timer {
         min_new_files: state.gold().min_new_files,
         reconcile_max_files: state.gold().reconcile_max_files,
     };
     let lake = state.lake().await?;
-    let report = job::run(lake, &state, &state.job_options(now, trigger)).await?;
+    let report = job::run(lake, state, &state.job_options(now, trigger)).await?;
     let reconcile = report.reconcile.clone().unwrap_or_default();
     tracing::info!(
         pending = report.pending_silver_files,
@@ -51,9 +63,5 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<I
         summary = %report.summary,
         "Gold timer run."
     );
-    Ok(Json(InvokeResponse {
-        logs: vec![report.summary.clone()],
-        return_value: serde_json::to_value(&report).unwrap_or_default(),
-        ..Default::default()
-    }))
+    Ok(report)
 }
