@@ -225,10 +225,14 @@ pub struct GoldArgs {
     /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
     pub warehouse_path: Option<PathBuf>,
-    /// Memory the embedded warehouse (DuckDB) may use for a load or a report, e.g. `256MB` or `1GB`;
-    /// past it DuckDB spills to `<warehouse file>.tmp`.
+    /// Memory the embedded warehouse (DuckDB) may use for a load, e.g. `256MB` or `1GB`; past it
+    /// DuckDB spills to `<warehouse file>.tmp`.
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", default_value = settings::DEFAULT_WAREHOUSE_MEMORY_LIMIT)]
     pub warehouse_memory_limit: String,
+    /// Memory the embedded warehouse (DuckDB) may use for the KPI report and other reads, e.g.
+    /// `128MB` or `1GB`; past it DuckDB spills to `<warehouse file>.tmp`.
+    #[arg(long, env = "PATIENTFLOW_REPORT_MEMORY_LIMIT", default_value = settings::DEFAULT_REPORT_MEMORY_LIMIT)]
+    pub report_memory_limit: String,
     /// Synapse settings.
     #[command(flatten)]
     pub synapse: SynapseArgs,
@@ -281,7 +285,11 @@ impl GoldArgs {
                 if cfg!(feature = "embedded-warehouse") {
                     Ok(WarehouseConfig::Embedded(EmbeddedConfig {
                         path: self.warehouse_path.clone().unwrap_or_else(|| data_dir.join("warehouse.duckdb")),
-                        memory_limit: memory_limit(&self.warehouse_memory_limit)?,
+                        memory_limit: memory_limit("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", &self.warehouse_memory_limit)?,
+                        report_memory_limit: memory_limit(
+                            "PATIENTFLOW_REPORT_MEMORY_LIMIT",
+                            &self.report_memory_limit,
+                        )?,
                     }))
                 } else {
                     Err(ConfigError(NO_EMBEDDED_WAREHOUSE.into()))
@@ -296,8 +304,9 @@ impl GoldArgs {
     }
 }
 
-/// A DuckDB memory size: a number and a unit (`KB`, `MB`, `GB`, `TB`, or `KiB` … `TiB`).
-fn memory_limit(value: &str) -> Result<String, ConfigError> {
+/// A DuckDB memory size: a number and a unit (`KB`, `MB`, `GB`, `TB`, or `KiB` … `TiB`); `setting`
+/// names it in the error.
+fn memory_limit(setting: &str, value: &str) -> Result<String, ConfigError> {
     let value = value.trim();
     let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
@@ -307,7 +316,7 @@ fn memory_limit(value: &str) -> Result<String, ConfigError> {
             Ok(format!("{number}{}", unit.trim()))
         }
         _ => Err(ConfigError(format!(
-            "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT={value:?} is not a memory size; use a number and a unit, e.g. 256MB or 1GB"
+            "{setting}={value:?} is not a memory size; use a number and a unit, e.g. 256MB or 1GB"
         ))),
     }
 }
@@ -453,11 +462,12 @@ mod tests {
 
     #[test]
     fn the_warehouse_memory_limit_is_a_size_with_a_unit() {
-        assert_eq!(memory_limit("256MB").unwrap(), "256MB");
-        assert_eq!(memory_limit(" 1.5 GiB ").unwrap(), "1.5GiB");
+        const S: &str = "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT";
+        assert_eq!(memory_limit(S, "256MB").unwrap(), "256MB");
+        assert_eq!(memory_limit(S, " 1.5 GiB ").unwrap(), "1.5GiB");
         for bad in ["", "256", "lots", "0MB", "-1GB", "12 parsecs"] {
-            let e = memory_limit(bad).unwrap_err().to_string();
-            assert!(e.contains("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT") && e.contains("256MB"), "{bad:?}: {e}");
+            let e = memory_limit(S, bad).unwrap_err().to_string();
+            assert!(e.contains(S) && e.contains("256MB"), "{bad:?}: {e}");
         }
     }
 }

@@ -104,23 +104,35 @@ pub enum WarehouseConfig {
     Synapse(Arc<crate::warehouse::synapse::SynapseConfig>),
 }
 
-/// Default of `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`: DuckDB's memory for a load or a report. Past it
-/// DuckDB spills to a temporary folder beside the database file instead of growing (its own
-/// default, 80 % of the machine, let the KPI report over 10M facts take 2.6 GB).
+/// Default of `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`: DuckDB's memory for a load. Past it DuckDB
+/// spills to a temporary folder beside the database file instead of growing (its own default, 80 %
+/// of the machine, let the KPI report over 10M facts take 2.6 GB).
 pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "256MB";
+
+/// Default of `PATIENTFLOW_REPORT_MEMORY_LIMIT`: DuckDB's memory for the KPI report (and other reads).
+/// Over 10M facts the report took as long with 128 MB as with 256 MB (10.5–11.0 s) while the
+/// process peaked at 302–332 MB instead of 474–516 MB; a load keeps 256 MB, as its checkpoint after
+/// deletes slowed by half with 128 MB (README, "Performance").
+pub const DEFAULT_REPORT_MEMORY_LIMIT: &str = "128MB";
 
 /// The embedded DuckDB warehouse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedConfig {
     /// The database file.
     pub path: std::path::PathBuf,
-    /// DuckDB's `memory_limit` (e.g. `256MB`, `1GB`).
+    /// DuckDB's `memory_limit` for loads (e.g. `256MB`, `1GB`).
     pub memory_limit: String,
+    /// DuckDB's `memory_limit` for the report and other reads.
+    pub report_memory_limit: String,
 }
 
 impl From<std::path::PathBuf> for EmbeddedConfig {
     /// The file at `path`, with the default memory limit.
     fn from(path: std::path::PathBuf) -> Self {
-        Self { path, memory_limit: DEFAULT_WAREHOUSE_MEMORY_LIMIT.into() }
+        Self {
+            path,
+            memory_limit: DEFAULT_WAREHOUSE_MEMORY_LIMIT.into(),
+            report_memory_limit: DEFAULT_REPORT_MEMORY_LIMIT.into(),
+        }
     }
 }

@@ -74,6 +74,7 @@ pub struct Embedded {
     lock: Arc<Mutex<()>>,
     lock_wait: Duration,
     memory_limit: String,
+    report_memory_limit: String,
 }
 
 impl Embedded {
@@ -84,12 +85,13 @@ impl Embedded {
 
     /// [`open`](Self::open) with the configured memory limit.
     pub fn open_with(config: &EmbeddedConfig) -> Result<Self> {
-        Self::open_waiting(&config.path, &config.memory_limit, LOCK_WAIT)
+        Self::open_waiting(config, LOCK_WAIT)
     }
 
     /// [`open_with`](Self::open_with), waiting at most `lock_wait` (here and in every later
     /// operation) for a file another process holds.
-    pub fn open_waiting(path: &Path, memory_limit: &str, lock_wait: Duration) -> Result<Self> {
+    pub fn open_waiting(config: &EmbeddedConfig, lock_wait: Duration) -> Result<Self> {
+        let path = config.path.as_path();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -102,7 +104,8 @@ impl Embedded {
             path: path.to_path_buf(),
             lock: process_lock(&key),
             lock_wait,
-            memory_limit: memory_limit.to_string(),
+            memory_limit: config.memory_limit.clone(),
+            report_memory_limit: config.report_memory_limit.clone(),
         };
         this.session(Access::Write, |c| {
             reset_older_layout(c, path)?;
@@ -129,22 +132,30 @@ impl Embedded {
         let deadline = Instant::now() + self.lock_wait;
         let mut pause = Duration::from_millis(20);
         loop {
-            let config = match access {
-                Access::Read => Config::default().access_mode(AccessMode::ReadOnly),
+            let (config, limit, setting) = match access {
+                Access::Read => (
+                    Config::default().access_mode(AccessMode::ReadOnly),
+                    &self.report_memory_limit,
+                    "PATIENTFLOW_REPORT_MEMORY_LIMIT",
+                ),
                 // One DuckDB thread for writes: a load appends sequentially, and DuckDB's client
                 // thread spins while its workers run, so more threads cost CPU (measured: 1M facts
                 // load in half the CPU time) and take the core that decodes gold.
-                Access::Write => Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
-            }
-            .map_err(db)?
-            // Past the limit DuckDB spills to `<file>.tmp` rather than growing with the tables.
-            .max_memory(&self.memory_limit)
-            .map_err(|e| {
-                Error::Database(format!(
-                    "DuckDB refused the memory limit {:?} ({e}); set PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT to e.g. 256MB",
-                    self.memory_limit
-                ))
-            })?;
+                Access::Write => (
+                    Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
+                    &self.memory_limit,
+                    "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT",
+                ),
+            };
+            let config = config
+                .map_err(db)?
+                // Past the limit DuckDB spills to `<file>.tmp` rather than growing with the tables.
+                .max_memory(limit)
+                .map_err(|e| {
+                    Error::Database(format!(
+                        "DuckDB refused the memory limit {limit:?} ({e}); set {setting} to e.g. 256MB"
+                    ))
+                })?;
             match Connection::open_with_flags(&self.path, config) {
                 Ok(c) => return Ok(c),
                 Err(e) if is_lock_conflict(&e) && Instant::now() < deadline => {
@@ -476,4 +487,33 @@ fn record_files(tx: &Connection, removed: &[i64], added: &[(&GoldFile, i64)]) ->
         appender.append_row(duckdb::params![f.table.name(), f.file.as_str(), *id]).map_err(db)?;
     }
     appender.flush().map_err(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(w: &Embedded, access: Access) -> String {
+        w.session(access, |c| c.query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0)).map_err(db))
+            .unwrap()
+    }
+
+    /// Loads (read-write sessions) run under `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`, the report and
+    /// other reads under `PATIENTFLOW_REPORT_MEMORY_LIMIT`; the defaults are 256 MB and 128 MB.
+    #[test]
+    fn loads_and_reads_run_under_their_own_memory_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig {
+            path: dir.path().join("w.duckdb"),
+            memory_limit: "64MB".into(),
+            report_memory_limit: "32MB".into(),
+        };
+        let w = Embedded::open_with(&config).unwrap();
+        assert_eq!(limit(&w, Access::Write), "61.0 MiB", "64 MB = 61.0 MiB");
+        assert_eq!(limit(&w, Access::Read), "30.5 MiB", "32 MB = 30.5 MiB");
+
+        let w = Embedded::open(&dir.path().join("defaults.duckdb")).unwrap();
+        assert_eq!(limit(&w, Access::Write), "244.1 MiB", "256 MB");
+        assert_eq!(limit(&w, Access::Read), "122.0 MiB", "128 MB");
+    }
 }

@@ -326,13 +326,18 @@ fn a_70000_character_department_is_truncated_in_text_and_whole_in_json() {
     assert!(rows.iter().any(|r| r[1].as_str() == Some(department.as_str())), "the full value in JSON");
 }
 
-/// `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT` reaches DuckDB (its own `memory_limit` setting reads it
-/// back, in binary units), and a value that is no size fails `report` with the setting's name.
+/// `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT` reaches DuckDB's loads (its own `memory_limit` setting reads
+/// it back, in binary units), and a value that is no size fails `report` with the setting's name;
+/// so does `PATIENTFLOW_REPORT_MEMORY_LIMIT` for the report's connection (see
+/// `warehouse::embedded::tests`).
 #[tokio::test]
 async fn duckdb_runs_under_the_configured_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        patientflow::config::EmbeddedConfig { path: dir.path().join("warehouse.duckdb"), memory_limit: "64MB".into() };
+    let config = patientflow::config::EmbeddedConfig {
+        path: dir.path().join("warehouse.duckdb"),
+        memory_limit: "64MB".into(),
+        report_memory_limit: "32MB".into(),
+    };
     let w = Embedded::open_with(&config).unwrap();
     let limit = w
         .with_conn(|c| {
@@ -354,4 +359,16 @@ async fn duckdb_runs_under_the_configured_memory_limit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && out.status.code() != Some(101), "{stderr}");
     assert!(stderr.contains("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT") && stderr.contains("not a memory size"), "{stderr}");
+
+    let out = bin()
+        .args(["report", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("LAKE")
+        .env_remove("PATIENTFLOW_WAREHOUSE")
+        .env("PATIENTFLOW_REPORT_MEMORY_LIMIT", "12 parsecs")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.status.code() != Some(101), "{stderr}");
+    assert!(stderr.contains("PATIENTFLOW_REPORT_MEMORY_LIMIT") && stderr.contains("not a memory size"), "{stderr}");
 }
