@@ -110,9 +110,10 @@ pub enum WarehouseConfig {
 pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "256MB";
 
 /// Default of `PATIENTFLOW_REPORT_MEMORY_LIMIT`: DuckDB's memory for the KPI report (and other reads).
-/// Over 10M facts the report took as long with 128 MB as with 256 MB (10.5–11.0 s) while the
-/// process peaked at 302–332 MB instead of 474–516 MB; a load keeps 256 MB, as its checkpoint after
-/// deletes slowed by half with 128 MB (README, "Performance").
+/// Over 10M facts the report took as long with 128 MB as with 256 MB (10.5–11.7 s), and `run`'s
+/// report stage stayed at gold's peak in nine runs of ten (474–516 MB by the eighth run with 256 MB);
+/// a load keeps 256 MB, as its checkpoint after deletes slowed by half with 128 MB (README,
+/// "Performance").
 pub const DEFAULT_REPORT_MEMORY_LIMIT: &str = "128MB";
 
 /// The embedded DuckDB warehouse.
