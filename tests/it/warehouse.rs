@@ -348,27 +348,19 @@ async fn duckdb_runs_under_the_configured_memory_limit() {
         .unwrap();
     assert_eq!(limit, "61.0 MiB", "64 MB = 61.0 MiB");
 
-    let out = bin()
-        .args(["report", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("LAKE")
-        .env_remove("PATIENTFLOW_WAREHOUSE")
-        .env("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", "plenty")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && out.status.code() != Some(101), "{stderr}");
-    assert!(stderr.contains("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT") && stderr.contains("not a memory size"), "{stderr}");
-
-    let out = bin()
-        .args(["report", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("LAKE")
-        .env_remove("PATIENTFLOW_WAREHOUSE")
-        .env("PATIENTFLOW_REPORT_MEMORY_LIMIT", "12 parsecs")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && out.status.code() != Some(101), "{stderr}");
-    assert!(stderr.contains("PATIENTFLOW_REPORT_MEMORY_LIMIT") && stderr.contains("not a memory size"), "{stderr}");
+    for (setting, bad) in
+        [("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", "plenty"), ("PATIENTFLOW_REPORT_MEMORY_LIMIT", "12 parsecs")]
+    {
+        let out = bin()
+            .args(["report", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("LAKE")
+            .env_remove("PATIENTFLOW_WAREHOUSE")
+            .env(setting, bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.status.code() != Some(101), "{setting}: {stderr}");
+        assert!(stderr.contains(setting) && stderr.contains("not a memory size"), "{setting}: {stderr}");
+    }
 }
