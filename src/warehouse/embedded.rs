@@ -70,11 +70,10 @@ enum Access {
 /// A DuckDB database file holding the star schema.
 #[derive(Clone)]
 pub struct Embedded {
-    path: PathBuf,
+    /// The file and the memory limits of its sessions.
+    config: EmbeddedConfig,
     lock: Arc<Mutex<()>>,
     lock_wait: Duration,
-    memory_limit: String,
-    report_memory_limit: String,
 }
 
 impl Embedded {
@@ -100,13 +99,7 @@ impl Embedded {
         // One lock per file, whatever relative path names it.
         let file = path.file_name().ok_or_else(|| Error::Database(format!("{} is not a file path", path.display())))?;
         let key = dir.canonicalize().unwrap_or(dir).join(file);
-        let this = Self {
-            path: path.to_path_buf(),
-            lock: process_lock(&key),
-            lock_wait,
-            memory_limit: config.memory_limit.clone(),
-            report_memory_limit: config.report_memory_limit.clone(),
-        };
+        let this = Self { config: config.clone(), lock: process_lock(&key), lock_wait };
         this.session(Access::Write, |c| {
             reset_older_layout(c, path)?;
             c.execute_batch(SCHEMA).map_err(db)
@@ -116,7 +109,7 @@ impl Embedded {
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.config.path
     }
 
     /// Opens the file, runs `f`, closes the file: the whole time holding this process's lock on it.
@@ -135,7 +128,7 @@ impl Embedded {
             let (config, limit, setting) = match access {
                 Access::Read => (
                     Config::default().access_mode(AccessMode::ReadOnly),
-                    &self.report_memory_limit,
+                    &self.config.report_memory_limit,
                     "PATIENTFLOW_REPORT_MEMORY_LIMIT",
                 ),
                 // One DuckDB thread for writes: a load appends sequentially, and DuckDB's client
@@ -143,7 +136,7 @@ impl Embedded {
                 // load in half the CPU time) and take the core that decodes gold.
                 Access::Write => (
                     Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
-                    &self.memory_limit,
+                    &self.config.memory_limit,
                     "PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT",
                 ),
             };
@@ -156,7 +149,7 @@ impl Embedded {
                         "DuckDB refused the memory limit {limit:?} ({e}); set {setting} to e.g. 256MB"
                     ))
                 })?;
-            match Connection::open_with_flags(&self.path, config) {
+            match Connection::open_with_flags(&self.config.path, config) {
                 Ok(c) => return Ok(c),
                 Err(e) if is_lock_conflict(&e) && Instant::now() < deadline => {
                     std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
@@ -165,11 +158,11 @@ impl Embedded {
                 Err(e) if is_lock_conflict(&e) => {
                     return Err(Error::Busy(format!(
                         "the embedded warehouse {} is in use by another process (a load is in progress) and stayed so for {:?}; try again in a moment",
-                        self.path.display(),
+                        self.config.path.display(),
                         self.lock_wait
                     )));
                 }
-                Err(e) => return Err(Error::Database(format!("cannot open {}: {e}", self.path.display()))),
+                Err(e) => return Err(Error::Database(format!("cannot open {}: {e}", self.config.path.display()))),
             }
         }
     }
