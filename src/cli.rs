@@ -637,7 +637,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "handler_seconds": sum(|s| s.handler_seconds),
         "host_seconds": sum(|s| s.host_seconds),
         "events_per_second": args.events as f64 / total,
-        "peak_memory_bytes": crate::run::peak_memory_bytes(),
+        "peak_memory_bytes": crate::telemetry::peak_memory_bytes(),
         "silver_rows": report.silver_rows,
         "fact_rows": report.gold.as_ref().and_then(|g| g["load"]["fact_rows_total"].as_u64()),
     });

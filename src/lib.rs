@@ -15,6 +15,8 @@ pub mod eventhubs;
 pub mod functions;
 /// A local stand-in for the Functions host (used by `run`, `bench` and tests).
 pub mod local_host;
+/// Giving freed memory back to the operating system.
+pub mod memory;
 /// Pure data: the event contract and table schemas.
 pub mod model;
 /// Deployable Function App folders.

@@ -231,7 +231,7 @@ impl StageReport {
             loopback_seconds: split.loopback.as_secs_f64(),
             rows,
             rows_per_second: if seconds > 0.0 { rows as f64 / seconds } else { 0.0 },
-            peak_memory_bytes: peak_memory_bytes(),
+            peak_memory_bytes: crate::telemetry::peak_memory_bytes(),
         }
     }
 }
@@ -258,14 +258,6 @@ impl Split {
         self.host += other.host;
         self.loopback += other.loopback;
     }
-}
-
-/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
-pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// What a run did.
@@ -806,7 +798,12 @@ pub async fn gold_stage(
     let (build_time, load_time) = (seconds("build_seconds"), seconds("load_seconds"));
     let gold_split = Split { handler: handler.saturating_sub(load_time), host: built + transport, loopback: transport };
     let start = started.duration_since(clock);
-    report.stages.push(StageReport::new("gold", start, build_time, rows_in, gold_split));
+    let mut gold = StageReport::new("gold", start, build_time, rows_in, gold_split);
+    // The job loads right after it builds: the peak when the build ended is gold's own.
+    if let Some(peak) = job["build_peak_memory_bytes"].as_u64() {
+        gold.peak_memory_bytes = Some(peak);
+    }
+    report.stages.push(gold);
     let loaded = job["load"]["fact_rows_written"].as_u64().unwrap_or(0);
     let load_split = Split { handler: load_time, ..Split::default() };
     report.stages.push(StageReport::new("load", start + build_time, load_time, loaded, load_split));

@@ -1,5 +1,6 @@
-//! Logging. The handler logs to **stdout**: the Functions host records stdout at Information and
-//! every stderr line as an Error. Commands whose stdout is data (`simulate`) log to stderr.
+//! Logging, and the process's peak memory for reports. The handler logs to **stdout**: the
+//! Functions host records stdout at Information and every stderr line as an Error. Commands whose
+//! stdout is data (`simulate`) log to stderr.
 //! `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` emits JSON lines for Application Insights.
 
 use tracing_subscriber::EnvFilter;
@@ -26,4 +27,12 @@ pub fn init(target: LogTarget, default_filter: &str) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes; `None` elsewhere.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

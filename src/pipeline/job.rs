@@ -114,6 +114,9 @@ pub struct GoldJobReport {
     pub load: Option<Value>,
     /// Wall seconds of the build.
     pub build_seconds: f64,
+    /// The process's peak resident memory (Linux `VmHWM`) when the build ended, before the load,
+    /// in bytes: at most what the build needed together with whatever the process ran before it.
+    pub build_peak_memory_bytes: Option<u64>,
     /// Wall seconds of the load.
     pub load_seconds: f64,
     /// One line for humans.
@@ -159,6 +162,7 @@ pub async fn run(
         load: None,
         build_seconds: 0.0,
         load_seconds: 0.0,
+        build_peak_memory_bytes: None,
         summary: String::new(),
     };
     match threshold {
@@ -171,12 +175,16 @@ pub async fn run(
             let started = Instant::now();
             build(lake, options, &wanted, &mut report, &mut summary).await?;
             report.build_seconds = started.elapsed().as_secs_f64();
+            report.build_peak_memory_bytes = crate::telemetry::peak_memory_bytes();
         }
     }
     // Bring the warehouse up to the latest build, also when an earlier load failed after its build.
     if let Some(latest) = manifest::latest(lake).await? {
         let started = Instant::now();
-        if let Some(loaded) = loader.load(lake, &latest).await.map_err(JobError::Load)? {
+        let loaded = loader.load(lake, &latest).await.map_err(JobError::Load);
+        // The load's buffers go back to the system before whatever the process does next.
+        crate::memory::release_free_memory();
+        if let Some(loaded) = loaded? {
             report.load_seconds = started.elapsed().as_secs_f64();
             summary.extend(loaded.summary);
             report.load = Some(loaded.metrics);

@@ -186,6 +186,15 @@ fn bench_times_every_stage_of_this_build() {
         assert!(stages.contains(&stage), "{stages:?}");
     }
     assert!(v["silver_rows"].as_u64().is_some_and(|n| n > 0 && n <= 3000), "{v}");
+    // Each stage's peak is the process's peak when that stage ended (Linux `VmHWM`), which only
+    // grows: in the order the stages end, no peak is below the one before. Gold's is taken when
+    // the build ended, before the job's load: gold and load are told apart.
+    if cfg!(target_os = "linux") {
+        let peaks: Vec<u64> =
+            v["stages"].as_array().unwrap().iter().map(|s| s["peak_memory_bytes"].as_u64().unwrap()).collect();
+        assert!(peaks.windows(2).all(|w| w[0] <= w[1]), "peaks by stage: {stages:?} {peaks:?}");
+        assert!(peaks.iter().all(|&p| p <= v["peak_memory_bytes"].as_u64().unwrap()), "{v}");
+    }
     assert!(v["handler_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
     assert!(v["host_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
     if cfg!(feature = "embedded-warehouse") {
@@ -231,11 +240,18 @@ fn run_reads_an_ndjson_file_and_is_deterministic() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        // Timings differ between runs; everything else must not.
+        // The gold stage's peak memory is the job's, taken when the build ended (before the load).
+        let gold_stage = v["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "gold").unwrap();
+        assert_eq!(gold_stage["peak_memory_bytes"], v["gold"]["build_peak_memory_bytes"], "{v}");
+        if cfg!(target_os = "linux") {
+            assert!(v["gold"]["build_peak_memory_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+        }
+        // Timings and memory differ between runs; everything else must not.
         v.as_object_mut().unwrap().remove("stages");
         let gold = v["gold"].as_object_mut().unwrap();
         gold.remove("build_seconds");
         gold.remove("load_seconds");
+        gold.remove("build_peak_memory_bytes");
         gold["load"].as_object_mut().unwrap().remove("phase_seconds");
         v
     };

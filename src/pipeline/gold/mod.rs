@@ -627,6 +627,8 @@ async fn build_on(
     // Fact rows, the segment and the DimPatient rows own their data: the records are no longer needed.
     drop((old_winners, new_winners));
     drop(visits);
+    // The records were the build's largest allocation; the facts allocate in other sizes.
+    crate::memory::release_free_memory();
     let mut uploads = Uploads::new(lake);
 
     // DimPatient and the ledger: one new segment for the changed patients; the DimPatient files
@@ -979,6 +981,9 @@ pub async fn build_all(lake: &Lake, options: &GoldOptions) -> Result<(BuildOutco
     let started = Instant::now();
     let mut total: Option<GoldMetrics> = None;
     loop {
+        // What the last build (or the stages before gold) freed goes back to the system, so each
+        // build's peak is its own, not the sum of what earlier work left in the allocator.
+        crate::memory::release_free_memory();
         match build_with_retry(lake, options).await? {
             BuildOutcome::Built(m) => match &mut total {
                 Some(t) => t.absorb(m),
