@@ -492,7 +492,7 @@ mod tests {
     }
 
     /// Loads (read-write sessions) run under `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`, the report and
-    /// other reads under `PATIENTFLOW_REPORT_MEMORY_LIMIT`; the defaults are 256 MB and 128 MB.
+    /// other reads under `PATIENTFLOW_REPORT_MEMORY_LIMIT`; the defaults are 192 MB and 128 MB.
     #[test]
     fn loads_and_reads_run_under_their_own_memory_limits() {
         let dir = tempfile::tempdir().unwrap();
@@ -506,7 +506,7 @@ mod tests {
         assert_eq!(limit(&w, Access::Read), "30.5 MiB", "32 MB = 30.5 MiB");
 
         let w = Embedded::open(&dir.path().join("defaults.duckdb")).unwrap();
-        assert_eq!(limit(&w, Access::Write), "244.1 MiB", "256 MB");
+        assert_eq!(limit(&w, Access::Write), "183.1 MiB", "192 MB");
         assert_eq!(limit(&w, Access::Read), "122.0 MiB", "128 MB");
     }
 }
