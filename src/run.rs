@@ -799,7 +799,7 @@ pub async fn gold_stage(
     let gold_split = Split { handler: handler.saturating_sub(load_time), host: built + transport, loopback: transport };
     let start = started.duration_since(clock);
     let mut gold = StageReport::new("gold", start, build_time, rows_in, gold_split);
-    // The job loads right after it builds: the peak when the build ended is gold's own.
+    // The job loads right after it builds: gold's peak is the one taken when the build ended.
     if let Some(peak) = job["build_peak_memory_bytes"].as_u64() {
         gold.peak_memory_bytes = Some(peak);
     }

@@ -115,7 +115,8 @@ pub struct GoldJobReport {
     /// Wall seconds of the build.
     pub build_seconds: f64,
     /// The process's peak resident memory (Linux `VmHWM`) when the build ended, before the load,
-    /// in bytes: at most what the build needed together with whatever the process ran before it.
+    /// in bytes: the most it has held so far, so at least what the build needed (in a long-running
+    /// handler, earlier invocations count too).
     pub build_peak_memory_bytes: Option<u64>,
     /// Wall seconds of the load.
     pub load_seconds: f64,
