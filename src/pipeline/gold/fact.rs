@@ -195,13 +195,10 @@ pub fn lay_out_day(
     let mut batches = Vec::with_capacity(kept.len() + 1);
     let mut fresh: Vec<bool> = Vec::with_capacity(new.len());
     if !new.is_empty() {
-        let (flags, mut rows): (Vec<bool>, Vec<FactRow>) = {
-            let mut new = new;
-            new.sort_by_key(|(_, r)| (r.admission_us, r.fact_id));
-            new.into_iter().unzip()
-        };
+        // In arrival order: the day's rows are put in order once, below, with the kept ones.
+        let (flags, rows): (Vec<bool>, Vec<FactRow>) = new.into_iter().unzip();
         fresh = flags;
-        batches.push(encode(&mut rows, as_of)?);
+        batches.push(encode_unsorted(&rows, as_of)?);
     }
     for b in kept {
         fresh.extend(std::iter::repeat_n(false, b.num_rows()));
@@ -234,9 +231,11 @@ pub fn lay_out_day(
     columns[flag] = Arc::new(admitted.finish());
     let all = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns)?;
     let mut order: Vec<u32> = (0..n as u32).collect();
+    // The row's index last: equal keys (which a day never holds twice) would still come out in
+    // one order whatever the sort does.
     order.sort_unstable_by_key(|&i| {
         let i = i as usize;
-        (class[i], admission.value(i), fact_id.value(i))
+        (class[i], admission.value(i), fact_id.value(i), i)
     });
     let sorted = arrow_select::take::take_record_batch(&all, &UInt32Array::from(order.clone()))?;
     drop(all);
@@ -291,6 +290,11 @@ pub fn without(key: &str, batch: RecordBatch, leaving: &rustc_hash::FxHashSet<i6
 /// Encodes a partition's rows (sorted by admission, then key, for deterministic bytes).
 pub fn encode(rows: &mut [FactRow], as_of: i64) -> Result<RecordBatch> {
     rows.sort_by_key(|r| (r.admission_us, r.fact_id));
+    encode_unsorted(rows, as_of)
+}
+
+/// [`encode`] with the rows in the order given.
+fn encode_unsorted(rows: &[FactRow], as_of: i64) -> Result<RecordBatch> {
     let n = rows.len();
     let mut fact_id = Int64Builder::with_capacity(n);
     let mut patient = Int64Builder::with_capacity(n);
