@@ -318,13 +318,23 @@ impl<'a> Uploads<'a> {
     const IN_FLIGHT: usize = 4;
 
     async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
+        self.put_parts(key, schema, vec![batch]).await
+    }
+
+    /// [`Uploads::put`] of a file whose rows come in several batches, in order.
+    async fn put_parts(
+        &mut self,
+        key: String,
+        schema: &arrow_schema::SchemaRef,
+        parts: Vec<RecordBatch>,
+    ) -> Result<u64> {
         while self.running.len() >= Self::IN_FLIGHT {
             self.running.next().await.transpose()?;
         }
-        let rows = batch.num_rows() as u64;
+        let rows = parts.iter().map(|b| b.num_rows() as u64).sum();
         let (lake, schema) = (self.lake, Arc::clone(schema));
         self.running.push(Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &batch))
+            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &parts))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             lake.put(Container::Gold, &Path::from(key), bytes).await?;
@@ -392,7 +402,7 @@ const BLOOM_FPP: f64 = 1e-4;
 /// by the filters instead of decoding every file of their days. At 1 false positive in 10,000 ids
 /// (about 3 bytes a row), a file that holds none of 800 ids is read anyway 8% of the time; at 1%
 /// it would be read every time.
-fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
+fn encode(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> Result<bytes::Bytes> {
     let mut props = parquet::writer_properties_builder(Codec::Fast);
     for field in schema.fields() {
         if DISTINCT.contains(&field.name().as_str()) {
@@ -404,13 +414,13 @@ fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes
         }
     }
     if schema.field_with_name("fact_id").is_ok() {
-        let ndv = (batch.num_rows() as u64).max(1);
+        let ndv = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>().max(1);
         props = props
             .set_column_bloom_filter_enabled("fact_id".into(), true)
             .set_column_bloom_filter_max_ndv("fact_id".into(), ndv)
             .set_column_bloom_filter_fpp("fact_id".into(), BLOOM_FPP);
     }
-    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props.build())?)
+    Ok(parquet::encode_with(schema, batches, props.build())?)
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
@@ -571,87 +581,39 @@ async fn build_on(
     drop(wanted);
     phases.mark("ledger lookup");
     visits.rank();
-    for bucket in &mut visits.buckets {
-        bucket.sort();
-    }
-
-    // Patient by patient (buckets and their records are in patient key order), visit by visit.
-    let mut segment = ledger::SegmentBuilder::with_capacity(visits.len());
-    let mut new_patients = dims::PatientsBuilder::with_capacity(visits.len());
-    let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
-    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
-    let mut leaving: FxHashSet<i64> = FxHashSet::default();
-    let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
-    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
-    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-    for bucket in &visits.buckets {
-        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
-            old_winners.clear();
-            new_winners.clear();
-            let mut is_changed = false;
-            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
-                // The winner: the latest event; for the same event twice, the copy folded first.
-                let Some(best) =
-                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
-                else {
-                    continue;
-                };
-                new_winners.push(best);
-                is_changed |= !best.known;
-                old_winners.extend(visit.iter().filter(|v| v.known));
-            }
-            if !is_changed {
-                continue;
-            }
-            let pid = bucket.patient_id(&patient[0]);
-            let new_versions = dims::versions(&visits, pid, &mut new_winners);
-            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-            if old_winners.is_empty() {
-                metrics.patients.new_patients += 1;
-                metrics.patients.versions_closed += closed(&new_versions);
-            } else {
-                let old_versions = dims::versions(&visits, pid, &mut old_winners);
-                metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
-                for v in &old_winners {
-                    let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
-                    old_rows.insert(row.fact_id, row);
-                }
-            }
-            for v in &new_winners {
-                let row = FactRow::of(&visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
-                match old_rows.get(&row.fact_id) {
-                    Some(old) if old.same_row(&row) => continue,
-                    Some(old) => {
-                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
-                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
-                        if same_event {
-                            metrics.patients.facts_repointed += 1;
-                        } else if !old.same_visit_content(&row) {
-                            metrics.facts_updated += 1;
-                        }
-                        leaving.insert(old.fact_id);
-                        leaving_days.insert(old.visit_date);
-                        by_day.entry(row.visit_date).or_default().push((false, row));
-                    }
-                    None => {
-                        metrics.facts_inserted += 1;
-                        by_day.entry(row.visit_date).or_default().push((true, row));
-                    }
-                }
-            }
-            for v in &new_winners {
-                segment.append(&visits, pid, v);
-            }
-            new_patients.append(pid, &new_versions);
-            if let Some(&s) = home.get(&patient[0].patient_key) {
-                leavers.entry(s).or_default().insert(pid.to_string());
-            }
-        }
-    }
-
+    // Two halves of the buckets (patients never span buckets), sorted and folded on two threads;
+    // the halves' outputs are joined in bucket order, so the bytes do not depend on the threads.
+    let half = visits.buckets.len().div_ceil(2);
+    std::thread::scope(|scope| {
+        let (first, second) = visits.buckets.split_at_mut(half);
+        let other = scope.spawn(|| first.iter_mut().for_each(input::Bucket::sort));
+        second.iter_mut().for_each(input::Bucket::sort);
+        other.join().map_err(|_| Error::Internal("sorting a build's records panicked".into()))
+    })?;
+    let (first, second) = visits.buckets.split_at(half);
+    let (first, second) = std::thread::scope(|scope| {
+        let fold = |buckets| fold_patients(&visits, buckets, &home, as_of);
+        let other = scope.spawn(move || fold(first));
+        let second = fold(second);
+        let first = other.join().map_err(|_| Error::Internal("folding a build's patients panicked".into()))?;
+        Ok::<_, Error>((first?, second?))
+    })?;
+    let Folded {
+        segments: segments_out,
+        patients: patients_out,
+        leavers,
+        mut by_day,
+        leaving,
+        leaving_days,
+        stats,
+        inserted,
+        updated,
+    } = first.joined(second);
+    metrics.patients = stats;
+    metrics.facts_inserted = inserted;
+    metrics.facts_updated = updated;
     phases.mark("patients and visits");
     // Fact rows, the segment and the DimPatient rows own their data: the records are no longer needed.
-    drop((old_winners, new_winners));
     drop(visits);
     // The records were the build's largest allocation; the facts allocate in other sizes.
     crate::memory::release_free_memory();
@@ -683,14 +645,20 @@ async fn build_on(
     }
     let mut segments: Vec<(TableFile, TableFile)> =
         segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
-    if !segment.is_empty() {
+    if segments_out.iter().any(|s| !s.is_empty()) {
         let file = format!("{dir}/ledger/segment.parquet");
-        let (rows_batch, keys_batch) = segment.finish()?;
-        uploads.put(ledger::keys_file(&file), &ledger::KEYS, keys_batch).await?;
-        let rows = uploads.put(file.clone(), &ledger::LEDGER, rows_batch).await?;
+        let (mut rows_parts, mut keys_parts) = (Vec::new(), Vec::new());
+        for part in segments_out {
+            let (rows, keys) = part.finish()?;
+            rows_parts.push(rows);
+            keys_parts.push(keys);
+        }
+        uploads.put_parts(ledger::keys_file(&file), &ledger::KEYS, keys_parts).await?;
+        let rows = uploads.put_parts(file.clone(), &ledger::LEDGER, rows_parts).await?;
         let ledger_file = TableFile { file, rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
-        let rows = uploads.put(file.clone(), &DIM_PATIENT, new_patients.finish()?).await?;
+        let parts = patients_out.into_iter().map(dims::PatientsBuilder::finish).collect::<Result<Vec<_>>>()?;
+        let rows = uploads.put_parts(file.clone(), &DIM_PATIENT, parts).await?;
         segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
     drop(leavers);
@@ -852,17 +820,27 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     let sidecar =
         RecordBatch::try_new(Arc::clone(&ledger::KEYS), vec![Arc::new(arrow_array::Int64Array::from(distinct))])?;
     let file = format!("{dir}/ledger/merged.parquet");
-    lake.put(Container::Gold, &Path::from(ledger::keys_file(&file)), encode(&ledger::KEYS, &sidecar)?).await?;
+    lake.put(
+        Container::Gold,
+        &Path::from(ledger::keys_file(&file)),
+        encode(&ledger::KEYS, std::slice::from_ref(&sidecar))?,
+    )
+    .await?;
     let rows = merged.num_rows() as u64;
-    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, &merged)?).await?;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, std::slice::from_ref(&merged))?)
+        .await?;
     let segment = TableFile { file, rows, ..Default::default() };
     let mut patients = Vec::new();
     for (_, dim) in run {
         patients.extend(read_table(lake, &dim.file).await?);
     }
-    let patients = arrow_select::concat::concat_batches(&DIM_PATIENT, &patients)?;
+    // In DimPatient's own schema, as the writer takes it (a decoded file's may carry other metadata).
+    let patients = patients
+        .into_iter()
+        .map(|b| RecordBatch::try_new(Arc::clone(&DIM_PATIENT), b.columns().to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let file = format!("{dir}/dim_patient/merged.parquet");
-    let rows = patients.num_rows() as u64;
+    let rows = patients.iter().map(|b| b.num_rows() as u64).sum();
     lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &patients)?).await?;
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
@@ -977,6 +955,142 @@ impl Phases {
         tracing::debug!(phase, ms = (now - self.0).as_secs_f64() * 1e3, "Gold build phase done.");
         self.0 = now;
     }
+}
+
+/// What folding a build's records patient by patient gives (see [`fold_patients`]).
+struct Folded {
+    /// The ledger rows of the changed patients, in parts (in patient key order).
+    segments: Vec<ledger::SegmentBuilder>,
+    /// Their DimPatient versions, in parts as `segments`.
+    patients: Vec<dims::PatientsBuilder>,
+    /// The patients who leave each older segment.
+    leavers: BTreeMap<usize, FxHashSet<String>>,
+    /// New and changed fact rows by visit day, with whether each is new to gold.
+    by_day: BTreeMap<i32, Vec<(bool, FactRow)>>,
+    /// The fact ids whose stored rows are replaced, and their days.
+    leaving: FxHashSet<i64>,
+    leaving_days: BTreeSet<i32>,
+    stats: dims::ScdStats,
+    inserted: u64,
+    updated: u64,
+}
+
+impl Folded {
+    /// Both folds, `self`'s patients first (they come before `next`'s in key order).
+    fn joined(mut self, next: Folded) -> Folded {
+        self.segments.extend(next.segments);
+        self.patients.extend(next.patients);
+        for (s, ids) in next.leavers {
+            self.leavers.entry(s).or_default().extend(ids);
+        }
+        for (day, rows) in next.by_day {
+            self.by_day.entry(day).or_default().extend(rows);
+        }
+        self.leaving.extend(next.leaving);
+        self.leaving_days.extend(next.leaving_days);
+        self.stats.new_patients += next.stats.new_patients;
+        self.stats.versions_closed += next.stats.versions_closed;
+        self.stats.facts_repointed += next.stats.facts_repointed;
+        self.inserted += next.inserted;
+        self.updated += next.updated;
+        self
+    }
+}
+
+/// Folds the records of `buckets` (sorted, after [`input::Visits::rank`]) patient by patient
+/// (buckets and their records are in patient key order), visit by visit: each visit's winning
+/// event, each changed patient's SCD2 versions, ledger rows and fact rows. `home` is the older
+/// segment each known patient's ledger rows came from.
+fn fold_patients(
+    visits: &Visits,
+    buckets: &[input::Bucket],
+    home: &FxHashMap<i64, usize>,
+    as_of: i64,
+) -> Result<Folded> {
+    let n: usize = buckets.iter().map(|b| b.rows.len()).sum();
+    let mut segment = ledger::SegmentBuilder::with_capacity(n);
+    let mut new_patients = dims::PatientsBuilder::with_capacity(n);
+    let mut out = Folded {
+        segments: Vec::new(),
+        patients: Vec::new(),
+        leavers: BTreeMap::new(),
+        by_day: BTreeMap::new(),
+        leaving: FxHashSet::default(),
+        leaving_days: BTreeSet::new(),
+        stats: dims::ScdStats::default(),
+        inserted: 0,
+        updated: 0,
+    };
+    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
+    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
+    for bucket in buckets {
+        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
+            old_winners.clear();
+            new_winners.clear();
+            let mut is_changed = false;
+            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
+                // The winner: the latest event; for the same event twice, the copy folded first.
+                let Some(best) =
+                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
+                else {
+                    continue;
+                };
+                new_winners.push(best);
+                is_changed |= !best.known;
+                old_winners.extend(visit.iter().filter(|v| v.known));
+            }
+            if !is_changed {
+                continue;
+            }
+            let pid = bucket.patient_id(&patient[0]);
+            let new_versions = dims::versions(visits, pid, &mut new_winners);
+            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
+            if old_winners.is_empty() {
+                out.stats.new_patients += 1;
+                out.stats.versions_closed += closed(&new_versions);
+            } else {
+                let old_versions = dims::versions(visits, pid, &mut old_winners);
+                out.stats.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+                for v in &old_winners {
+                    let row = FactRow::of(visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
+                    old_rows.insert(row.fact_id, row);
+                }
+            }
+            for v in &new_winners {
+                let row = FactRow::of(visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
+                match old_rows.get(&row.fact_id) {
+                    Some(old) if old.same_row(&row) => continue,
+                    Some(old) => {
+                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
+                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
+                        if same_event {
+                            out.stats.facts_repointed += 1;
+                        } else if !old.same_visit_content(&row) {
+                            out.updated += 1;
+                        }
+                        out.leaving.insert(old.fact_id);
+                        out.leaving_days.insert(old.visit_date);
+                        out.by_day.entry(row.visit_date).or_default().push((false, row));
+                    }
+                    None => {
+                        out.inserted += 1;
+                        out.by_day.entry(row.visit_date).or_default().push((true, row));
+                    }
+                }
+            }
+            for v in &new_winners {
+                segment.append(visits, pid, v);
+            }
+            new_patients.append(pid, &new_versions);
+            if let Some(&s) = home.get(&patient[0].patient_key) {
+                out.leavers.entry(s).or_default().insert(pid.to_string());
+            }
+        }
+    }
+
+    out.segments.push(segment);
+    out.patients.push(new_patients);
+    Ok(out)
 }
 
 /// A fact partition of `files`, with the discharge days of them all.
