@@ -188,12 +188,15 @@ fn bench_times_every_stage_of_this_build() {
     assert!(v["silver_rows"].as_u64().is_some_and(|n| n > 0 && n <= 3000), "{v}");
     // Each stage's peak is the process's peak when that stage ended (Linux `VmHWM`), which only
     // grows: in the order the stages end, no peak is below the one before. Gold's is taken when
-    // the build ended, before the job's load: gold and load are told apart.
+    // the build ended, before the job's load: gold and load are told apart. Since Linux 6.2 the
+    // kernel reads a process's RSS from per-CPU counters without summing them (a reading may be a
+    // few pages off), so two readings may go back by a little: 32 pages were seen once.
     if cfg!(target_os = "linux") {
+        const KERNEL_SLACK: u64 = 4 << 20;
         let peaks: Vec<u64> =
             v["stages"].as_array().unwrap().iter().map(|s| s["peak_memory_bytes"].as_u64().unwrap()).collect();
-        assert!(peaks.windows(2).all(|w| w[0] <= w[1]), "peaks by stage: {stages:?} {peaks:?}");
-        assert!(peaks.iter().all(|&p| p <= v["peak_memory_bytes"].as_u64().unwrap()), "{v}");
+        assert!(peaks.windows(2).all(|w| w[0] <= w[1] + KERNEL_SLACK), "peaks by stage: {stages:?} {peaks:?}");
+        assert!(peaks.iter().all(|&p| p <= v["peak_memory_bytes"].as_u64().unwrap() + KERNEL_SLACK), "{v}");
     }
     assert!(v["handler_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
     assert!(v["host_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
