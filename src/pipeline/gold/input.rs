@@ -211,6 +211,29 @@ pub fn column<'a, T: 'static>(
 }
 
 impl<'a> SilverColumns<'a> {
+    /// Row `i` as a record of the silver file `key`.
+    fn record(&self, i: usize, key: &'a str) -> Record<'a> {
+        Record {
+            patient_id: self.patient.value(i),
+            gender: opt_str(self.gender, i),
+            department: opt_str(self.department, i),
+            event_hub: self.hub.value(i),
+            partition_id: self.partition.value(i),
+            bronze_file: key,
+            visit: Visit {
+                admission_us: gold_precision(self.admission.value(i)),
+                admission_sent_us: opt(self.admission_sent, i),
+                discharge_us: opt(self.discharge, i).map(gold_precision),
+                enqueued_us: gold_precision(self.enqueued.value(i)),
+                sequence_number: self.seq.value(i),
+                age: opt(self.age, i),
+                bed_id: opt(self.bed, i),
+                hospital_id: opt(self.hospital, i),
+                ..Visit::EMPTY
+            },
+        }
+    }
+
     fn of(batch: &'a RecordBatch, key: &str) -> Result<Self> {
         let s = |n| column(batch, key, n, |c| c.as_string_opt::<i32>());
         let i32s = |n| column(batch, key, n, |c| c.as_primitive_opt::<Int32Type>());
@@ -259,20 +282,59 @@ pub struct Record<'a> {
     pub visit: Visit,
 }
 
+/// A record's (patient key, fact id).
+fn record_keys(r: &Record<'_>) -> (i64, i64) {
+    let v = &r.visit;
+    let fact_id = match v.admission_sent_us {
+        Some(sent) => keys::fact_id(
+            r.patient_id,
+            r.department.unwrap_or(keys::UNKNOWN_DEPARTMENT),
+            v.hospital_id.unwrap_or(keys::UNKNOWN_HOSPITAL),
+            Some(sent),
+        ),
+        None => keys::fact_id_at_position(r.event_hub, r.partition_id, v.sequence_number),
+    };
+    (keys::patient_key(r.patient_id), fact_id)
+}
+
+/// A decoded silver file with each row's (patient key, fact id), hashed where it was decoded (a
+/// blocking thread) rather than on the build's own thread.
+pub struct SilverFile {
+    /// The file's rows.
+    pub batches: Vec<RecordBatch>,
+    /// Each row's keys, in order; `None` if the columns are not as gold writes them (then
+    /// [`Visits::add_silver`] reports what is wrong).
+    keys: Option<Vec<(i64, i64)>>,
+}
+
+impl SilverFile {
+    /// `batches` of the silver file `key`, with their rows' keys.
+    pub fn new(key: &str, batches: Vec<RecordBatch>) -> Self {
+        let keys = || -> Result<Vec<(i64, i64)>> {
+            let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+            for batch in &batches {
+                let c = SilverColumns::of(batch, key)?;
+                out.extend((0..batch.num_rows()).map(|i| record_keys(&c.record(i, key))));
+            }
+            Ok(out)
+        };
+        let keys = keys().ok();
+        Self { batches, keys }
+    }
+}
+
 impl Visits {
     /// Adds a record; computes its patient key and fact id.
     pub fn push(&mut self, r: Record<'_>) {
+        let keys = record_keys(&r);
+        self.push_keyed(r, keys);
+    }
+
+    /// [`Visits::push`] of a record whose (patient key, fact id) are known.
+    fn push_keyed(&mut self, r: Record<'_>, (patient_key, fact_id): (i64, i64)) {
         let mut v = r.visit;
-        v.patient_key = keys::patient_key(r.patient_id);
-        v.fact_id = match v.admission_sent_us {
-            Some(sent) => keys::fact_id(
-                r.patient_id,
-                r.department.unwrap_or(keys::UNKNOWN_DEPARTMENT),
-                v.hospital_id.unwrap_or(keys::UNKNOWN_HOSPITAL),
-                Some(sent),
-            ),
-            None => keys::fact_id_at_position(r.event_hub, r.partition_id, v.sequence_number),
-        };
+        v.patient_key = patient_key;
+        v.fact_id = fact_id;
         v.gender = self.dict.opt(r.gender);
         v.department = self.dict.opt(r.department);
         v.event_hub = self.dict.id(r.event_hub);
@@ -308,25 +370,24 @@ impl Visits {
         for batch in batches {
             let c = SilverColumns::of(batch, key)?;
             for i in 0..batch.num_rows() {
-                self.push(Record {
-                    patient_id: c.patient.value(i),
-                    gender: opt_str(c.gender, i),
-                    department: opt_str(c.department, i),
-                    event_hub: c.hub.value(i),
-                    partition_id: c.partition.value(i),
-                    bronze_file: key,
-                    visit: Visit {
-                        admission_us: gold_precision(c.admission.value(i)),
-                        admission_sent_us: opt(c.admission_sent, i),
-                        discharge_us: opt(c.discharge, i).map(gold_precision),
-                        enqueued_us: gold_precision(c.enqueued.value(i)),
-                        sequence_number: c.seq.value(i),
-                        age: opt(c.age, i),
-                        bed_id: opt(c.bed, i),
-                        hospital_id: opt(c.hospital, i),
-                        ..Visit::EMPTY
-                    },
-                });
+                self.push(c.record(i, key));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Visits::add_silver`] of a file whose rows' keys were computed when it was decoded.
+    pub fn add_silver_file(&mut self, key: &str, file: &SilverFile) -> Result<()> {
+        let Some(keys) = &file.keys else { return self.add_silver(key, &file.batches) };
+        let mut keys = keys.iter();
+        for batch in &file.batches {
+            let c = SilverColumns::of(batch, key)?;
+            for i in 0..batch.num_rows() {
+                let record = c.record(i, key);
+                match keys.next() {
+                    Some(&k) => self.push_keyed(record, k),
+                    None => self.push(record),
+                }
             }
         }
         Ok(())

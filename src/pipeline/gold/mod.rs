@@ -282,10 +282,13 @@ async fn read_silver(
     max_rows: usize,
 ) -> Result<usize> {
     let partition = |i: usize| files.get(i).and_then(|k| BatchStem::parse_key(k.as_ref())).map(|s| s.partition);
-    let mut read = decoded(lake, Container::Silver, files.iter().map(ToString::to_string).collect(), whole);
+    let keys: Vec<String> = files.iter().map(ToString::to_string).collect();
+    let mut read = decoded(lake, Container::Silver, keys, |key: &str, bytes| {
+        whole(key, bytes).map(|batches| input::SilverFile::new(key, batches))
+    });
     let mut taken = 0;
-    while let Some((key, batches)) = read.try_next().await? {
-        visits.add_silver(&key, &batches)?;
+    while let Some((key, file)) = read.try_next().await? {
+        visits.add_silver_file(&key, &file)?;
         taken += 1;
         if !groups.contains(&taken) {
             continue;
@@ -846,35 +849,34 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
-/// Parquet files of `container` fetched a few at a time and decoded by `decode` on blocking
-/// threads, in order.
-fn decoded<'a, D>(
+/// Parquet files of `container` fetched a few at a time and decoded by `decode` (given each
+/// file's key) on blocking threads, in order.
+fn decoded<'a, D, T>(
     lake: &'a Lake,
     container: Container,
     keys: Vec<String>,
     decode: D,
-) -> impl futures::Stream<Item = Result<(String, Vec<RecordBatch>)>> + 'a
+) -> impl futures::Stream<Item = Result<(String, T)>> + 'a
 where
-    D: Fn(bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, parquet::ParquetError> + Clone + Send + 'static,
+    D: Fn(&str, bytes::Bytes) -> std::result::Result<T, parquet::ParquetError> + Clone + Send + 'static,
+    T: Send + 'static,
 {
     futures::stream::iter(keys)
         .map(move |key| {
             let decode = decode.clone();
             async move {
                 let bytes = lake.get(container, &Path::from(key.as_str())).await?;
-                let name = key.clone();
-                let batches = tokio::task::spawn_blocking(move || decode(bytes))
+                let (decoded, key) = tokio::task::spawn_blocking(move || (decode(&key, bytes), key))
                     .await
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .map_err(|e| corrupt(&name, e))?;
-                Ok((key, batches))
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                Ok((key.clone(), decoded.map_err(|e| corrupt(&key, e))?))
             }
         })
         .buffered(4)
 }
 
 /// Every column of a parquet file (for [`decoded`]).
-fn whole(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, parquet::ParquetError> {
+fn whole(_key: &str, bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, parquet::ParquetError> {
     parquet::decode(bytes).map(|(_, batches)| batches)
 }
 
@@ -893,7 +895,7 @@ async fn first_ingestions(
     let (scanned, mut rows) = (files.len(), 0);
     let wanted: Arc<Vec<i64>> = Arc::new(leaving.iter().copied().collect());
     // The bloom filter rules most files out without decoding a page.
-    let mut read = decoded(lake, Container::Gold, files, move |bytes| {
+    let mut read = decoded(lake, Container::Gold, files, move |_key: &str, bytes: bytes::Bytes| {
         match parquet::may_contain_any(bytes.clone(), "fact_id", &wanted)? {
             Some(false) => Ok(Vec::new()),
             Some(true) | None => parquet::decode_columns(bytes, &["fact_id", "ingested_at"]).map(|(_, b)| b),
