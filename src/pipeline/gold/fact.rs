@@ -158,9 +158,12 @@ pub const MIN_FILE_ROWS: usize = 16 * 1024;
 /// See [`MIN_FILE_ROWS`].
 pub const MAX_SMALL_FILES: usize = 8;
 
+/// A row's file within its day: (not fresh, flip horizon, flip window), in file order.
+type FileClass = (bool, u8, i64);
+
 /// Which file of its day a row belongs in: rows new to gold apart from the rest (a loader appends
 /// those without deleting), then by flip window (see [`FLIP_WINDOW_US`]); settled rows last.
-fn file_class(fresh: bool, next_change: Option<i64>, as_of: i64) -> (bool, u8, i64) {
+fn file_class(fresh: bool, next_change: Option<i64>, as_of: i64) -> FileClass {
     match next_change {
         None => (!fresh, 2, 0),
         Some(t) if t - as_of <= NEAR_FLIP_US => (!fresh, 0, t.div_euclid(FLIP_WINDOW_US)),
@@ -230,13 +233,12 @@ pub fn lay_out_day(
     let flag = FACT_PATIENT_FLOW.index_of("is_currently_admitted")?;
     columns[flag] = Arc::new(admitted.finish());
     let all = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns)?;
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    // The row's index last: equal keys (which a day never holds twice) would still come out in
-    // one order whatever the sort does.
-    order.sort_unstable_by_key(|&i| {
-        let i = i as usize;
-        (class[i], admission.value(i), fact_id.value(i), i)
-    });
+    // The sort keys side by side (a comparison reads one tuple, not three columns); the row's
+    // index last: equal keys (which a day never holds twice) would still come out in one order.
+    let mut keyed: Vec<(FileClass, i64, i64, u32)> =
+        (0..n).map(|i| (class[i], admission.value(i), fact_id.value(i), i as u32)).collect();
+    keyed.sort_unstable();
+    let order: Vec<u32> = keyed.into_iter().map(|k| k.3).collect();
     let sorted = arrow_select::take::take_record_batch(&all, &UInt32Array::from(order.clone()))?;
     drop(all);
     let mut files = Vec::new();
@@ -252,9 +254,11 @@ pub fn lay_out_day(
             discharge_days: rows
                 .iter()
                 .filter_map(|&i| discharge_at(i as usize))
-                .filter(|&d| keys::time_key(d).is_some())
                 .map(epoch_days)
                 .filter(|&d| d != day)
+                .collect::<rustc_hash::FxHashSet<i32>>()
+                .into_iter()
+                .filter(|&d| keys::is_keyable_day(d))
                 .collect(),
         });
         start = end;

@@ -26,14 +26,34 @@ pub const NONE: u32 = u32::MAX;
 pub struct Dict {
     ids: FxHashMap<Arc<str>, u32>,
     values: Vec<Arc<str>>,
-    last: Option<u32>,
+    /// The last id of each [`Field`].
+    last: [Option<u32>; Field::COUNT],
+}
+
+/// The record fields a [`Dict`] holds, each with its own last value.
+#[derive(Debug, Clone, Copy)]
+pub enum Field {
+    /// Gender.
+    Gender,
+    /// Department.
+    Department,
+    /// Event hub.
+    EventHub,
+    /// Partition.
+    Partition,
+    /// Bronze file.
+    BronzeFile,
+}
+
+impl Field {
+    const COUNT: usize = 5;
 }
 
 impl Dict {
-    /// The id of `s`, adding it if new. Consecutive rows mostly repeat a value (one file, one
-    /// partition), so the previous id is tried before hashing.
-    pub fn id(&mut self, s: &str) -> u32 {
-        if let Some(l) = self.last
+    /// The id of `s` (a value of `field`), adding it if new. Consecutive rows mostly repeat a
+    /// field's value (one file, one partition), so the field's previous id is tried before hashing.
+    pub fn id(&mut self, field: Field, s: &str) -> u32 {
+        if let Some(l) = self.last[field as usize]
             && &*self.values[l as usize] == s
         {
             return l;
@@ -48,13 +68,13 @@ impl Dict {
                 id
             }
         };
-        self.last = Some(id);
+        self.last[field as usize] = Some(id);
         id
     }
 
     /// The id of a nullable value ([`NONE`] for null).
-    pub fn opt(&mut self, s: Option<&str>) -> u32 {
-        s.map_or(NONE, |s| self.id(s))
+    pub fn opt(&mut self, field: Field, s: Option<&str>) -> u32 {
+        s.map_or(NONE, |s| self.id(field, s))
     }
 
     /// The string of an id (`None` for [`NONE`]).
@@ -335,11 +355,11 @@ impl Visits {
         let mut v = r.visit;
         v.patient_key = patient_key;
         v.fact_id = fact_id;
-        v.gender = self.dict.opt(r.gender);
-        v.department = self.dict.opt(r.department);
-        v.event_hub = self.dict.id(r.event_hub);
-        v.partition_id = self.dict.id(r.partition_id);
-        v.bronze_file = self.dict.id(r.bronze_file);
+        v.gender = self.dict.opt(Field::Gender, r.gender);
+        v.department = self.dict.opt(Field::Department, r.department);
+        v.event_hub = self.dict.id(Field::EventHub, r.event_hub);
+        v.partition_id = self.dict.id(Field::Partition, r.partition_id);
+        v.bronze_file = self.dict.id(Field::BronzeFile, r.bronze_file);
         v.input = self.len;
         self.len += 1;
         // Patient keys are non-negative 63-bit hashes: their top bits spread evenly.

@@ -116,6 +116,12 @@ pub fn time_key(us: i64) -> Option<i32> {
     Some(t.year() * 1_000_000 + t.month() as i32 * 10_000 + t.day() as i32 * 100 + t.hour() as i32)
 }
 
+/// Whether the instants of a day (days since the epoch) have DimTime keys: [`time_key`] is
+/// `Some` for every instant of the day or for none (its year decides).
+pub fn is_keyable_day(day: i32) -> bool {
+    i64::from(day).checked_mul(86_400_000_000).and_then(time_key).is_some()
+}
+
 /// The DimTime keys of the 24 hours of a day (days since the epoch); empty when the day cannot be
 /// keyed.
 pub fn day_hours(day: i32) -> Vec<i32> {
@@ -132,6 +138,21 @@ pub fn epoch_days(us: i64) -> i32 {
 mod tests {
     use super::*;
     use crate::model::time::{parse_utc, to_micros};
+
+    proptest::proptest! {
+        /// A day is keyable exactly when each of its instants has a DimTime key, near the ends of
+        /// the keyed years (0 and MAX_TIME_KEY_YEAR) and anywhere in i64's range.
+        #[test]
+        fn a_day_is_keyable_exactly_when_its_instants_are(
+            us in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                -62_200_000_000_000_000i64..-62_100_000_000_000_000,
+                5_550_000_000_000_000i64..5_620_000_000_000_000,
+            ],
+        ) {
+            proptest::prop_assert_eq!(is_keyable_day(epoch_days(us)), time_key(us).is_some());
+        }
+    }
 
     #[test]
     fn keys_are_stable_and_distinct() {
