@@ -321,23 +321,13 @@ impl<'a> Uploads<'a> {
     const IN_FLIGHT: usize = 4;
 
     async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
-        self.put_parts(key, schema, vec![batch]).await
-    }
-
-    /// [`Uploads::put`] of a file whose rows come in several batches, in order.
-    async fn put_parts(
-        &mut self,
-        key: String,
-        schema: &arrow_schema::SchemaRef,
-        parts: Vec<RecordBatch>,
-    ) -> Result<u64> {
         while self.running.len() >= Self::IN_FLIGHT {
             self.running.next().await.transpose()?;
         }
-        let rows = parts.iter().map(|b| b.num_rows() as u64).sum();
+        let rows = batch.num_rows() as u64;
         let (lake, schema) = (self.lake, Arc::clone(schema));
         self.running.push(Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &parts))
+            let bytes = tokio::task::spawn_blocking(move || encode(&schema, std::slice::from_ref(&batch)))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             lake.put(Container::Gold, &Path::from(key), bytes).await?;
@@ -585,26 +575,13 @@ async fn build_on(
     drop(wanted);
     phases.mark("ledger lookup");
     visits.rank();
-    // Two halves of the buckets (patients never span buckets), sorted and folded on two threads;
-    // the halves' outputs are joined in bucket order, so the bytes do not depend on the threads.
-    let half = visits.buckets.len().div_ceil(2);
-    std::thread::scope(|scope| {
-        let (first, second) = visits.buckets.split_at_mut(half);
-        let other = scope.spawn(|| first.iter_mut().for_each(input::Bucket::sort));
-        second.iter_mut().for_each(input::Bucket::sort);
-        other.join().map_err(|_| Error::Internal("sorting a build's records panicked".into()))
-    })?;
-    let (first, second) = visits.buckets.split_at(half);
-    let (first, second) = std::thread::scope(|scope| {
-        let fold = |buckets| fold_patients(&visits, buckets, &home, as_of);
-        let other = scope.spawn(move || fold(first));
-        let second = fold(second);
-        let first = other.join().map_err(|_| Error::Internal("folding a build's patients panicked".into()))?;
-        Ok::<_, Error>((first?, second?))
-    })?;
+    for bucket in &mut visits.buckets {
+        bucket.sort();
+    }
+    let folded = fold_patients(&visits, &visits.buckets, &home, as_of)?;
     let Folded {
-        segments: segments_out,
-        patients: patients_out,
+        segment,
+        patients: new_patients,
         leavers,
         mut by_day,
         leaving,
@@ -612,7 +589,7 @@ async fn build_on(
         stats,
         inserted,
         updated,
-    } = first.joined(second);
+    } = folded;
     metrics.patients = stats;
     metrics.facts_inserted = inserted;
     metrics.facts_updated = updated;
@@ -649,20 +626,14 @@ async fn build_on(
     }
     let mut segments: Vec<(TableFile, TableFile)> =
         segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
-    if segments_out.iter().any(|s| !s.is_empty()) {
+    if !segment.is_empty() {
         let file = format!("{dir}/ledger/segment.parquet");
-        let (mut rows_parts, mut keys_parts) = (Vec::new(), Vec::new());
-        for part in segments_out {
-            let (rows, keys) = part.finish()?;
-            rows_parts.push(rows);
-            keys_parts.push(keys);
-        }
-        uploads.put_parts(ledger::keys_file(&file), &ledger::KEYS, keys_parts).await?;
-        let rows = uploads.put_parts(file.clone(), &ledger::LEDGER, rows_parts).await?;
+        let (rows_batch, keys_batch) = segment.finish()?;
+        uploads.put(ledger::keys_file(&file), &ledger::KEYS, keys_batch).await?;
+        let rows = uploads.put(file.clone(), &ledger::LEDGER, rows_batch).await?;
         let ledger_file = TableFile { file, rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
-        let parts = patients_out.into_iter().map(dims::PatientsBuilder::finish).collect::<Result<Vec<_>>>()?;
-        let rows = uploads.put_parts(file.clone(), &DIM_PATIENT, parts).await?;
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, new_patients.finish()?).await?;
         segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
     drop(leavers);
@@ -962,10 +933,10 @@ impl Phases {
 
 /// What folding a build's records patient by patient gives (see [`fold_patients`]).
 struct Folded {
-    /// The ledger rows of the changed patients, in parts (in patient key order).
-    segments: Vec<ledger::SegmentBuilder>,
-    /// Their DimPatient versions, in parts as `segments`.
-    patients: Vec<dims::PatientsBuilder>,
+    /// The ledger rows of the changed patients.
+    segment: ledger::SegmentBuilder,
+    /// Their DimPatient versions.
+    patients: dims::PatientsBuilder,
     /// The patients who leave each older segment.
     leavers: BTreeMap<usize, FxHashSet<String>>,
     /// New and changed fact rows by visit day, with whether each is new to gold.
@@ -976,28 +947,6 @@ struct Folded {
     stats: dims::ScdStats,
     inserted: u64,
     updated: u64,
-}
-
-impl Folded {
-    /// Both folds, `self`'s patients first (they come before `next`'s in key order).
-    fn joined(mut self, next: Folded) -> Folded {
-        self.segments.extend(next.segments);
-        self.patients.extend(next.patients);
-        for (s, ids) in next.leavers {
-            self.leavers.entry(s).or_default().extend(ids);
-        }
-        for (day, rows) in next.by_day {
-            self.by_day.entry(day).or_default().extend(rows);
-        }
-        self.leaving.extend(next.leaving);
-        self.leaving_days.extend(next.leaving_days);
-        self.stats.new_patients += next.stats.new_patients;
-        self.stats.versions_closed += next.stats.versions_closed;
-        self.stats.facts_repointed += next.stats.facts_repointed;
-        self.inserted += next.inserted;
-        self.updated += next.updated;
-        self
-    }
 }
 
 /// Folds the records of `buckets` (sorted, after [`input::Visits::rank`]) patient by patient
@@ -1011,11 +960,9 @@ fn fold_patients(
     as_of: i64,
 ) -> Result<Folded> {
     let n: usize = buckets.iter().map(|b| b.rows.len()).sum();
-    let mut segment = ledger::SegmentBuilder::with_capacity(n);
-    let mut new_patients = dims::PatientsBuilder::with_capacity(n);
     let mut out = Folded {
-        segments: Vec::new(),
-        patients: Vec::new(),
+        segment: ledger::SegmentBuilder::with_capacity(n),
+        patients: dims::PatientsBuilder::with_capacity(n),
         leavers: BTreeMap::new(),
         by_day: BTreeMap::new(),
         leaving: FxHashSet::default(),
@@ -1082,17 +1029,15 @@ fn fold_patients(
                 }
             }
             for v in &new_winners {
-                segment.append(visits, pid, v);
+                out.segment.append(visits, pid, v);
             }
-            new_patients.append(pid, &new_versions);
+            out.patients.append(pid, &new_versions);
             if let Some(&s) = home.get(&patient[0].patient_key) {
                 out.leavers.entry(s).or_default().insert(pid.to_string());
             }
         }
     }
 
-    out.segments.push(segment);
-    out.patients.push(new_patients);
     Ok(out)
 }
 
