@@ -321,7 +321,7 @@ fn record_keys(r: &Record<'_>) -> (i64, i64) {
 /// blocking thread) rather than on the build's own thread.
 pub struct SilverFile {
     /// The file's rows.
-    pub batches: Vec<RecordBatch>,
+    batches: Vec<RecordBatch>,
     /// Each row's keys, in order; `None` if the columns are not as gold writes them (then
     /// [`Visits::add_silver`] reports what is wrong).
     keys: Option<Vec<(i64, i64)>>,
