@@ -327,7 +327,7 @@ impl<'a> Uploads<'a> {
         let rows = batch.num_rows() as u64;
         let (lake, schema) = (self.lake, Arc::clone(schema));
         self.running.push(Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || encode(&schema, std::slice::from_ref(&batch)))
+            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &batch))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             lake.put(Container::Gold, &Path::from(key), bytes).await?;
@@ -396,7 +396,7 @@ const BLOOM_FPP: f64 = 1e-4;
 /// by the filters instead of decoding every file of their days. At 1 false positive in 10,000 ids
 /// (about 3 bytes a row), a file that holds none of 800 ids is read anyway 8% of the time; at 1%
 /// it would be read every time.
-fn encode(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> Result<bytes::Bytes> {
+fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
     let mut props = parquet::writer_properties_builder(Codec::Fast);
     for field in schema.fields() {
         if DISTINCT.contains(&field.name().as_str()) {
@@ -408,13 +408,13 @@ fn encode(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> Result<b
         }
     }
     if schema.field_with_name("fact_id").is_ok() {
-        let ndv = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>().max(1);
+        let ndv = (batch.num_rows() as u64).max(1);
         props = props
             .set_column_bloom_filter_enabled("fact_id".into(), true)
             .set_column_bloom_filter_max_ndv("fact_id".into(), ndv)
             .set_column_bloom_filter_fpp("fact_id".into(), BLOOM_FPP);
     }
-    Ok(parquet::encode_with(schema, batches, props.build())?)
+    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props.build())?)
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
@@ -578,23 +578,84 @@ async fn build_on(
     for bucket in &mut visits.buckets {
         bucket.sort();
     }
-    let folded = fold_patients(&visits, &visits.buckets, &home, as_of)?;
-    let Folded {
-        segment,
-        patients: new_patients,
-        leavers,
-        mut by_day,
-        leaving,
-        leaving_days,
-        stats,
-        inserted,
-        updated,
-    } = folded;
-    metrics.patients = stats;
-    metrics.facts_inserted = inserted;
-    metrics.facts_updated = updated;
+
+    // Patient by patient (buckets and their records are in patient key order), visit by visit.
+    let mut segment = ledger::SegmentBuilder::with_capacity(visits.len());
+    let mut new_patients = dims::PatientsBuilder::with_capacity(visits.len());
+    let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
+    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
+    let mut leaving: FxHashSet<i64> = FxHashSet::default();
+    let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
+    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
+    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
+    for bucket in &visits.buckets {
+        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
+            old_winners.clear();
+            new_winners.clear();
+            let mut is_changed = false;
+            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
+                // The winner: the latest event; for the same event twice, the copy folded first.
+                let Some(best) =
+                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
+                else {
+                    continue;
+                };
+                new_winners.push(best);
+                is_changed |= !best.known;
+                old_winners.extend(visit.iter().filter(|v| v.known));
+            }
+            if !is_changed {
+                continue;
+            }
+            let pid = bucket.patient_id(&patient[0]);
+            let new_versions = dims::versions(&visits, pid, &mut new_winners);
+            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
+            if old_winners.is_empty() {
+                metrics.patients.new_patients += 1;
+                metrics.patients.versions_closed += closed(&new_versions);
+            } else {
+                let old_versions = dims::versions(&visits, pid, &mut old_winners);
+                metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+                for v in &old_winners {
+                    let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
+                    old_rows.insert(row.fact_id, row);
+                }
+            }
+            for v in &new_winners {
+                let row = FactRow::of(&visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
+                match old_rows.get(&row.fact_id) {
+                    Some(old) if old.same_row(&row) => continue,
+                    Some(old) => {
+                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
+                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
+                        if same_event {
+                            metrics.patients.facts_repointed += 1;
+                        } else if !old.same_visit_content(&row) {
+                            metrics.facts_updated += 1;
+                        }
+                        leaving.insert(old.fact_id);
+                        leaving_days.insert(old.visit_date);
+                        by_day.entry(row.visit_date).or_default().push((false, row));
+                    }
+                    None => {
+                        metrics.facts_inserted += 1;
+                        by_day.entry(row.visit_date).or_default().push((true, row));
+                    }
+                }
+            }
+            for v in &new_winners {
+                segment.append(&visits, pid, v);
+            }
+            new_patients.append(pid, &new_versions);
+            if let Some(&s) = home.get(&patient[0].patient_key) {
+                leavers.entry(s).or_default().insert(pid.to_string());
+            }
+        }
+    }
+
     phases.mark("patients and visits");
     // Fact rows, the segment and the DimPatient rows own their data: the records are no longer needed.
+    drop((old_winners, new_winners));
     drop(visits);
     // The records were the build's largest allocation; the facts allocate in other sizes.
     crate::memory::release_free_memory();
@@ -795,27 +856,17 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     let sidecar =
         RecordBatch::try_new(Arc::clone(&ledger::KEYS), vec![Arc::new(arrow_array::Int64Array::from(distinct))])?;
     let file = format!("{dir}/ledger/merged.parquet");
-    lake.put(
-        Container::Gold,
-        &Path::from(ledger::keys_file(&file)),
-        encode(&ledger::KEYS, std::slice::from_ref(&sidecar))?,
-    )
-    .await?;
+    lake.put(Container::Gold, &Path::from(ledger::keys_file(&file)), encode(&ledger::KEYS, &sidecar)?).await?;
     let rows = merged.num_rows() as u64;
-    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, std::slice::from_ref(&merged))?)
-        .await?;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, &merged)?).await?;
     let segment = TableFile { file, rows, ..Default::default() };
     let mut patients = Vec::new();
     for (_, dim) in run {
         patients.extend(read_table(lake, &dim.file).await?);
     }
-    // In DimPatient's own schema, as the writer takes it (a decoded file's may carry other metadata).
-    let patients = patients
-        .into_iter()
-        .map(|b| RecordBatch::try_new(Arc::clone(&DIM_PATIENT), b.columns().to_vec()))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let patients = arrow_select::concat::concat_batches(&DIM_PATIENT, &patients)?;
     let file = format!("{dir}/dim_patient/merged.parquet");
-    let rows = patients.iter().map(|b| b.num_rows() as u64).sum();
+    let rows = patients.num_rows() as u64;
     lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &patients)?).await?;
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
@@ -929,116 +980,6 @@ impl Phases {
         tracing::debug!(phase, ms = (now - self.0).as_secs_f64() * 1e3, "Gold build phase done.");
         self.0 = now;
     }
-}
-
-/// What folding a build's records patient by patient gives (see [`fold_patients`]).
-struct Folded {
-    /// The ledger rows of the changed patients.
-    segment: ledger::SegmentBuilder,
-    /// Their DimPatient versions.
-    patients: dims::PatientsBuilder,
-    /// The patients who leave each older segment.
-    leavers: BTreeMap<usize, FxHashSet<String>>,
-    /// New and changed fact rows by visit day, with whether each is new to gold.
-    by_day: BTreeMap<i32, Vec<(bool, FactRow)>>,
-    /// The fact ids whose stored rows are replaced, and their days.
-    leaving: FxHashSet<i64>,
-    leaving_days: BTreeSet<i32>,
-    stats: dims::ScdStats,
-    inserted: u64,
-    updated: u64,
-}
-
-/// Folds the records of `buckets` (sorted, after [`input::Visits::rank`]) patient by patient
-/// (buckets and their records are in patient key order), visit by visit: each visit's winning
-/// event, each changed patient's SCD2 versions, ledger rows and fact rows. `home` is the older
-/// segment each known patient's ledger rows came from.
-fn fold_patients(
-    visits: &Visits,
-    buckets: &[input::Bucket],
-    home: &FxHashMap<i64, usize>,
-    as_of: i64,
-) -> Result<Folded> {
-    let n: usize = buckets.iter().map(|b| b.rows.len()).sum();
-    let mut out = Folded {
-        segment: ledger::SegmentBuilder::with_capacity(n),
-        patients: dims::PatientsBuilder::with_capacity(n),
-        leavers: BTreeMap::new(),
-        by_day: BTreeMap::new(),
-        leaving: FxHashSet::default(),
-        leaving_days: BTreeSet::new(),
-        stats: dims::ScdStats::default(),
-        inserted: 0,
-        updated: 0,
-    };
-    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
-    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-    for bucket in buckets {
-        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
-            old_winners.clear();
-            new_winners.clear();
-            let mut is_changed = false;
-            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
-                // The winner: the latest event; for the same event twice, the copy folded first.
-                let Some(best) =
-                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
-                else {
-                    continue;
-                };
-                new_winners.push(best);
-                is_changed |= !best.known;
-                old_winners.extend(visit.iter().filter(|v| v.known));
-            }
-            if !is_changed {
-                continue;
-            }
-            let pid = bucket.patient_id(&patient[0]);
-            let new_versions = dims::versions(visits, pid, &mut new_winners);
-            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-            if old_winners.is_empty() {
-                out.stats.new_patients += 1;
-                out.stats.versions_closed += closed(&new_versions);
-            } else {
-                let old_versions = dims::versions(visits, pid, &mut old_winners);
-                out.stats.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
-                for v in &old_winners {
-                    let row = FactRow::of(visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
-                    old_rows.insert(row.fact_id, row);
-                }
-            }
-            for v in &new_winners {
-                let row = FactRow::of(visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
-                match old_rows.get(&row.fact_id) {
-                    Some(old) if old.same_row(&row) => continue,
-                    Some(old) => {
-                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
-                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
-                        if same_event {
-                            out.stats.facts_repointed += 1;
-                        } else if !old.same_visit_content(&row) {
-                            out.updated += 1;
-                        }
-                        out.leaving.insert(old.fact_id);
-                        out.leaving_days.insert(old.visit_date);
-                        out.by_day.entry(row.visit_date).or_default().push((false, row));
-                    }
-                    None => {
-                        out.inserted += 1;
-                        out.by_day.entry(row.visit_date).or_default().push((true, row));
-                    }
-                }
-            }
-            for v in &new_winners {
-                out.segment.append(visits, pid, v);
-            }
-            out.patients.append(pid, &new_versions);
-            if let Some(&s) = home.get(&patient[0].patient_key) {
-                out.leavers.entry(s).or_default().insert(pid.to_string());
-            }
-        }
-    }
-
-    Ok(out)
 }
 
 /// A fact partition of `files`, with the discharge days of them all.
