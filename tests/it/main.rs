@@ -13,6 +13,8 @@ mod gold;
 mod loads;
 mod pipeline;
 mod properties;
+// Every lake file read back by pyarrow.
+mod readers;
 // `run` loads the embedded warehouse.
 #[cfg(feature = "embedded-warehouse")]
 mod run_clock;
