@@ -187,11 +187,100 @@ pub fn may_contain_any(bytes: Bytes, column: &str, values: &[i64]) -> Result<Opt
     Ok(Some(false))
 }
 
+/// Encodes one parquet file from batches handed over one at a time, on a thread of its own: a
+/// producer's rows become compressed pages while it builds the next ones, so memory holds the
+/// encoded file and a batch or two, not every row at once, and the encoding runs beside the
+/// producer. The bytes are those [`encode_with`] makes of the same batches.
+pub struct StreamEncoder {
+    batches: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    worker: Option<std::thread::JoinHandle<Result<Bytes, ParquetError>>>,
+}
+
+impl StreamEncoder {
+    /// Starts the encoder's thread.
+    pub fn new(schema: SchemaRef, props: WriterProperties) -> Result<Self, ParquetError> {
+        // One batch waits while one is encoded: a producer that outruns the encoder waits too.
+        let (batches, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
+        let worker = std::thread::Builder::new()
+            .name("parquet-encode".into())
+            .spawn(move || {
+                let mut out = Vec::new();
+                let mut writer =
+                    ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| ParquetError(e.to_string()))?;
+                for batch in rx {
+                    writer.write(&batch).map_err(|e| ParquetError(e.to_string()))?;
+                }
+                writer.close().map_err(|e| ParquetError(e.to_string()))?;
+                Ok(Bytes::from(out))
+            })
+            .map_err(|e| ParquetError(format!("cannot start an encoder thread: {e}")))?;
+        Ok(Self { batches: Some(batches), worker: Some(worker) })
+    }
+
+    /// Hands a batch to the encoder, waiting while it is still busy with the one before.
+    pub fn write(&mut self, batch: RecordBatch) -> Result<(), ParquetError> {
+        let sent = self.batches.as_ref().is_some_and(|tx| tx.send(batch).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The encoder stopped early: its error says why.
+        Err(self.join().err().unwrap_or_else(|| ParquetError("the encoder stopped early".into())))
+    }
+
+    /// The encoded file.
+    pub fn finish(mut self) -> Result<Bytes, ParquetError> {
+        self.join()
+    }
+
+    /// Closes the input and waits for the encoder's result.
+    fn join(&mut self) -> Result<Bytes, ParquetError> {
+        self.batches = None;
+        match self.worker.take() {
+            Some(worker) => worker.join().unwrap_or_else(|_| Err(ParquetError("the encoder thread panicked".into()))),
+            None => Err(ParquetError("the encoder has already finished".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow_array::Int64Array;
     use arrow_schema::{DataType, Field, Schema};
+
+    #[test]
+    fn a_streamed_file_is_the_file_of_its_batches() {
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let batch = |from: i64, to: i64| {
+            let s: arrow_array::StringArray =
+                (from..to).map(|i| (i % 7 != 0).then(|| format!("v{}", i % 100))).collect();
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from_iter_values(from..to)), Arc::new(s)],
+            )
+            .unwrap()
+        };
+        // Row groups of 256Ki rows: the second batch straddles a row group boundary.
+        let batches = [batch(0, 2048), batch(2048, 300_000), batch(300_000, 300_001)];
+        let mut stream = StreamEncoder::new(Arc::clone(&schema), writer_properties(Codec::Fast)).unwrap();
+        for b in &batches {
+            stream.write(b.clone()).unwrap();
+        }
+        let streamed = stream.finish().unwrap();
+        assert_eq!(streamed, encode(&schema, &batches, Codec::Fast).unwrap());
+
+        // A batch of another schema stops the encoder; the error says so, on write or on finish.
+        let other: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, false)]));
+        let wrong = RecordBatch::try_new(other, vec![Arc::new(arrow_array::StringArray::from(vec!["a"]))]).unwrap();
+        let mut stream = StreamEncoder::new(Arc::clone(&schema), writer_properties(Codec::Fast)).unwrap();
+        let failed = (0..3).map(|_| stream.write(wrong.clone())).find_map(Result::err);
+        let error = match failed {
+            Some(e) => e,
+            None => stream.finish().unwrap_err(),
+        };
+        assert!(error.to_string().contains("parquet"), "{error}");
+    }
 
     #[test]
     fn files_are_compressed_and_round_trip() {

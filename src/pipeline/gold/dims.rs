@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
@@ -177,8 +177,18 @@ impl PatientsBuilder {
         }
     }
 
-    /// The rows.
-    pub fn finish(mut self) -> Result<RecordBatch> {
+    /// Versions appended and not yet taken.
+    pub fn len(&self) -> usize {
+        self.sk.len()
+    }
+
+    /// Whether no version waits to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The versions appended since the last take; the builder goes on empty.
+    pub fn take_rows(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.sk.finish()),
             Arc::new(self.id.finish()),
@@ -368,7 +378,8 @@ mod tests {
         assert_eq!(spans, [(10_000, Some(41)), (20_000, Some(40)), (30_000, Some(41))]);
         let mut builder = PatientsBuilder::with_capacity(3);
         builder.append("a", &forward);
-        let batch = builder.finish().unwrap();
+        let batch = builder.take_rows().unwrap();
+        assert!(builder.is_empty());
         let back = read_patients(&[batch]).unwrap();
         assert_eq!(back, forward.into_iter().map(|v| ("a".to_string(), v)).collect::<Vec<_>>());
     }

@@ -129,18 +129,24 @@ impl SegmentBuilder {
         self.file.append_value(visits.str(v.bronze_file).unwrap_or_default());
     }
 
-    /// Records appended so far.
+    /// Records appended and not yet taken by [`take_rows`](Self::take_rows).
     pub fn len(&self) -> usize {
         self.key.len()
     }
 
-    /// Whether nothing was appended.
+    /// Whether no record waits to be taken.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The segment and its key sidecar.
-    pub fn finish(mut self) -> Result<(RecordBatch, RecordBatch)> {
+    /// Distinct patients appended so far (taken or not).
+    pub fn patients(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The records appended since the last take, as a batch of the segment; the builder goes on
+    /// empty, so a segment can be written in chunks while it is built.
+    pub fn take_rows(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.key.finish()),
             Arc::new(self.patient.finish()),
@@ -158,8 +164,12 @@ impl SegmentBuilder {
             Arc::new(self.enqueued.finish()),
             Arc::new(self.file.finish()),
         ];
-        let keys = RecordBatch::try_new(Arc::clone(&KEYS), vec![Arc::new(Int64Array::from(self.keys))])?;
-        Ok((RecordBatch::try_new(Arc::clone(&LEDGER), cols)?, keys))
+        Ok(RecordBatch::try_new(Arc::clone(&LEDGER), cols)?)
+    }
+
+    /// The segment's key sidecar: every patient appended, in order.
+    pub fn finish_keys(self) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(Arc::clone(&KEYS), vec![Arc::new(Int64Array::from(self.keys))])?)
     }
 }
 
@@ -268,7 +278,9 @@ mod tests {
         let a = *visits.iter().next().unwrap();
         let mut segment = SegmentBuilder::with_capacity(1);
         segment.append(&visits, "p", &a);
-        let (batch, keys) = segment.finish().unwrap();
+        let batch = segment.take_rows().unwrap();
+        assert!(segment.is_empty() && segment.patients() == 1);
+        let keys = segment.finish_keys().unwrap();
         assert_eq!(decode_keys("k", &[keys]).unwrap(), [a.patient_key]);
         let mut back = Visits::default();
         decode("k", std::slice::from_ref(&batch), |_| true, &mut back).unwrap();

@@ -336,6 +336,16 @@ impl<'a> Uploads<'a> {
         Ok(rows)
     }
 
+    /// Uploads a file encoded elsewhere.
+    async fn put_bytes(&mut self, key: String, bytes: bytes::Bytes) -> Result<()> {
+        while self.running.len() >= Self::IN_FLIGHT {
+            self.running.next().await.transpose()?;
+        }
+        let lake = self.lake;
+        self.running.push(Box::pin(async move { Ok(lake.put(Container::Gold, &Path::from(key), bytes).await?) }));
+        Ok(())
+    }
+
     async fn finish(mut self) -> Result<()> {
         while let Some(done) = self.running.next().await {
             done?;
@@ -343,6 +353,11 @@ impl<'a> Uploads<'a> {
         Ok(())
     }
 }
+
+/// Rows of the new ledger segment and DimPatient file built before they go to their encoders: a
+/// multiple of the writer's 1,024-row mini-batches (the pages are those of one whole batch), small
+/// enough that the rows waiting are a fraction of a build's.
+const FOLD_CHUNK_ROWS: usize = 64 * 1024;
 
 /// Columns whose values are (nearly) all distinct: a dictionary would only cost time.
 const DISTINCT: [&str; 16] = [
@@ -397,6 +412,13 @@ const BLOOM_FPP: f64 = 1e-4;
 /// (about 3 bytes a row), a file that holds none of 800 ids is read anyway 8% of the time; at 1%
 /// it would be read every time.
 fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
+    let props = writer_properties(schema, batch.num_rows());
+    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props)?)
+}
+
+/// The writer settings of a gold file of `rows` rows (the bloom filter of `fact_id` is sized by
+/// them).
+fn writer_properties(schema: &arrow_schema::SchemaRef, rows: usize) -> ::parquet::file::properties::WriterProperties {
     let mut props = parquet::writer_properties_builder(Codec::Fast);
     for field in schema.fields() {
         if DISTINCT.contains(&field.name().as_str()) {
@@ -408,13 +430,13 @@ fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes
         }
     }
     if schema.field_with_name("fact_id").is_ok() {
-        let ndv = (batch.num_rows() as u64).max(1);
+        let ndv = (rows as u64).max(1);
         props = props
             .set_column_bloom_filter_enabled("fact_id".into(), true)
             .set_column_bloom_filter_max_ndv("fact_id".into(), ndv)
             .set_column_bloom_filter_fpp("fact_id".into(), BLOOM_FPP);
     }
-    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props.build())?)
+    props.build()
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
@@ -580,8 +602,15 @@ async fn build_on(
     }
 
     // Patient by patient (buckets and their records are in patient key order), visit by visit.
-    let mut segment = ledger::SegmentBuilder::with_capacity(visits.len());
-    let mut new_patients = dims::PatientsBuilder::with_capacity(visits.len());
+    // The new ledger segment and DimPatient file are encoded while they are built, a chunk at a
+    // time on threads of their own: memory holds their compressed pages, not all their rows.
+    let chunk = FOLD_CHUNK_ROWS.min(visits.len());
+    let mut segment = ledger::SegmentBuilder::with_capacity(chunk);
+    let mut segment_file =
+        parquet::StreamEncoder::new(Arc::clone(&ledger::LEDGER), writer_properties(&ledger::LEDGER, 0))?;
+    let mut new_patients = dims::PatientsBuilder::with_capacity(chunk);
+    let mut patients_file = parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), writer_properties(&DIM_PATIENT, 0))?;
+    let (mut segment_rows, mut patient_rows) = (0u64, 0u64);
     let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
     let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
     let mut leaving: FxHashSet<i64> = FxHashSet::default();
@@ -646,7 +675,15 @@ async fn build_on(
             for v in &new_winners {
                 segment.append(&visits, pid, v);
             }
+            segment_rows += new_winners.len() as u64;
             new_patients.append(pid, &new_versions);
+            patient_rows += new_versions.len() as u64;
+            if segment.len() >= FOLD_CHUNK_ROWS {
+                segment_file.write(segment.take_rows()?)?;
+            }
+            if new_patients.len() >= FOLD_CHUNK_ROWS {
+                patients_file.write(new_patients.take_rows()?)?;
+            }
             if let Some(&s) = home.get(&patient[0].patient_key) {
                 leavers.entry(s).or_default().insert(pid.to_string());
             }
@@ -687,14 +724,16 @@ async fn build_on(
     }
     let mut segments: Vec<(TableFile, TableFile)> =
         segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
-    if !segment.is_empty() {
+    if segment.patients() > 0 {
         let file = format!("{dir}/ledger/segment.parquet");
-        let (rows_batch, keys_batch) = segment.finish()?;
-        uploads.put(ledger::keys_file(&file), &ledger::KEYS, keys_batch).await?;
-        let rows = uploads.put(file.clone(), &ledger::LEDGER, rows_batch).await?;
-        let ledger_file = TableFile { file, rows, ..Default::default() };
+        segment_file.write(segment.take_rows()?)?;
+        uploads.put(ledger::keys_file(&file), &ledger::KEYS, segment.finish_keys()?).await?;
+        uploads.put_bytes(file.clone(), segment_file.finish()?).await?;
+        let ledger_file = TableFile { file, rows: segment_rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
-        let rows = uploads.put(file.clone(), &DIM_PATIENT, new_patients.finish()?).await?;
+        patients_file.write(new_patients.take_rows()?)?;
+        uploads.put_bytes(file.clone(), patients_file.finish()?).await?;
+        let rows = patient_rows;
         segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
     drop(leavers);
