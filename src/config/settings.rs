@@ -107,15 +107,15 @@ pub enum WarehouseConfig {
 /// Default of `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`: DuckDB's memory for a load. Past it DuckDB
 /// spills to a temporary folder beside the database file instead of growing (its own default, 80 %
 /// of the machine, let the KPI report over 10M facts take 2.6 GB). A load fills whatever it is
-/// given: over ten 1M runs the load stage peaked at 266–336 MB with 256 MB and at 232–295 MB with
-/// 192 MB, loads taking as long (1.45–2.9 s either way); 128 MB slowed the checkpoint after deletes
-/// by half (README, "Performance").
-pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "192MB";
+/// given, and more (DuckDB's allocations around its buffer pool): over ten 1M runs the load stage
+/// peaked at 264–325 MB with 192 MB and at 249–294 MB with 128 MB, the process then never above
+/// 300 MB; the ninth run's load took 2.5–3.1 s with 192 MB and 2.7 s with 96 or 144 MB (README,
+/// "Performance").
+pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "128MB";
 
 /// Default of `PATIENTFLOW_REPORT_MEMORY_LIMIT`: DuckDB's memory for the KPI report (and other reads).
 /// Over 10M facts the report took as long with 128 MB as with 256 MB (10.5–11.7 s), and `run`'s
-/// report stage stayed at gold's peak in nine runs of ten (474–516 MB by the eighth run with 256 MB);
-/// a load keeps more (see above), as its checkpoint after deletes slowed by half with 128 MB
+/// report stage stayed at gold's peak in nine runs of ten (474–516 MB by the eighth run with 256 MB)
 /// (README, "Performance").
 pub const DEFAULT_REPORT_MEMORY_LIMIT: &str = "128MB";
 

@@ -25,6 +25,13 @@ use parquet::schema::types::ColumnPath;
 #[error("parquet: {0}")]
 pub struct ParquetError(String);
 
+impl ParquetError {
+    /// An error about a file's content, in words.
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self(detail.into())
+    }
+}
+
 /// How a layer's files are compressed (parquet's default is *uncompressed*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {

@@ -336,13 +336,20 @@ impl<'a> Uploads<'a> {
         Ok(rows)
     }
 
-    /// Uploads a file encoded elsewhere.
-    async fn put_bytes(&mut self, key: String, bytes: bytes::Bytes) -> Result<()> {
+    /// Uploads a file a [`parquet::StreamEncoder`] was given all the batches of, once it has
+    /// encoded them.
+    async fn put_encoded(&mut self, key: String, file: parquet::StreamEncoder) -> Result<()> {
         while self.running.len() >= Self::IN_FLIGHT {
             self.running.next().await.transpose()?;
         }
         let lake = self.lake;
-        self.running.push(Box::pin(async move { Ok(lake.put(Container::Gold, &Path::from(key), bytes).await?) }));
+        self.running.push(Box::pin(async move {
+            let bytes = tokio::task::spawn_blocking(move || file.finish())
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            lake.put(Container::Gold, &Path::from(key), bytes).await?;
+            Ok(())
+        }));
         Ok(())
     }
 
@@ -567,14 +574,25 @@ async fn build_on(
     wanted.dedup();
     let mut home: FxHashMap<i64, usize> = FxHashMap::default();
     let (looked_for, mut sidecars, mut decoded_segments, mut decoded_rows) = (wanted.len(), 0, 0, 0);
+    // Each sidecar is decoded and matched against the build's keys on a blocking thread, a few at
+    // once (a lookup reads every sidecar when no patient returns); a segment's hits then leave out
+    // the patients a newer segment already holds.
+    let newest_first: Vec<String> = segments.iter().rev().map(|(l, _)| ledger::keys_file(&l.file)).collect();
+    let sought = Arc::new(wanted.clone());
+    let mut matched = decoded(lake, Container::Gold, newest_first, move |key: &str, bytes| {
+        let keys =
+            ledger::decode_keys(key, &whole(key, bytes)?).map_err(|e| parquet::ParquetError::new(e.to_string()))?;
+        Ok(ledger::matching(&sought, &keys))
+    });
     for s in (0..segments.len()).rev() {
         if wanted.is_empty() {
             break;
         }
         let file = &segments[s].0.file;
-        let sidecar = ledger::keys_file(file);
         sidecars += 1;
-        let hits = ledger::matching(&wanted, &ledger::decode_keys(&sidecar, &read_table(lake, &sidecar).await?)?);
+        let (_, mut hits) =
+            matched.try_next().await?.ok_or_else(|| Error::Internal("a ledger sidecar was left unread".into()))?;
+        hits.retain(|k| wanted.binary_search(k).is_ok());
         if hits.is_empty() {
             continue;
         }
@@ -728,11 +746,11 @@ async fn build_on(
         let file = format!("{dir}/ledger/segment.parquet");
         segment_file.write(segment.take_rows()?)?;
         uploads.put(ledger::keys_file(&file), &ledger::KEYS, segment.finish_keys()?).await?;
-        uploads.put_bytes(file.clone(), segment_file.finish()?).await?;
+        uploads.put_encoded(file.clone(), segment_file).await?;
         let ledger_file = TableFile { file, rows: segment_rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
         patients_file.write(new_patients.take_rows()?)?;
-        uploads.put_bytes(file.clone(), patients_file.finish()?).await?;
+        uploads.put_encoded(file.clone(), patients_file).await?;
         let rows = patient_rows;
         segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
     }
