@@ -336,20 +336,13 @@ impl<'a> Uploads<'a> {
         Ok(rows)
     }
 
-    /// Uploads a file a [`parquet::StreamEncoder`] was given all the batches of, once it has
-    /// encoded them.
-    async fn put_encoded(&mut self, key: String, file: parquet::StreamEncoder) -> Result<()> {
+    /// Uploads a file encoded elsewhere.
+    async fn put_bytes(&mut self, key: String, bytes: bytes::Bytes) -> Result<()> {
         while self.running.len() >= Self::IN_FLIGHT {
             self.running.next().await.transpose()?;
         }
         let lake = self.lake;
-        self.running.push(Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || file.finish())
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-            lake.put(Container::Gold, &Path::from(key), bytes).await?;
-            Ok(())
-        }));
+        self.running.push(Box::pin(async move { Ok(lake.put(Container::Gold, &Path::from(key), bytes).await?) }));
         Ok(())
     }
 
@@ -743,17 +736,22 @@ async fn build_on(
     let mut segments: Vec<(TableFile, TableFile)> =
         segments.into_iter().enumerate().filter(|(s, _)| !dropped.contains(s)).map(|(_, x)| x).collect();
     if segment.patients() > 0 {
-        let file = format!("{dir}/ledger/segment.parquet");
+        // Both files' last rows go to their encoders before either is waited for. They are
+        // finished here, not beside the facts: encoding them while the facts are laid out held
+        // 15–25 MB more at the build's peak (measured over a ninth 1M run onto one lake).
         segment_file.write(segment.take_rows()?)?;
+        patients_file.write(new_patients.take_rows()?)?;
+        let (segment_bytes, patient_bytes) = (segment_file.finish()?, patients_file.finish()?);
+        let file = format!("{dir}/ledger/segment.parquet");
         uploads.put(ledger::keys_file(&file), &ledger::KEYS, segment.finish_keys()?).await?;
-        uploads.put_encoded(file.clone(), segment_file).await?;
+        uploads.put_bytes(file.clone(), segment_bytes).await?;
         let ledger_file = TableFile { file, rows: segment_rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
-        patients_file.write(new_patients.take_rows()?)?;
-        uploads.put_encoded(file.clone(), patients_file).await?;
-        let rows = patient_rows;
-        segments.push((ledger_file, TableFile { file, rows, fresh: leavers.is_empty(), ..Default::default() }));
+        uploads.put_bytes(file.clone(), patient_bytes).await?;
+        let (rows, fresh) = (patient_rows, leavers.is_empty());
+        segments.push((ledger_file, TableFile { file, rows, fresh, ..Default::default() }));
     }
+
     drop(leavers);
     phases.mark("dim_patient and ledger");
 
