@@ -184,14 +184,26 @@ pub trait EnvelopeSink {
     fn entry<'de, D: Deserializer<'de>>(&mut self, part: Part, key: &str, value: D) -> Result<(), D::Error>;
 }
 
+/// One streaming pass over an envelope with `de`, then the end of the input.
+fn read_envelope<'de, R: serde_json::de::Read<'de>, S: EnvelopeSink>(
+    mut de: serde_json::Deserializer<R>,
+    sink: &mut S,
+    shape: &mut Option<&'static str>,
+) -> serde_json::Result<()> {
+    de::Deserializer::deserialize_any(&mut de, Envelope { sink, shape }).and_then(|()| de.end())
+}
+
 /// Reads a request body in one streaming pass, handing each `Data` and `Metadata` entry to `sink`.
 /// Errors like [`InvokeRequest::from_slice`]: a body that is not JSON, not an object, or whose
 /// `Data`/`Metadata` are not objects is a 400 naming the problem (never quoting content).
 pub fn decode_envelope<S: EnvelopeSink>(body: &[u8], sink: &mut S) -> Result<(), FunctionError> {
     let mut shape = None;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed =
-        de::Deserializer::deserialize_any(&mut de, Envelope { sink, shape: &mut shape }).and_then(|()| de.end());
+    // A body that is UTF-8 throughout (every body the host sends) is checked once, not string by
+    // string as a slice reader does; any other body is read as bytes, whose error names the problem.
+    let parsed = match std::str::from_utf8(body) {
+        Ok(text) => read_envelope(serde_json::Deserializer::from_str(text), sink, &mut shape),
+        Err(_) => read_envelope(serde_json::Deserializer::from_slice(body), sink, &mut shape),
+    };
     if let Some(problem) = shape {
         return Err(FunctionError::BadRequest(problem.to_string()));
     }
