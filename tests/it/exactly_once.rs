@@ -10,7 +10,6 @@ use patientflow::app::{AppState, GoldSettings, WarehouseConfig};
 use patientflow::local_host::envelopes;
 use patientflow::pipeline::gold::{self, manifest};
 use patientflow::pipeline::quarantine;
-use patientflow::simulate::{DirtRates, SimulationConfig, Simulator};
 use patientflow::storage::keys::patient_flow_prefix;
 use patientflow::storage::{Container, Lake, StorageConfig};
 use patientflow::warehouse::report::Report;
@@ -20,22 +19,7 @@ use crate::util::{self, call, event, land};
 
 /// 100 events of every kind of dirt, returning patients and discharge updates.
 fn bodies() -> Vec<Vec<u8>> {
-    let config = SimulationConfig {
-        seed: 21,
-        now: util::now(),
-        hospitals: 3,
-        beds: 20,
-        dirt: DirtRates {
-            old_age: 0.05,
-            future_admission: 0.05,
-            malformed: 0.05,
-            missing_field: 0.05,
-            wrong_type: 0.05,
-            duplicate: 0.0,
-            returning: 0.3,
-        },
-    };
-    Simulator::new(config).take(100).map(|e| e.body).collect()
+    util::simulated(21, 100, 0.0, 0.3)
 }
 
 /// Handler state over `lake` with an embedded warehouse in `dir` and a timer that always builds.

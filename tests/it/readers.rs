@@ -12,7 +12,6 @@ use arrow_array::types::{Float32Type, Float64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use patientflow::pipeline::gold::{self, BuildOutcome, GoldOptions};
-use patientflow::simulate::{DirtRates, SimulationConfig, Simulator};
 use patientflow::storage::{Container, Lake};
 use serde_json::{Value, json};
 
@@ -138,26 +137,6 @@ fn ours(bytes: bytes::Bytes) -> Value {
     })
 }
 
-/// Simulated events of every kind of dirt, with returning patients (new DimPatient versions).
-fn events(seed: u64, n: usize) -> Vec<Vec<u8>> {
-    let config = SimulationConfig {
-        seed,
-        now: util::now(),
-        hospitals: 3,
-        beds: 20,
-        dirt: DirtRates {
-            old_age: 0.05,
-            future_admission: 0.05,
-            malformed: 0.05,
-            missing_field: 0.05,
-            wrong_type: 0.05,
-            duplicate: 0.05,
-            returning: 0.4,
-        },
-    };
-    Simulator::new(config).take(n).map(|e| e.body).collect()
-}
-
 async fn build(lake: &Lake) {
     let options = GoldOptions::new(util::now(), Duration::from_secs(3600));
     assert!(matches!(gold::build(lake, &options).await.unwrap(), BuildOutcome::Built(_)));
@@ -173,11 +152,11 @@ async fn every_lake_file_reads_the_same_with_pyarrow() {
         return;
     }
     let (state, lake) = util::memory().await;
-    let first = events(5, 300);
+    let first = util::simulated(5, 300, 0.05, 0.4);
     land(&state, &lake, "0", 0, &first[..150]).await;
     land(&state, &lake, "1", 0, &first[150..]).await;
     build(&lake).await;
-    let second = events(6, 200);
+    let second = util::simulated(6, 200, 0.05, 0.4);
     land(&state, &lake, "0", 150, &second[..100]).await;
     land(&state, &lake, "1", 150, &second[100..]).await;
     build(&lake).await;

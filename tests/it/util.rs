@@ -135,3 +135,24 @@ pub async fn land(state: &AppState, lake: &Lake, partition: &str, first_seq: i64
     assert_eq!(status, StatusCode::OK, "{response}");
     stem
 }
+
+/// `n` simulated events at three hospitals of 20 beds: every kind of dirt at 5 % each, exact
+/// re-sends at `duplicate`, and returning patients (new DimPatient versions) at `returning`.
+pub fn simulated(seed: u64, n: usize, duplicate: f64, returning: f64) -> Vec<Vec<u8>> {
+    let config = patientflow::simulate::SimulationConfig {
+        seed,
+        now: now(),
+        hospitals: 3,
+        beds: 20,
+        dirt: patientflow::simulate::DirtRates {
+            old_age: 0.05,
+            future_admission: 0.05,
+            malformed: 0.05,
+            missing_field: 0.05,
+            wrong_type: 0.05,
+            duplicate,
+            returning,
+        },
+    };
+    patientflow::simulate::Simulator::new(config).take(n).map(|e| e.body).collect()
+}

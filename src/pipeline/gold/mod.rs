@@ -354,9 +354,9 @@ impl<'a> Uploads<'a> {
     }
 }
 
-/// Rows of the new ledger segment and DimPatient file built before they go to their encoders: a
-/// multiple of the writer's 1,024-row mini-batches (the pages are those of one whole batch), small
-/// enough that the rows waiting are a fraction of a build's.
+/// Rows of the new ledger segment and DimPatient file collected before they go to their encoders
+/// (a chunk ends at the first patient boundary past it): a fraction of a build's rows, and large
+/// enough that handing a chunk over costs nothing next to encoding it.
 const FOLD_CHUNK_ROWS: usize = 64 * 1024;
 
 /// Columns whose values are (nearly) all distinct: a dictionary would only cost time.
@@ -751,7 +751,6 @@ async fn build_on(
         let (rows, fresh) = (patient_rows, leavers.is_empty());
         segments.push((ledger_file, TableFile { file, rows, fresh, ..Default::default() }));
     }
-
     drop(leavers);
     phases.mark("dim_patient and ledger");
 
