@@ -135,11 +135,20 @@ pub fn encode_with(
     // Most of a file is its largest column after encoding; start near the input's size so the
     // buffer grows once or twice, not a dozen times.
     let input: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-    let mut out = Vec::with_capacity(input / 2 + 4096);
-    let mut writer =
-        ArrowWriter::try_new(&mut out, Arc::clone(schema), Some(props)).map_err(|e| ParquetError(e.to_string()))?;
+    write_file(Vec::with_capacity(input / 2 + 4096), Arc::clone(schema), batches, props)
+}
+
+/// Writes `batches` as one parquet file into `out`: what [`encode_with`] and [`StreamEncoder`]
+/// both do, so a streamed file is byte for byte the file of its batches.
+fn write_file<B: std::borrow::Borrow<RecordBatch>>(
+    mut out: Vec<u8>,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = B>,
+    props: WriterProperties,
+) -> Result<Bytes, ParquetError> {
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| ParquetError(e.to_string()))?;
     for batch in batches {
-        writer.write(batch).map_err(|e| ParquetError(e.to_string()))?;
+        writer.write(batch.borrow()).map_err(|e| ParquetError(e.to_string()))?;
     }
     writer.close().map_err(|e| ParquetError(e.to_string()))?;
     Ok(Bytes::from(out))
@@ -210,16 +219,7 @@ impl StreamEncoder {
         let (batches, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
         let worker = std::thread::Builder::new()
             .name("parquet-encode".into())
-            .spawn(move || {
-                let mut out = Vec::new();
-                let mut writer =
-                    ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| ParquetError(e.to_string()))?;
-                for batch in rx {
-                    writer.write(&batch).map_err(|e| ParquetError(e.to_string()))?;
-                }
-                writer.close().map_err(|e| ParquetError(e.to_string()))?;
-                Ok(Bytes::from(out))
-            })
+            .spawn(move || write_file(Vec::new(), schema, rx, props))
             .map_err(|e| ParquetError(format!("cannot start an encoder thread: {e}")))?;
         Ok(Self { batches: Some(batches), worker: Some(worker) })
     }

@@ -15,12 +15,7 @@ use patientflow::pipeline::gold::{self, BuildOutcome, GoldOptions};
 use patientflow::storage::{Container, Lake};
 use serde_json::{Value, json};
 
-use crate::util::{self, land};
-
-/// The Python the test runs: `PATIENTFLOW_PYTHON` (the test command's venv), else `python3`.
-fn python() -> String {
-    std::env::var("PATIENTFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use crate::util::{self, land, python};
 
 /// Whether pyarrow can be imported; under `PATIENTFLOW_REQUIRE_PYARROW=1` (the test command) it must.
 fn have_pyarrow(test: &str) -> bool {

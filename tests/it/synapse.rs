@@ -12,7 +12,7 @@ use patientflow::pipeline::gold::{self, GoldOptions, manifest};
 use patientflow::warehouse::synapse;
 use patientflow::warehouse::{FileChanges, GoldFile, Table, file_changes, loaded_files};
 
-use crate::util::{self, event, land};
+use crate::util::{self, event, land, python};
 
 /// The load id of every generated script here (a real load draws a random one).
 const LOAD_ID: &str = "0123456789abcdef";
@@ -630,11 +630,6 @@ async fn loads_stage_privately_take_the_load_lock_first_and_recheck_inside_the_t
     };
     assert_eq!(staging(&one).len(), 4, "one per table");
     assert!(staging(&one).is_disjoint(&staging(&two)));
-}
-
-/// The Python the sqlglot test runs: `PATIENTFLOW_PYTHON` (the test command's venv), else `python3`.
-fn python() -> String {
-    std::env::var("PATIENTFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// Runs the sqlglot harness (`tests/data/synapse/sqlglot_kinds.py`) on named scripts.

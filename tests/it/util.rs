@@ -156,3 +156,9 @@ pub fn simulated(seed: u64, n: usize, duplicate: f64, returning: f64) -> Vec<Vec
     };
     patientflow::simulate::Simulator::new(config).take(n).map(|e| e.body).collect()
 }
+
+/// The Python the tests run their independent checkers with (sqlglot, pyarrow): `PATIENTFLOW_PYTHON`
+/// (the test command's venv), else `python3`.
+pub fn python() -> String {
+    std::env::var("PATIENTFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
+}

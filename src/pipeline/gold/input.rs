@@ -323,7 +323,7 @@ pub struct SilverFile {
     /// The file's rows.
     batches: Vec<RecordBatch>,
     /// Each row's keys, in order; `None` if the columns are not as gold writes them (then
-    /// [`Visits::add_silver`] reports what is wrong).
+    /// [`Visits::add_silver_file`] reports what is wrong).
     keys: Option<Vec<(i64, i64)>>,
 }
 
@@ -385,21 +385,11 @@ impl Visits {
         self.buckets.iter().flat_map(|b| &b.rows)
     }
 
-    /// Adds the rows of a silver file.
-    pub fn add_silver(&mut self, key: &str, batches: &[RecordBatch]) -> Result<()> {
-        for batch in batches {
-            let c = SilverColumns::of(batch, key)?;
-            for i in 0..batch.num_rows() {
-                self.push(c.record(i, key));
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Visits::add_silver`] of a file whose rows' keys were computed when it was decoded.
+    /// Adds the rows of a silver file, with the keys computed when it was decoded (a row without
+    /// them, which cannot happen as both walk the same batches, is hashed here). Fails on the first
+    /// batch whose columns are not as silver writes them.
     pub fn add_silver_file(&mut self, key: &str, file: &SilverFile) -> Result<()> {
-        let Some(keys) = &file.keys else { return self.add_silver(key, &file.batches) };
-        let mut keys = keys.iter();
+        let mut keys = file.keys.iter().flatten();
         for batch in &file.batches {
             let c = SilverColumns::of(batch, key)?;
             for i in 0..batch.num_rows() {

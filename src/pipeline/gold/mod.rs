@@ -321,28 +321,31 @@ impl<'a> Uploads<'a> {
     const IN_FLIGHT: usize = 4;
 
     async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
-        while self.running.len() >= Self::IN_FLIGHT {
-            self.running.next().await.transpose()?;
-        }
         let rows = batch.num_rows() as u64;
         let (lake, schema) = (self.lake, Arc::clone(schema));
-        self.running.push(Box::pin(async move {
+        self.start(Box::pin(async move {
             let bytes = tokio::task::spawn_blocking(move || encode(&schema, &batch))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             lake.put(Container::Gold, &Path::from(key), bytes).await?;
             Ok(())
-        }));
+        }))
+        .await?;
         Ok(rows)
     }
 
     /// Uploads a file encoded elsewhere.
     async fn put_bytes(&mut self, key: String, bytes: bytes::Bytes) -> Result<()> {
+        let lake = self.lake;
+        self.start(Box::pin(async move { Ok(lake.put(Container::Gold, &Path::from(key), bytes).await?) })).await
+    }
+
+    /// Starts `upload` once fewer than [`IN_FLIGHT`](Self::IN_FLIGHT) run.
+    async fn start(&mut self, upload: futures::future::BoxFuture<'a, Result<()>>) -> Result<()> {
         while self.running.len() >= Self::IN_FLIGHT {
             self.running.next().await.transpose()?;
         }
-        let lake = self.lake;
-        self.running.push(Box::pin(async move { Ok(lake.put(Container::Gold, &Path::from(key), bytes).await?) }));
+        self.running.push(upload);
         Ok(())
     }
 
