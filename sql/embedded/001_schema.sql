@@ -1,5 +1,10 @@
 -- The star schema in the embedded warehouse (DuckDB). Same table and column names as the Synapse
--- DDL in sql/synapse/, plus `gold_file_id` on every table: the gold file (LoadedFile.file_id) a row
+-- DDL in sql/synapse/, plus DimPatient's `patient_key` and `gold_file_id` on every table.
+-- `patient_key` is the patient's durable key: one BIGINT for every version of a patient (the xxh3
+-- of patient_id that gold's visit ledger is keyed by, computed by the load), so queries that follow
+-- a patient across versions join on an integer, not on the 36-character id: the seed KPIs
+-- (report/06, 07) take half the time. Like patient_sk, it is a 63-bit hash taken as an identity.
+-- `gold_file_id` is the gold file (LoadedFile.file_id) a row
 -- was loaded from. A load deletes the rows of the gold files the build no longer has by that id and
 -- appends the rows of its new files, inside a transaction. New ids follow the largest held, so the
 -- rows of one file are contiguous and a delete touches only the row groups that hold them.
@@ -13,13 +18,16 @@ CREATE TABLE IF NOT EXISTS DimDepartment (
 
 CREATE TABLE IF NOT EXISTS DimPatient (
     patient_sk     BIGINT NOT NULL,
-    patient_id     VARCHAR NOT NULL,
+    -- Stored uncompressed: ids are random (FSST saves a third of their bytes), and compressing them
+    -- was a third of loading DimPatient (1M events: 0.75 -> 0.54 s, DuckDB's own insert from parquet).
+    patient_id     VARCHAR NOT NULL USING COMPRESSION uncompressed,
     gender         VARCHAR,
     age            INTEGER,
     attr_hash      BIGINT NOT NULL,
     effective_from TIMESTAMP NOT NULL,
     effective_to   TIMESTAMP,
     is_current     BOOLEAN NOT NULL,
+    patient_key    BIGINT NOT NULL,
     gold_file_id   BIGINT NOT NULL
 );
 

@@ -26,13 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection};
 
 use super::{Error, GoldFile, LoadMetrics, Result, Table, Warehouse};
 use crate::config::EmbeddedConfig;
+use crate::pipeline::gold::keys;
 use crate::pipeline::gold::manifest::Manifest;
 use crate::storage::{Container, Lake};
 
@@ -188,9 +189,9 @@ impl Embedded {
 }
 
 /// A warehouse written by an earlier layout cannot be loaded incrementally: one loaded before gold
-/// tables were file sets records fact days (`LoadedPartition`), not files, and one loaded before
-/// rows were tagged with their file has no `gold_file_id` to delete by (see the README,
-/// "Upgrading"). It is derived data: its tables are dropped (the schema recreates them) and its
+/// tables were file sets records fact days (`LoadedPartition`), not files, one loaded before
+/// rows were tagged with their file has no `gold_file_id` to delete by, and one loaded before
+/// DimPatient had its durable key has no `patient_key` (see the README, "Upgrading"). It is derived data: its tables are dropped (the schema recreates them) and its
 /// load log emptied, so the next load brings the build in whole.
 fn reset_older_layout(conn: &Connection, path: &Path) -> Result<()> {
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db);
@@ -200,11 +201,15 @@ fn reset_older_layout(conn: &Connection, path: &Path) -> Result<()> {
     let facts = count(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = 'FactPatientFlow'",
     )? > 0;
-    let tagged = count(
-        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' \
-         AND table_name = 'FactPatientFlow' AND column_name = 'gold_file_id'",
-    )? > 0;
-    if !file_sets && (tagged || !facts) {
+    let column = |table: &str, column: &str| {
+        count(&format!(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' \
+             AND table_name = '{table}' AND column_name = '{column}'"
+        ))
+        .map(|n| n > 0)
+    };
+    let current = column("FactPatientFlow", "gold_file_id")? && column("DimPatient", "patient_key")?;
+    if !file_sets && (current || !facts) {
         return Ok(());
     }
     tracing::warn!(
@@ -306,17 +311,36 @@ enum Piece {
 /// Batches in flight between the reader thread and DuckDB.
 const IN_FLIGHT: usize = 4;
 
-/// Decodes a gold file, batch by batch, into `out`, each batch with the column `gold_file_id`
-/// holding `id` added last. Fails (never panics) on anything that is not a gold file.
-fn decode_into(file: &str, id: i64, bytes: bytes::Bytes, out: &tokio::sync::mpsc::Sender<Result<Piece>>) -> Result<()> {
+/// Decodes a gold file of `table`, batch by batch, into `out`, each batch with the columns the
+/// warehouse adds: DimPatient's `patient_key` (from its `patient_id`), then `gold_file_id` holding
+/// `id`. Fails (never panics) on anything that is not a gold file.
+fn decode_into(
+    table: Table,
+    file: &str,
+    id: i64,
+    bytes: bytes::Bytes,
+    out: &tokio::sync::mpsc::Sender<Result<Piece>>,
+) -> Result<()> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let corrupt = |detail: String| Error::Pipeline(crate::pipeline::Error::Corrupt { key: file.to_string(), detail });
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
     for batch in builder.with_batch_size(32 * 1024).build().map_err(|e| corrupt(e.to_string()))? {
         let batch = naive_timestamps(batch.map_err(|e| corrupt(e.to_string()))?)?;
         let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new(GOLD_FILE_ID, DataType::Int64, false));
         let mut columns = batch.columns().to_vec();
+        if table == Table::DimPatient {
+            let ids = batch
+                .column_by_name("patient_id")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| corrupt("DimPatient has no text column `patient_id`".into()))?;
+            if ids.null_count() > 0 {
+                return Err(corrupt("DimPatient has a row without a patient_id".into()));
+            }
+            let keys = Int64Array::from_iter_values((0..ids.len()).map(|i| keys::patient_key(ids.value(i))));
+            fields.push(Field::new(PATIENT_KEY, DataType::Int64, false));
+            columns.push(Arc::new(keys));
+        }
+        fields.push(Field::new(GOLD_FILE_ID, DataType::Int64, false));
         columns.push(Arc::new(Int64Array::from_value(id, batch.num_rows())));
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| corrupt(e.to_string()))?;
         if out.blocking_send(Ok(Piece::Batch(batch))).is_err() {
@@ -330,7 +354,7 @@ fn decode_into(file: &str, id: i64, bytes: bytes::Bytes, out: &tokio::sync::mpsc
 /// overlapping the current one's decode; the receiver gets each file's batches, then its end.
 fn spawn_reader(
     lake: &Lake,
-    reads: Vec<(String, i64)>,
+    reads: Vec<(Table, String, i64)>,
     rt: &tokio::runtime::Handle,
 ) -> tokio::sync::mpsc::Receiver<Result<Piece>> {
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
@@ -341,12 +365,12 @@ fn spawn_reader(
     };
     let blocking = rt.clone();
     rt.spawn_blocking(move || {
-        let mut next = reads.first().map(|(file, _)| fetch(file));
-        for (i, (file, id)) in reads.iter().enumerate() {
+        let mut next = reads.first().map(|(_, file, _)| fetch(file));
+        for (i, (table, file, id)) in reads.iter().enumerate() {
             let Some(current) = next.take() else { break };
-            next = reads.get(i + 1).map(|(file, _)| fetch(file));
+            next = reads.get(i + 1).map(|(_, file, _)| fetch(file));
             let result = match blocking.block_on(current) {
-                Ok(Ok(bytes)) => decode_into(file, *id, bytes, &tx),
+                Ok(Ok(bytes)) => decode_into(*table, file, *id, bytes, &tx),
                 Ok(Err(e)) => Err(Error::Pipeline(e.into())),
                 Err(e) => Err(Error::Database(format!("reading gold failed: {e}"))),
             };
@@ -389,6 +413,10 @@ const APPENDER_FLUSH_ROWS: usize = 30 * 2048;
 /// The column that tags each warehouse row with the gold file it came from (`LoadedFile.file_id`).
 const GOLD_FILE_ID: &str = "gold_file_id";
 
+/// DimPatient's durable key in the warehouse: [`keys::patient_key`] of its `patient_id`, the same
+/// for every version of a patient (see `sql/embedded/001_schema.sql`).
+const PATIENT_KEY: &str = "patient_key";
+
 /// Applies a load in one transaction that first reads what is loaded: a build already loaded
 /// changes nothing, an older one is refused.
 fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::runtime::Handle) -> Result<LoadMetrics> {
@@ -408,7 +436,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     let first_id = tx.query_row("SELECT coalesce(max(file_id), 0) + 1 FROM LoadedFile", [], |r| r.get::<_, i64>(0));
     let first_id = first_id.map_err(db)?;
     let added: Vec<(&GoldFile, i64)> = Table::ALL.into_iter().flat_map(|t| changes.added(t)).zip(first_id..).collect();
-    let mut rx = spawn_reader(lake, added.iter().map(|(f, id)| (f.file.clone(), *id)).collect(), rt);
+    let mut rx = spawn_reader(lake, added.iter().map(|(f, id)| (f.table, f.file.clone(), *id)).collect(), rt);
     let mut phases = BTreeMap::new();
     let mut clock = Instant::now();
     let mut lap = |phase: &'static str| {

@@ -428,6 +428,60 @@ async fn the_seed_kpis_match_values_computed_independently() {
     let _: Value = serde_json::to_value(&report).unwrap();
 }
 
+/// The seed's two KPIs when patients have several DimPatient versions: the seed reuses one
+/// patient_sk for every version of a patient, so its join pairs each visit with every version of
+/// its patient, under each version's gender. Computed here from the events, independently of the
+/// SQL (which matches versions by the warehouse's durable `patient_key`).
+#[cfg(feature = "embedded-warehouse")]
+#[tokio::test]
+async fn the_seed_kpis_pair_each_visit_with_every_version_of_its_patient() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, lake) = util::memory().await;
+    // P1 changes gender and P3 age between visits (two versions each); P2 has one version.
+    let data = [
+        ("P1", "Female", 50, "ICU", 1, 1, "2026-11-22T10:00:00", Some("2026-11-23T10:00:00")),
+        ("P1", "Male", 50, "ICU", 1, 2, "2026-11-24T01:00:00", Some("2026-11-24T20:00:00")),
+        ("P2", "Female", 40, "Surgery", 2, 1, "2026-11-24T02:00:00", Some("2026-11-24T20:00:00")),
+        ("P3", "Male", 60, "Cardiology", 3, 3, "2026-11-21T00:00:00", None),
+        ("P3", "Male", 61, "Cardiology", 3, 4, "2026-11-23T00:00:00", Some("2026-11-24T18:00:00")),
+    ];
+    let bodies: Vec<Vec<u8>> =
+        data.iter().map(|(id, g, age, d, h, b, a, dis)| event(id, g, *age, d, *h, *b, a, *dis)).collect();
+    land(&state, &lake, "0", 0, &bodies).await;
+    let timer = timer_state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb").into()), 0);
+    let (status, response) = call(&timer, "build_gold", &envelopes::timer("build_gold", &t(NOW), false, "g")).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let report = timer.warehouse().await.unwrap().unwrap().report().await.unwrap();
+    assert_eq!(response["ReturnValue"]["build"]["rows"]["DimPatient"], json!(5), "{response}");
+
+    // Every (visit, version of its patient) pair: a patient's versions are its visits' genders
+    // (each visit here changes gender or age, so each is a version).
+    let now = t(NOW);
+    let pairs: Vec<(&str, Option<&str>, i64, usize)> = data
+        .iter()
+        .enumerate()
+        .flat_map(|(i, visit)| {
+            data.iter().filter(move |v| v.0 == visit.0).map(move |version| (version.1, visit.7, visit.5, i))
+        })
+        .collect();
+    let section = |name: &str| report.sections.iter().find(|s| s.name == name).unwrap().clone();
+    let occupancy = section("seed_bed_occupancy_by_gender");
+    let turnover = section("seed_bed_turnover_by_gender");
+    for gender in ["Female", "Male"] {
+        let mine: Vec<_> = pairs.iter().filter(|p| p.0 == gender).collect();
+        let admitted = mine.iter().filter(|p| p.1.is_some_and(|d| t(d) > now)).count() as f64;
+        let expected = admitted / mine.len() as f64 * 100.0;
+        let row = occupancy.rows.iter().find(|r| r[0] == json!(gender)).unwrap();
+        assert!((row[1].as_f64().unwrap() - expected).abs() < 1e-9, "{gender} occupancy: {row:?}, expected {expected}");
+        // COUNT(DISTINCT fact_id) / COUNT(DISTINCT bed_id) over the pairs.
+        let visits: std::collections::BTreeSet<usize> = mine.iter().map(|p| p.3).collect();
+        let beds: std::collections::BTreeSet<i64> = mine.iter().map(|p| p.2).collect();
+        let expected = visits.len() as f64 / beds.len() as f64;
+        let row = turnover.rows.iter().find(|r| r[0] == json!(gender)).unwrap();
+        assert!((row[1].as_f64().unwrap() - expected).abs() < 1e-9, "{gender} turnover: {row:?}, expected {expected}");
+    }
+}
+
 #[tokio::test]
 async fn a_backlog_is_folded_in_bounded_builds_with_the_same_result() {
     let (state, lake) = util::memory().await;

@@ -20,6 +20,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use patientflow::model::schema::{self, GOLD_TZ};
+use patientflow::pipeline::gold::keys::patient_key;
 use patientflow::pipeline::gold::manifest::{Manifest, TableFile};
 use patientflow::storage::parquet::{Codec, encode};
 use patientflow::storage::{Container, Lake, StorageConfig};
@@ -300,6 +301,12 @@ async fn contents(w: &Embedded) -> BTreeMap<&'static str, Vec<String>> {
         }
         let mut s = c.prepare("SELECT table_name || ' ' || file FROM LoadedFile ORDER BY 1").unwrap();
         out.insert("LoadedFile", s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect());
+        // DimPatient's durable key is the ledger's key of its patient id, on every row.
+        let mut s = c.prepare("SELECT patient_id, patient_key FROM DimPatient").unwrap();
+        for row in s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).unwrap() {
+            let (id, key) = row.unwrap();
+            assert_eq!(key, patient_key(&id), "patient_key of {id}");
+        }
         Ok(out)
     })
     .await
@@ -445,6 +452,26 @@ async fn a_warehouse_loaded_before_rows_named_their_file_is_emptied_when_it_open
         )
         .unwrap();
     }
+    reloads_whole(&Embedded::open(&path).unwrap()).await;
+}
+
+/// A warehouse loaded before DimPatient had its durable key (`patient_key`, which the seed KPIs
+/// join versions by) is emptied when it opens, and the next load brings the build in whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_loaded_before_patients_had_a_durable_key_is_emptied_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let old_layout = "ALTER TABLE DimPatient DROP COLUMN patient_key;
+        INSERT INTO LoadLog VALUES (9, '0000000009-aa', TIMESTAMP '2026-11-24 12:00:00', 0);
+        INSERT INTO LoadedFile VALUES ('DimDepartment', 'builds/0000000009-aa/dim_department.parquet', 1);
+        INSERT INTO DimDepartment VALUES (1, 'ICU', 1, 1);";
+    Embedded::open(&path)
+        .unwrap()
+        .with_conn(move |c| {
+            c.execute_batch(old_layout).map_err(|e| patientflow::warehouse::Error::Database(e.to_string()))
+        })
+        .await
+        .unwrap();
     reloads_whole(&Embedded::open(&path).unwrap()).await;
 }
 

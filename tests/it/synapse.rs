@@ -48,8 +48,12 @@ fn both_ddls_match_the_gold_schemas_column_for_column() {
     ] {
         // COPY INTO maps parquet columns by position: the order must match exactly.
         assert_eq!(ddl_columns(synapse_ddl, &format!("dbo.{table}")), schema_columns(s), "synapse {table}");
-        // The embedded warehouse adds the gold file each row came from, last (its loader deletes by it).
+        // The embedded warehouse adds DimPatient's durable key, then the gold file each row came from,
+        // last (its loader deletes by it).
         let mut embedded = schema_columns(s);
+        if table == "DimPatient" {
+            embedded.push("patient_key".into());
+        }
         embedded.push("gold_file_id".into());
         assert_eq!(ddl_columns(embedded_ddl, table), embedded, "embedded {table}");
     }

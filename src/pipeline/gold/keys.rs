@@ -76,7 +76,8 @@ pub fn fact_id_at_position(event_hub: &str, partition_id: &str, sequence_number:
     hash(&[b"visit-at", event_hub.as_bytes(), partition_id.as_bytes(), &sequence_number.to_le_bytes()])
 }
 
-/// A patient's key in the visit ledger: what ledger segments are sorted and looked up by.
+/// A patient's key in the visit ledger (what ledger segments are sorted and looked up by), and the
+/// embedded warehouse's durable key of a patient (`DimPatient.patient_key`, one for every version).
 pub fn patient_key(patient_id: &str) -> i64 {
     hash(&[b"bucket", patient_id.as_bytes()])
 }
