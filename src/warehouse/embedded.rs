@@ -189,10 +189,11 @@ impl Embedded {
 }
 
 /// A warehouse written by an earlier layout cannot be loaded incrementally: one loaded before gold
-/// tables were file sets records fact days (`LoadedPartition`), not files, one loaded before
-/// rows were tagged with their file has no `gold_file_id` to delete by, and one loaded before
-/// DimPatient had its durable key has no `patient_key` (see the README, "Upgrading"). It is derived data: its tables are dropped (the schema recreates them) and its
-/// load log emptied, so the next load brings the build in whole.
+/// tables were file sets records fact days (`LoadedPartition`), not files, one loaded before rows
+/// were tagged with their file has no `gold_file_id` to delete by, and one loaded before DimPatient
+/// had its durable key has no `patient_key` (see the README, "Upgrading"). It is derived data: its
+/// tables are dropped (the schema recreates them) and its load log emptied, so the next load brings
+/// the build in whole.
 fn reset_older_layout(conn: &Connection, path: &Path) -> Result<()> {
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db);
     let file_sets = count(
