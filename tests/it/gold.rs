@@ -356,12 +356,23 @@ async fn the_timer_builds_only_past_the_threshold() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{response}");
 }
 
+/// `bodies` landed in bronze and silver, then one timer build into an embedded warehouse in a
+/// temporary folder (kept alive by the returned guard): the lake, the timer's state and its response.
+#[cfg(feature = "embedded-warehouse")]
+async fn built_into_an_embedded_warehouse(bodies: &[Vec<u8>]) -> (tempfile::TempDir, Lake, AppState, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, lake) = util::memory().await;
+    land(&state, &lake, "0", 0, bodies).await;
+    let timer = timer_state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb").into()), 0);
+    let (status, response) = call(&timer, "build_gold", &envelopes::timer("build_gold", &t(NOW), false, "g")).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    (dir, lake, timer, response)
+}
+
 /// A fixed dataset whose KPIs are computed here, independently of the SQL.
 #[cfg(feature = "embedded-warehouse")]
 #[tokio::test]
 async fn the_seed_kpis_match_values_computed_independently() {
-    let dir = tempfile::tempdir().unwrap();
-    let (state, lake) = util::memory().await;
     let data = [
         ("F1", "Female", "ICU", 1, 1, "2026-11-24T01:00:00", None),
         // Same bed as F1 (the seed's generator assigns beds at random): census 2, one occupied bed.
@@ -375,10 +386,7 @@ async fn the_seed_kpis_match_values_computed_independently() {
     ];
     let bodies: Vec<Vec<u8>> =
         data.iter().map(|(id, g, d, h, b, a, dis)| event(id, g, 50, d, *h, *b, a, *dis)).collect();
-    land(&state, &lake, "0", 0, &bodies).await;
-    let timer = timer_state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb").into()), 0);
-    let (status, response) = call(&timer, "build_gold", &envelopes::timer("build_gold", &t(NOW), false, "g")).await;
-    assert_eq!(status, StatusCode::OK, "{response}");
+    let (_dir, lake, timer, _) = built_into_an_embedded_warehouse(&bodies).await;
     let warehouse = timer.warehouse().await.unwrap().unwrap();
     let report = warehouse.report().await.unwrap();
 
@@ -435,8 +443,6 @@ async fn the_seed_kpis_match_values_computed_independently() {
 #[cfg(feature = "embedded-warehouse")]
 #[tokio::test]
 async fn the_seed_kpis_pair_each_visit_with_every_version_of_its_patient() {
-    let dir = tempfile::tempdir().unwrap();
-    let (state, lake) = util::memory().await;
     // P1 changes gender and P3 age between visits (two versions each); P2 has one version.
     let data = [
         ("P1", "Female", 50, "ICU", 1, 1, "2026-11-22T10:00:00", Some("2026-11-23T10:00:00")),
@@ -447,10 +453,7 @@ async fn the_seed_kpis_pair_each_visit_with_every_version_of_its_patient() {
     ];
     let bodies: Vec<Vec<u8>> =
         data.iter().map(|(id, g, age, d, h, b, a, dis)| event(id, g, *age, d, *h, *b, a, *dis)).collect();
-    land(&state, &lake, "0", 0, &bodies).await;
-    let timer = timer_state(&lake, WarehouseConfig::Embedded(dir.path().join("w.duckdb").into()), 0);
-    let (status, response) = call(&timer, "build_gold", &envelopes::timer("build_gold", &t(NOW), false, "g")).await;
-    assert_eq!(status, StatusCode::OK, "{response}");
+    let (_dir, _lake, timer, response) = built_into_an_embedded_warehouse(&bodies).await;
     let report = timer.warehouse().await.unwrap().unwrap().report().await.unwrap();
     assert_eq!(response["ReturnValue"]["build"]["rows"]["DimPatient"], json!(5), "{response}");
 

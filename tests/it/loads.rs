@@ -406,18 +406,15 @@ proptest! {
 async fn a_warehouse_loaded_before_file_sets_is_emptied_when_it_opens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.duckdb");
-    let old_layout = "DROP TABLE LoadedFile;
+    written_by_an_older_layout(
+        &path,
+        "DROP TABLE LoadedFile;
         CREATE TABLE LoadedPartition (visit_date VARCHAR NOT NULL, file VARCHAR NOT NULL);
         INSERT INTO LoadedPartition VALUES ('2026-11-24', 'builds/0000000009-aa/fact.parquet');
         INSERT INTO LoadLog VALUES (9, '0000000009-aa', TIMESTAMP '2026-11-24 12:00:00', 0);
-        INSERT INTO DimDepartment VALUES (1, 'ICU', 1, 1);";
-    Embedded::open(&path)
-        .unwrap()
-        .with_conn(move |c| {
-            c.execute_batch(old_layout).map_err(|e| patientflow::warehouse::Error::Database(e.to_string()))
-        })
-        .await
-        .unwrap();
+        INSERT INTO DimDepartment VALUES (1, 'ICU', 1, 1);",
+    )
+    .await;
 
     let w = Embedded::open(&path).unwrap();
     reloads_whole(&w).await;
@@ -461,18 +458,27 @@ async fn a_warehouse_loaded_before_rows_named_their_file_is_emptied_when_it_open
 async fn a_warehouse_loaded_before_patients_had_a_durable_key_is_emptied_when_it_opens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.duckdb");
-    let old_layout = "ALTER TABLE DimPatient DROP COLUMN patient_key;
+    written_by_an_older_layout(
+        &path,
+        "ALTER TABLE DimPatient DROP COLUMN patient_key;
         INSERT INTO LoadLog VALUES (9, '0000000009-aa', TIMESTAMP '2026-11-24 12:00:00', 0);
         INSERT INTO LoadedFile VALUES ('DimDepartment', 'builds/0000000009-aa/dim_department.parquet', 1);
-        INSERT INTO DimDepartment VALUES (1, 'ICU', 1, 1);";
-    Embedded::open(&path)
+        INSERT INTO DimDepartment VALUES (1, 'ICU', 1, 1);",
+    )
+    .await;
+    reloads_whole(&Embedded::open(&path).unwrap()).await;
+}
+
+/// A warehouse at `path` in today's schema, then changed by `old_layout` (SQL) into what an older
+/// layout wrote.
+async fn written_by_an_older_layout(path: &std::path::Path, old_layout: &'static str) {
+    Embedded::open(path)
         .unwrap()
         .with_conn(move |c| {
             c.execute_batch(old_layout).map_err(|e| patientflow::warehouse::Error::Database(e.to_string()))
         })
         .await
         .unwrap();
-    reloads_whole(&Embedded::open(&path).unwrap()).await;
 }
 
 /// A warehouse an older layout wrote (it held build 9 and an ICU department), once opened: it holds
