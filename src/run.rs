@@ -874,6 +874,11 @@ pub async fn run(
 mod tests {
     use proptest::prelude::*;
 
+    use super::*;
+    use crate::app::HandlerSettings;
+    use crate::model::time::parse_utc;
+    use crate::simulate::DirtRates;
+
     proptest! {
         /// The key read from a line's opening is the `patient_id` a JSON parser reads, for every
         /// id (escapes, quotes, control characters, any Unicode) and whatever follows it.
@@ -893,26 +898,21 @@ mod tests {
             let line = format!("{{\"patient_id\":{},{}", serde_json::to_string(&id).unwrap(), &others[1..]);
             let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
             prop_assert_eq!(parsed["patient_id"].as_str(), Some(id.as_str()));
-            prop_assert_eq!(super::partition_key(line.as_bytes()), Some(id.clone()));
+            prop_assert_eq!(partition_key(line.as_bytes()), Some(id.clone()));
             // Spaced out, the same line takes the parser's path, with the same result.
             let spaced = serde_json::to_vec_pretty(&parsed).unwrap();
-            prop_assert_eq!(super::partition_key(&spaced), Some(id));
+            prop_assert_eq!(partition_key(&spaced), Some(id));
         }
     }
 
     #[test]
     fn lines_without_a_plain_patient_id_have_no_key() {
         for line in [&br#"{"age":3}"#[..], br#"{"patient_id":7}"#, br#"{"patient_id":null}"#, b"not json", b""] {
-            assert_eq!(super::partition_key(line), None, "{}", String::from_utf8_lossy(line));
+            assert_eq!(partition_key(line), None, "{}", String::from_utf8_lossy(line));
         }
-        assert_eq!(super::partition_key(br#"{"age":3,"patient_id":"a"}"#).as_deref(), Some("a"));
-        assert_eq!(super::partition_key(br#"{"patient_id":"a\"b"}"#).as_deref(), Some("a\"b"));
+        assert_eq!(partition_key(br#"{"age":3,"patient_id":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(partition_key(br#"{"patient_id":"a\"b"}"#).as_deref(), Some("a\"b"));
     }
-
-    use super::*;
-    use crate::app::HandlerSettings;
-    use crate::model::time::parse_utc;
-    use crate::simulate::DirtRates;
 
     fn options(count: u64, seed: u64) -> RunOptions {
         let now = parse_utc("2026-11-24T12:00:00").unwrap();

@@ -26,15 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection};
 
 use super::{Error, GoldFile, LoadMetrics, Result, Table, Warehouse};
 use crate::config::EmbeddedConfig;
-use crate::pipeline::gold::keys;
 use crate::pipeline::gold::manifest::Manifest;
+use crate::pipeline::gold::{input, keys};
 use crate::storage::{Container, Lake};
 
 /// The schema DDL.
@@ -330,10 +331,7 @@ fn decode_into(
         let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
         let mut columns = batch.columns().to_vec();
         if table == Table::DimPatient {
-            let ids = batch
-                .column_by_name("patient_id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| corrupt("DimPatient has no text column `patient_id`".into()))?;
+            let ids = input::column(&batch, file, "patient_id", |c| c.as_string_opt::<i32>())?;
             if ids.null_count() > 0 {
                 return Err(corrupt("DimPatient has a row without a patient_id".into()));
             }
