@@ -434,7 +434,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     // row by then: the file's rows went in the same transaction).
     let first_id = tx.query_row("SELECT coalesce(max(file_id), 0) + 1 FROM LoadedFile", [], |r| r.get::<_, i64>(0));
     let first_id = first_id.map_err(db)?;
-    let added: Vec<(&GoldFile, i64)> = Table::ALL.into_iter().flat_map(|t| changes.added(t)).zip(first_id..).collect();
+    let added: Vec<(&GoldFile, i64)> = load_order(&changes).into_iter().zip(first_id..).collect();
     let mut rx = spawn_reader(lake, added.iter().map(|(f, id)| (f.table, f.file.clone(), *id)).collect(), rt);
     let mut phases = BTreeMap::new();
     let mut clock = Instant::now();
@@ -460,12 +460,13 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     // 2. The rows of the added files, each tagged with its file's id.
     let mut written: BTreeMap<Table, u64> = BTreeMap::new();
     for table in Table::ALL {
-        if changes.added(table).next().is_none() {
+        let files = added.iter().filter(|(f, _)| f.table == table).count();
+        if files == 0 {
             continue;
         }
         let mut appender = tx.appender(table.name()).map_err(db)?;
         let mut unflushed = 0;
-        for _ in changes.added(table) {
+        for _ in 0..files {
             *written.entry(table).or_default() += receive(&mut rx, |b| {
                 unflushed += b.num_rows();
                 appender.append_record_batch(b).map_err(db)?;
@@ -506,6 +507,20 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         fact_rows_total: total as u64,
         phase_seconds: phases,
     })
+}
+
+/// The added files in the order the load appends them (and numbers them): table by table, and
+/// fact files by when their census flag next flips, the files no clock replaces last. A later
+/// build replaces the files that flip by then together, so their rows, stored next to each other,
+/// leave whole row groups, which DuckDB drops at the checkpoint. Appended in day order they left
+/// holes in the row groups of every recent day, which the checkpoint's vacuum rewrote: measured
+/// over ten 1M runs onto one lake, the checkpoint 0.5-1.2 s a load from the fifth on, against
+/// 0.01-0.6 s (median 0.2) in this order, and 9 % of the stored fact rows deleted ones, against 5 %.
+fn load_order(changes: &super::FileChanges) -> Vec<&GoldFile> {
+    let mut files: Vec<&GoldFile> = changes.added.iter().collect();
+    // Stable: ties keep the build's order (day, then file).
+    files.sort_by_key(|f| (f.table, f.next_change_us.unwrap_or(i64::MAX)));
+    files
 }
 
 /// File ids as the list of an SQL `IN (…)`.

@@ -124,6 +124,9 @@ pub struct GoldFile {
     /// Whether a load may append it without deleting first: none of its keys can be in the
     /// warehouse (see [`TableFile::fresh`](crate::pipeline::gold::manifest::TableFile::fresh)).
     pub fresh: bool,
+    /// Facts only: the earliest instant one of its rows' census flag flips, when a later build
+    /// replaces the file (see [`TableFile::next_change_us`]); `None` for files no clock replaces.
+    pub next_change_us: Option<i64>,
 }
 
 /// The files of a build that loaders load, table by table (the ledger is gold-internal).
@@ -133,8 +136,15 @@ pub fn gold_files(m: &Manifest) -> Vec<GoldFile> {
         file: file.clone(),
         rows: m.rows.get(table.name()).copied().unwrap_or(0),
         fresh: false,
+        next_change_us: None,
     };
-    let keyed = |table: Table, f: &TableFile| GoldFile { table, file: f.file.clone(), rows: f.rows, fresh: f.fresh };
+    let keyed = |table: Table, f: &TableFile| GoldFile {
+        table,
+        file: f.file.clone(),
+        rows: f.rows,
+        fresh: f.fresh,
+        next_change_us: f.next_change_us,
+    };
     let mut files = vec![whole(Table::DimDepartment, &m.dim_department)];
     files.extend(m.dim_patient.iter().map(|f| keyed(Table::DimPatient, f)));
     files.push(whole(Table::DimTime, &m.dim_time));

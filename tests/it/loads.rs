@@ -37,6 +37,9 @@ struct File {
     name: String,
     rows: Vec<Row>,
     fresh: bool,
+    /// When the file's census flag flips (facts; the loader orders its appends by it): files
+    /// share some of a few instants, or have none.
+    next_change_us: Option<i64>,
 }
 
 /// What a build does to one keyed table.
@@ -80,7 +83,8 @@ impl Table {
 
     fn file(&mut self, build: usize, rows: Vec<Row>, fresh: bool) -> File {
         self.written += 1;
-        File { name: format!("builds/{build}/{}/{}.parquet", self.prefix, self.written), rows, fresh }
+        let next_change_us = (!self.written.is_multiple_of(4)).then_some((self.written * 7 % 5) as i64);
+        File { name: format!("builds/{build}/{}/{}.parquet", self.prefix, self.written), rows, fresh, next_change_us }
     }
 
     fn new_keys(&mut self, n: usize) -> Vec<Row> {
@@ -253,6 +257,7 @@ async fn builds(lake: &Lake, plans: &[BuildPlan]) -> (Vec<Manifest>, BTreeSet<Ro
             file: f.name.clone(),
             rows: f.rows.len() as u64,
             fresh: f.fresh,
+            next_change_us: f.next_change_us,
             ..Default::default()
         };
         let mut m = Manifest {
@@ -397,6 +402,55 @@ proptest! {
             prop_assert_eq!(&contents(&reference).await, &expected, "a second load of build 7 changes nothing");
             Ok(())
         })?;
+    }
+}
+
+/// A load appends fact files by when their census flag next flips (the files no clock replaces
+/// last), not in the build's day order: the rows a later build replaces together sit together, so
+/// their delete empties whole row groups instead of leaving holes across every recent day. Read
+/// back through DuckDB's `rowid` (a row's position in the table's storage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_that_flip_together_are_stored_together() {
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let mut m = Manifest {
+        build: 1,
+        build_id: "0000000001-0000000000000000".into(),
+        as_of: "2026-11-24T12:00:00.000000Z".into(),
+        ..Default::default()
+    };
+    // (day, file, next flip): in the build's order a, b, c, d.
+    let files = [
+        ("2026-11-20", "a", Some(2)),
+        ("2026-11-20", "b", None),
+        ("2026-11-21", "c", Some(1)),
+        ("2026-11-21", "d", Some(2)),
+    ];
+    for (i, (day, name, flip)) in files.into_iter().enumerate() {
+        let rows: Vec<Row> = (0..3).map(|k| (10 * i as i64 + k, 0)).collect();
+        let file = format!("builds/1/fact/{name}.parquet");
+        put(&lake, &file, &schema::FACT_PATIENT_FLOW, batch(&schema::FACT_PATIENT_FLOW, &rows, false)).await;
+        let table_file = TableFile { file, rows: 3, fresh: true, next_change_us: flip, ..Default::default() };
+        m.fact_patient_flow.entry(day.into()).or_default().files.push(table_file);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let w = Embedded::open(&dir.path().join("w.duckdb")).unwrap();
+    assert!(w.load(&lake, &m).await.unwrap().loaded);
+    let stored: Vec<(String, i64, i64)> = w
+        .with_conn(|c| {
+            let mut s = c
+                .prepare(
+                    "SELECT l.file, min(f.rowid), max(f.rowid) FROM FactPatientFlow f \
+                     JOIN LoadedFile l ON l.file_id = f.gold_file_id GROUP BY l.file ORDER BY 2",
+                )
+                .unwrap();
+            Ok(s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect())
+        })
+        .await
+        .unwrap();
+    let order: Vec<&str> = stored.iter().map(|(f, ..)| f.trim_start_matches("builds/1/fact/")).collect();
+    assert_eq!(order, ["c.parquet", "a.parquet", "d.parquet", "b.parquet"], "by next flip, ties in build order");
+    for pair in stored.windows(2) {
+        assert_eq!(pair[0].2 + 1, pair[1].1, "each file's rows are contiguous: {stored:?}");
     }
 }
 

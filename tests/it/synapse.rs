@@ -122,7 +122,13 @@ fn load_sql_refuses_what_it_cannot_quote_or_copy() {
     assert!(err.contains(".dfs"), "{err}");
     let evil_name = "x'; DROP TABLE dbo.LoadLog; --".to_string();
     let evil = FileChanges {
-        added: vec![GoldFile { table: Table::FactPatientFlow, file: evil_name.clone(), rows: 1, fresh: false }],
+        added: vec![GoldFile {
+            table: Table::FactPatientFlow,
+            file: evil_name.clone(),
+            rows: 1,
+            fresh: false,
+            next_change_us: None,
+        }],
         ..Default::default()
     };
     assert!(synapse::load_sql("https://mylake.dfs.core.windows.net/gold", &m, &evil, None, LOAD_ID).is_err());
