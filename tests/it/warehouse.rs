@@ -364,3 +364,67 @@ async fn duckdb_runs_under_the_configured_memory_limit() {
         assert!(stderr.contains(setting) && stderr.contains("not a memory size"), "{setting}: {stderr}");
     }
 }
+
+/// The length-of-stay KPI holds DuckDB's own `quantile_cont` (the oracle, computed here with memory
+/// to spare) under a report memory limit far below what `quantile_cont` itself keeps: it held every
+/// stay of a department in memory and failed under the default 128 MB once the warehouse held 11M
+/// facts. Stays tie, fall exactly on whole hours, are excluded (no stay, or discharged after the
+/// clock), and departments hold one and two stays (ranks floor(p) = ceil(p)).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_length_of_stay_percentile_is_quantile_conts_under_a_small_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = patientflow::config::EmbeddedConfig {
+        path: dir.path().join("w.duckdb"),
+        memory_limit: "1GB".into(),
+        report_memory_limit: "16MB".into(),
+    };
+    let w = Embedded::open_with(&config).unwrap();
+    let expected = w
+        .with_conn(|c| {
+            c.execute_batch(
+                "INSERT INTO DimDepartment VALUES (1, 'A', 1, 0), (2, 'B', 1, 0), (3, 'C', 2, 0), (4, 'D', 2, 0);
+                 INSERT INTO LoadLog VALUES (1, 'b', TIMESTAMP '2026-11-24 12:00:00', 0);
+                 INSERT INTO FactPatientFlow
+                 SELECT i, 0, dept, 0, NULL, admitted, admitted + to_microseconds(CAST(los * 3.6e9 AS BIGINT)),
+                        DATE '2026-11-01', los, false, NULL, NULL, '0', i, admitted, 'b', admitted, DATE '2026-11-01', 0
+                 FROM (SELECT i,
+                              CASE WHEN i < 3 THEN i + 2 ELSE 1 + i % 2 END AS dept,
+                              TIMESTAMP '2026-11-01 00:00:00' + to_hours(i % 300) AS admitted,
+                              CASE WHEN i % 19 = 0 THEN NULL
+                                   WHEN i % 13 = 0 THEN CAST(i % 97 AS DOUBLE)
+                                   WHEN i % 17 = 0 THEN 10000.0
+                                   ELSE ((i * 7919) % 100003) / 1000.0 END AS los
+                       FROM range(1200000) t(i));",
+            )
+            .unwrap();
+            let mut s = c
+                .prepare(
+                    "SELECT d.department, count(*), round(avg(f.length_of_stay_hours), 2),
+                            round(quantile_cont(f.length_of_stay_hours, 0.9), 2)
+                     FROM FactPatientFlow f JOIN DimDepartment d ON d.department_sk = f.department_sk
+                     WHERE f.length_of_stay_hours IS NOT NULL AND f.discharge_time <= TIMESTAMP '2026-11-24 12:00:00'
+                     GROUP BY 1 ORDER BY 1",
+                )
+                .unwrap();
+            let rows = s.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, f64>(2)?, r.get::<_, f64>(3)?))
+            });
+            Ok(rows.unwrap().map(Result::unwrap).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+    assert_eq!(expected.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["A", "B", "C", "D"]);
+    assert!(expected[0].1 > 500_000 && expected[3].1 == 1, "{expected:?}");
+
+    let report = w.report().await.expect("the report runs under 16 MB");
+    let section = report.sections.iter().find(|s| s.name == "length_of_stay_by_department").unwrap();
+    let got: Vec<(String, i64, f64, f64)> = section
+        .rows
+        .iter()
+        .map(|r| {
+            let n = |v: &Value| v.as_f64().unwrap();
+            (r[0].as_str().unwrap().to_string(), r[1].as_i64().unwrap(), n(&r[2]), n(&r[3]))
+        })
+        .collect();
+    assert_eq!(got, expected);
+}
