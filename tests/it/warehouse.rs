@@ -15,7 +15,7 @@ use patientflow::local_host::envelopes;
 use patientflow::pipeline::gold::{self, GoldOptions, manifest::Manifest};
 use patientflow::storage::Lake;
 use patientflow::warehouse::embedded::Embedded;
-use patientflow::warehouse::{Warehouse, loaded_files};
+use patientflow::warehouse::{Warehouse, loaded_files, report};
 use serde_json::Value;
 
 use crate::util::{self, event, land};
@@ -427,4 +427,70 @@ async fn the_length_of_stay_percentile_is_quantile_conts_under_a_small_memory_li
         })
         .collect();
     assert_eq!(got, expected);
+}
+
+/// The seed's bed turnover (report/07) holds the seed's own formula (the oracle, computed here with
+/// memory to spare: COUNT(DISTINCT fact_id) / COUNT(DISTINCT bed_id) over every version of each
+/// visit's patient, matched by patient_id as the seed's shared key does) under a memory limit its
+/// earlier form could not run in: a DISTINCT over (patient, gender) beside the joins' hash tables,
+/// which needed about 40 MB here and failed the report under the default 128 MB once the warehouse
+/// held 16M facts and 13M patient versions. Patients have one or two versions, some change gender,
+/// some have none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_turnover_holds_the_seeds_formula_under_a_small_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let w = Embedded::open(&path).unwrap();
+    let expected: Vec<(Option<String>, f64)> = w
+        .with_conn(|c| {
+            c.execute_batch(
+                "INSERT INTO LoadLog VALUES (1, 'b', TIMESTAMP '2026-11-24 12:00:00', 0);
+                 -- Patient p: version 2p, and 2p + 1 when p % 4 = 0, whose gender differs when p % 8 = 0.
+                 INSERT INTO DimPatient
+                 SELECT 2 * p + v, 'P' || p,
+                        CASE WHEN p % 50 = 0 THEN NULL WHEN (p + v * (p % 8 = 0)::INT) % 2 = 0 THEN 'Female' ELSE 'Male' END,
+                        40, 0, TIMESTAMP '2026-11-01 00:00:00' + to_hours(v), NULL, v = 1 OR p % 4 <> 0,
+                        hash('P' || p) >> 1, 0
+                 FROM range(600000) a(p), range(2) b(v)
+                 WHERE v = 0 OR p % 4 = 0;
+                 -- Visit i: patient i % 600000, on either of its versions, bed (7 i) % 3001.
+                 INSERT INTO FactPatientFlow
+                 SELECT i, 2 * (i % 600000) + (CASE WHEN i % 4 = 0 THEN i % 2 ELSE 0 END), 1, 0, NULL,
+                        admitted, admitted + to_hours(i % 100), DATE '2026-11-01', NULL, false, (i * 7) % 3001, 1,
+                        '0', i, admitted, 'b', admitted, DATE '2026-11-01', 0
+                 FROM (SELECT i, TIMESTAMP '2026-11-20 00:00:00' + to_hours(i % 200) AS admitted FROM range(900000) t(i));",
+            )
+            .unwrap();
+            let mut s = c
+                .prepare(
+                    "SELECT p.gender, count(DISTINCT f.fact_id) * 1.0 / count(DISTINCT f.bed_id)
+                     FROM FactPatientFlow f
+                     JOIN DimPatient v ON v.patient_sk = f.patient_sk
+                     JOIN DimPatient p ON p.patient_id = v.patient_id
+                     GROUP BY p.gender ORDER BY p.gender NULLS LAST",
+                )
+                .unwrap();
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)));
+            Ok(rows.unwrap().map(Result::unwrap).collect())
+        })
+        .await
+        .unwrap();
+    drop(w);
+    assert_eq!(expected.len(), 3, "Female, Male, no gender: {expected:?}");
+
+    let (_, _, sql) = report::QUERIES.iter().find(|(name, ..)| *name == "seed_bed_turnover_by_gender").unwrap();
+    let config =
+        duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).unwrap().max_memory("32MB").unwrap();
+    let conn = duckdb::Connection::open_with_flags(&path, config).unwrap();
+    let mut s = conn.prepare(sql).unwrap();
+    let got: Vec<(Option<String>, f64)> = s
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("the seed turnover runs under 32 MB")
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got.len(), expected.len());
+    for ((gender, rate), (g, r)) in expected.iter().zip(&got) {
+        assert_eq!(g, gender);
+        assert!((r - rate).abs() < 1e-9, "{gender:?}: {r} against the seed's {rate}");
+    }
 }

@@ -9,8 +9,12 @@
 -- ever had, so its rows per gender are one, and count(*) is the seed's COUNT(DISTINCT fact_id).
 -- Versions are matched by the patient's durable key (patient_key, one per patient_id), an integer
 -- join in place of the string join on the id: the same pairs, in half the time.
+-- Each gender of a patient once: a window picks one version per (patient, gender). A DISTINCT (or
+-- GROUP BY) there left a hash table of every patient beside the joins' and failed under the report's
+-- 128 MB once the warehouse held 16M facts and 13M patient versions; the window spills.
 WITH genders AS (
-    SELECT DISTINCT patient_key, gender FROM DimPatient
+    SELECT patient_key, gender FROM DimPatient
+    QUALIFY row_number() OVER (PARTITION BY patient_key, gender) = 1
 ),
 seed_join AS (
     SELECT f.bed_id, g.gender
