@@ -853,7 +853,13 @@ pub async fn run(
         gold_stage(&handler, &options, &mut report, clock).await?;
         let started = Instant::now();
         if let Some(w) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? {
-            let mut kpis = w.report().await?;
+            let loaded = report.gold.as_ref().and_then(|job| job["load"]["build"].as_u64());
+            let mut kpis = w.report().await.with_context(|| match loaded {
+                Some(build) => {
+                    format!("every stage ran and the warehouse holds build {build}, but its KPI report failed")
+                }
+                None => "every stage ran, but the KPI report failed".to_string(),
+            })?;
             kpis.quarantine_by_reason = crate::pipeline::quarantine::list(&lake, None, 0).await?.by_reason;
             report.report = Some(kpis);
         }

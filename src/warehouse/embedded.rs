@@ -252,13 +252,33 @@ fn loaded(conn: &Connection) -> Result<(Option<u64>, HeldFiles)> {
     Ok((build.map(|b| b as u64), files))
 }
 
+impl Embedded {
+    /// DuckDB's out-of-memory error names its own `SET memory_limit`; ours names the setting that
+    /// sets it, and its value.
+    fn explain_out_of_memory(&self, access: Access, e: Error) -> Error {
+        let Error::Database(message) = &e else { return e };
+        if !message.contains("Out of Memory") {
+            return e;
+        }
+        let (setting, limit, what) = match access {
+            Access::Write => ("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", &self.config.memory_limit, "the load"),
+            Access::Read => ("PATIENTFLOW_REPORT_MEMORY_LIMIT", &self.config.report_memory_limit, "the report"),
+        };
+        let first = message.lines().next().unwrap_or_default();
+        Error::Database(format!(
+            "{first} — {what} needs more memory than {setting} ({limit}) gives DuckDB; set {setting} higher, e.g. 512MB"
+        ))
+    }
+}
+
 #[async_trait]
 impl Warehouse for Embedded {
     async fn load(&self, lake: &Lake, manifest: &Manifest) -> Result<LoadMetrics> {
         let manifest = manifest.clone();
         let lake = lake.clone();
         let handle = tokio::runtime::Handle::current();
-        self.blocking(Access::Write, move |conn| apply(conn, &manifest, &lake, &handle)).await
+        let loaded = self.blocking(Access::Write, move |conn| apply(conn, &manifest, &lake, &handle)).await;
+        loaded.map_err(|e| self.explain_out_of_memory(Access::Write, e))
     }
 
     async fn loaded_build(&self) -> Result<Option<u64>> {
@@ -266,7 +286,8 @@ impl Warehouse for Embedded {
     }
 
     async fn report(&self) -> Result<super::report::Report> {
-        self.blocking(Access::Read, |c| super::report::query_embedded(c)).await
+        let report = self.blocking(Access::Read, |c| super::report::query_embedded(c)).await;
+        report.map_err(|e| self.explain_out_of_memory(Access::Read, e))
     }
 
     fn name(&self) -> &'static str {

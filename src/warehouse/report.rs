@@ -148,7 +148,6 @@ impl Report {
 #[cfg(feature = "embedded-warehouse")]
 pub fn query_embedded(conn: &duckdb::Connection) -> super::Result<Report> {
     use duckdb::types::Value as D;
-    let db = |e: duckdb::Error| super::Error::Database(e.to_string());
     let mut report = Report::default();
     let latest: Option<(i64, String)> = conn
         .query_row(
@@ -160,6 +159,7 @@ pub fn query_embedded(conn: &duckdb::Connection) -> super::Result<Report> {
     report.build = latest.as_ref().map(|(b, _)| *b as u64);
     report.as_of = latest.map(|(_, t)| t);
     for (name, title, sql) in QUERIES {
+        let db = |e: duckdb::Error| super::Error::Database(format!("KPI {name}: {e}"));
         let mut stmt = conn.prepare(sql).map_err(db)?;
         let mut rows = stmt.query([]).map_err(db)?;
         let mut out = Vec::new();

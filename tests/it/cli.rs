@@ -226,6 +226,31 @@ fn run_with_no_arguments_finishes_and_reports_its_counts() {
     assert!(dir.path().join("patientflow-data/bronze/patient-flow").is_dir());
 }
 
+/// A report that runs out of memory names the KPI and the setting that gives it more, and `run`
+/// says the pipeline's work is done (the warehouse holds the build): `report` with more memory
+/// then reads it.
+#[cfg(feature = "embedded-warehouse")]
+#[test]
+fn a_report_out_of_memory_names_the_setting_and_says_the_data_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let out = bin()
+        .args(["run", "--count", "3000", "--data-dir"])
+        .arg(&data)
+        .env("PATIENTFLOW_REPORT_MEMORY_LIMIT", "2MB")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("every stage ran and the warehouse holds build 1, but its KPI report failed"), "{stderr}");
+    assert!(stderr.contains("warehouse: KPI "), "{stderr}");
+    assert!(stderr.contains("set PATIENTFLOW_REPORT_MEMORY_LIMIT higher"), "{stderr}");
+    let out = bin().args(["report", "--format", "json", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["build"], 1, "{report}");
+}
+
 #[cfg(feature = "embedded-warehouse")]
 #[test]
 fn run_reads_an_ndjson_file_and_is_deterministic() {

@@ -493,4 +493,16 @@ async fn the_seed_turnover_holds_the_seeds_formula_under_a_small_memory_limit() 
         assert_eq!(g, gender);
         assert!((r - rate).abs() < 1e-9, "{gender:?}: {r} against the seed's {rate}");
     }
+    drop(s);
+    drop(conn);
+
+    // Under far too little memory the report says which KPI failed and which setting gives more.
+    let config =
+        patientflow::config::EmbeddedConfig { path, memory_limit: "256MB".into(), report_memory_limit: "4MB".into() };
+    let error = Embedded::open_with(&config).unwrap().report().await.unwrap_err().to_string();
+    assert!(error.starts_with("warehouse: KPI "), "{error}");
+    assert!(error.contains("Out of Memory"), "{error}");
+    assert!(error.contains("set PATIENTFLOW_REPORT_MEMORY_LIMIT higher"), "{error}");
+    assert!(error.contains("PATIENTFLOW_REPORT_MEMORY_LIMIT (4MB)"), "{error}");
+    assert!(!error.contains("SET memory_limit"), "DuckDB's own advice names no setting of ours: {error}");
 }
