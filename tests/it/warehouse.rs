@@ -333,12 +333,7 @@ fn a_70000_character_department_is_truncated_in_text_and_whole_in_json() {
 #[tokio::test]
 async fn duckdb_runs_under_the_configured_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = patientflow::config::EmbeddedConfig {
-        path: dir.path().join("warehouse.duckdb"),
-        memory_limit: "64MB".into(),
-        report_memory_limit: "32MB".into(),
-    };
-    let w = Embedded::open_with(&config).unwrap();
+    let w = with_memory_limits(&dir.path().join("warehouse.duckdb"), "64MB", "32MB");
     let limit = w
         .with_conn(|c| {
             c.query_row("SELECT current_setting('memory_limit')", [], |r| r.get::<_, String>(0))
@@ -373,12 +368,7 @@ async fn duckdb_runs_under_the_configured_memory_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_length_of_stay_percentile_is_quantile_conts_under_a_small_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = patientflow::config::EmbeddedConfig {
-        path: dir.path().join("w.duckdb"),
-        memory_limit: "1GB".into(),
-        report_memory_limit: "16MB".into(),
-    };
-    let w = Embedded::open_with(&config).unwrap();
+    let w = with_memory_limits(&dir.path().join("w.duckdb"), "1GB", "16MB");
     let expected = w
         .with_conn(|c| {
             c.execute_batch(
@@ -506,12 +496,20 @@ async fn the_seed_kpis_hold_the_seeds_formulas_under_a_small_memory_limit() {
     drop(conn);
 
     // Under far too little memory the report says which KPI failed and which setting gives more.
-    let config =
-        patientflow::config::EmbeddedConfig { path, memory_limit: "256MB".into(), report_memory_limit: "4MB".into() };
-    let error = Embedded::open_with(&config).unwrap().report().await.unwrap_err().to_string();
+    let error = with_memory_limits(&path, "256MB", "4MB").report().await.unwrap_err().to_string();
     assert!(error.starts_with("warehouse: KPI "), "{error}");
     assert!(error.contains("Out of Memory"), "{error}");
     assert!(error.contains("set PATIENTFLOW_REPORT_MEMORY_LIMIT higher"), "{error}");
     assert!(error.contains("PATIENTFLOW_REPORT_MEMORY_LIMIT (4MB)"), "{error}");
     assert!(!error.contains("SET memory_limit"), "DuckDB's own advice names no setting of ours: {error}");
+}
+
+/// The embedded warehouse at `path`, its loads under `load` and its reports under `report` of memory.
+fn with_memory_limits(path: &std::path::Path, load: &str, report: &str) -> Embedded {
+    let config = patientflow::config::EmbeddedConfig {
+        path: path.to_path_buf(),
+        memory_limit: load.into(),
+        report_memory_limit: report.into(),
+    };
+    Embedded::open_with(&config).unwrap()
 }
