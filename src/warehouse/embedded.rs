@@ -187,6 +187,23 @@ impl Embedded {
             .await
             .map_err(|e| Error::Database(format!("warehouse task failed: {e}")))?
     }
+
+    /// DuckDB's out-of-memory error names its own `SET memory_limit`; ours names the setting that
+    /// sets it, and its value.
+    fn explain_out_of_memory(&self, access: Access, e: Error) -> Error {
+        let Error::Database(message) = &e else { return e };
+        if !message.contains("Out of Memory") {
+            return e;
+        }
+        let (setting, limit, what) = match access {
+            Access::Write => ("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", &self.config.memory_limit, "the load"),
+            Access::Read => ("PATIENTFLOW_REPORT_MEMORY_LIMIT", &self.config.report_memory_limit, "the report"),
+        };
+        let first = message.lines().next().unwrap_or_default();
+        Error::Database(format!(
+            "{first} — {what} needs more memory than {setting} ({limit}) gives DuckDB; set {setting} higher, e.g. 512MB"
+        ))
+    }
 }
 
 /// A warehouse written by an earlier layout cannot be loaded incrementally: one loaded before gold
@@ -250,25 +267,6 @@ fn loaded(conn: &Connection) -> Result<(Option<u64>, HeldFiles)> {
         files.insert((t, file), id);
     }
     Ok((build.map(|b| b as u64), files))
-}
-
-impl Embedded {
-    /// DuckDB's out-of-memory error names its own `SET memory_limit`; ours names the setting that
-    /// sets it, and its value.
-    fn explain_out_of_memory(&self, access: Access, e: Error) -> Error {
-        let Error::Database(message) = &e else { return e };
-        if !message.contains("Out of Memory") {
-            return e;
-        }
-        let (setting, limit, what) = match access {
-            Access::Write => ("PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT", &self.config.memory_limit, "the load"),
-            Access::Read => ("PATIENTFLOW_REPORT_MEMORY_LIMIT", &self.config.report_memory_limit, "the report"),
-        };
-        let first = message.lines().next().unwrap_or_default();
-        Error::Database(format!(
-            "{first} — {what} needs more memory than {setting} ({limit}) gives DuckDB; set {setting} higher, e.g. 512MB"
-        ))
-    }
 }
 
 #[async_trait]
