@@ -11,7 +11,7 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 
 use super::dims::{self, PatientVersion};
 use super::input::{Visit, Visits};
@@ -188,72 +188,76 @@ pub struct DayFile {
 /// rows that left). Kept rows stay columns: only their census flag is recomputed as of `as_of`.
 /// The flag and the flip instants follow the stored (millisecond) timestamps for every row, new
 /// or kept, so a row's flag never depends on which build wrote it.
+///
+/// The files are gathered one at a time, as the caller takes them (see [`DayFiles`]), straight
+/// from the day's batches: memory holds the day once plus the files being encoded, where a day
+/// concatenated, then sorted (two copies), and each file a slice holding the whole sorted day
+/// held up to three copies at a build's peak.
 pub fn lay_out_day(
     key: &str,
     new: Vec<(bool, FactRow)>,
     kept: Vec<RecordBatch>,
     day: i32,
     as_of: i64,
-) -> Result<Vec<DayFile>> {
-    let mut batches = Vec::with_capacity(kept.len() + 1);
-    let mut fresh: Vec<bool> = Vec::with_capacity(new.len());
+) -> Result<DayFiles> {
+    let mut sources = Vec::with_capacity(kept.len() + 1);
+    let mut fresh_new: Vec<bool> = Vec::new();
     if !new.is_empty() {
         // In arrival order: the day's rows are put in order once, below, with the kept ones.
         let (flags, rows): (Vec<bool>, Vec<FactRow>) = new.into_iter().unzip();
-        fresh = flags;
-        batches.push(encode_unsorted(&rows, as_of)?);
+        fresh_new = flags;
+        sources.push(encode_unsorted(&rows, as_of)?);
     }
-    for b in kept {
-        fresh.extend(std::iter::repeat_n(false, b.num_rows()));
-        batches.push(conform(key, b)?);
+    for b in kept.into_iter().filter(|b| b.num_rows() > 0) {
+        sources.push(conform(key, b)?);
     }
-    if fresh.is_empty() {
-        return Ok(Vec::new());
-    }
-    let all = arrow_select::concat::concat_batches(&FACT_PATIENT_FLOW, &batches)?;
-    drop(batches);
     let corrupt = |name: &str| Error::Corrupt { key: key.to_string(), detail: format!("no usable `{name}` column") };
-    let column = |name: &str| all.column_by_name(name).ok_or_else(|| corrupt(name));
-    let admission = gold_column_micros(column("admission_time")?.as_ref()).ok_or_else(|| corrupt("admission_time"))?;
-    let discharge = gold_column_micros(column("discharge_time")?.as_ref()).ok_or_else(|| corrupt("discharge_time"))?;
-    let fact_id = column("fact_id")?.as_primitive::<Int64Type>().clone();
-    let n = all.num_rows();
-    let discharge_at = |i: usize| (!discharge.is_null(i)).then(|| discharge.value(i));
-    let mut admitted = BooleanBuilder::with_capacity(n);
-    let mut next = Vec::with_capacity(n);
-    let mut class = Vec::with_capacity(n);
-    for (i, &is_fresh) in fresh.iter().enumerate() {
-        let (adm, dis) = (admission.value(i), discharge_at(i));
-        admitted.append_value(is_admitted(adm, dis, as_of));
-        let change = next_change(adm, dis, as_of);
-        next.push(change);
-        class.push(file_class(is_fresh, change, as_of));
-    }
-    let mut columns = all.columns().to_vec();
     let flag = FACT_PATIENT_FLOW.index_of("is_currently_admitted")?;
-    columns[flag] = Arc::new(admitted.finish());
-    let all = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns)?;
+    let rows: usize = sources.iter().map(RecordBatch::num_rows).sum();
     // The sort keys side by side (a comparison reads one tuple, not three columns); the row's
-    // index last: equal keys (which a day never holds twice) would still come out in one order.
-    let mut keyed: Vec<(FileClass, i64, i64, u32)> =
-        (0..n).map(|i| (class[i], admission.value(i), fact_id.value(i), i as u32)).collect();
+    // place (batch, row) last: equal keys (which a day never holds twice) would still come out in
+    // one order.
+    let mut keyed: Vec<(FileClass, i64, i64, u32, u32)> = Vec::with_capacity(rows);
+    // Per batch: each row's flip instant and discharge, for the files' metadata.
+    let mut flips: Vec<Vec<Option<i64>>> = Vec::with_capacity(sources.len());
+    let mut discharges: Vec<Vec<Option<i64>>> = Vec::with_capacity(sources.len());
+    for (b, batch) in sources.iter_mut().enumerate() {
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| corrupt(name));
+        let admission =
+            gold_column_micros(column("admission_time")?.as_ref()).ok_or_else(|| corrupt("admission_time"))?;
+        let discharge =
+            gold_column_micros(column("discharge_time")?.as_ref()).ok_or_else(|| corrupt("discharge_time"))?;
+        let fact_id = column("fact_id")?.as_primitive::<Int64Type>().clone();
+        let n = batch.num_rows();
+        let mut admitted = BooleanBuilder::with_capacity(n);
+        let (mut next, mut left) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let (adm, dis) = (admission.value(i), (!discharge.is_null(i)).then(|| discharge.value(i)));
+            admitted.append_value(is_admitted(adm, dis, as_of));
+            let change = next_change(adm, dis, as_of);
+            let is_fresh = b == 0 && fresh_new.get(i).copied().unwrap_or(false);
+            keyed.push((file_class(is_fresh, change, as_of), adm, fact_id.value(i), b as u32, i as u32));
+            next.push(change);
+            left.push(dis);
+        }
+        let mut columns = batch.columns().to_vec();
+        columns[flag] = Arc::new(admitted.finish());
+        *batch = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns)?;
+        flips.push(next);
+        discharges.push(left);
+    }
     keyed.sort_unstable();
-    let order: Vec<u32> = keyed.into_iter().map(|k| k.3).collect();
-    let sorted = arrow_select::take::take_record_batch(&all, &UInt32Array::from(order.clone()))?;
-    drop(all);
-    let mut files = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let this = class[order[start] as usize];
-        let end = start + order[start..].iter().take_while(|&&i| class[i as usize] == this).count();
-        let rows = &order[start..end];
-        files.push(DayFile {
-            fresh: !this.0,
-            batch: sorted.slice(start, end - start),
-            next_change_us: rows.iter().filter_map(|&i| next[i as usize]).min(),
-            discharge_days: rows
+    let mut plans = Vec::new();
+    for file in keyed.chunk_by(|a, b| a.0 == b.0) {
+        let class = file[0].0;
+        let at = |&(.., b, i): &(FileClass, i64, i64, u32, u32)| (b as usize, i as usize);
+        plans.push(FilePlan {
+            fresh: !class.0,
+            rows: file.iter().map(at).collect(),
+            next_change_us: file.iter().filter_map(|k| flips[at(k).0][at(k).1]).min(),
+            discharge_days: file
                 .iter()
-                .filter_map(|&i| discharge_at(i as usize))
+                .filter_map(|k| discharges[at(k).0][at(k).1])
                 .map(epoch_days)
                 .filter(|&d| d != day)
                 .collect::<rustc_hash::FxHashSet<i32>>()
@@ -261,9 +265,43 @@ pub fn lay_out_day(
                 .filter(|&d| keys::is_keyable_day(d))
                 .collect(),
         });
-        start = end;
     }
-    Ok(files)
+    Ok(DayFiles { sources, plans: plans.into_iter() })
+}
+
+/// The files of one day, gathered from the day's batches as they are taken (see [`lay_out_day`]);
+/// the batches are freed with the last file.
+pub struct DayFiles {
+    sources: Vec<RecordBatch>,
+    plans: std::vec::IntoIter<FilePlan>,
+}
+
+/// One file of a day before its rows are gathered.
+struct FilePlan {
+    fresh: bool,
+    /// Its rows, in file order, as (batch, row) of [`DayFiles::sources`].
+    rows: Vec<(usize, usize)>,
+    next_change_us: Option<i64>,
+    discharge_days: BTreeSet<i32>,
+}
+
+impl Iterator for DayFiles {
+    type Item = Result<DayFile>;
+
+    fn next(&mut self) -> Option<Result<DayFile>> {
+        let plan = self.plans.next()?;
+        let sources: Vec<&RecordBatch> = self.sources.iter().collect();
+        let batch = arrow_select::interleave::interleave_record_batch(&sources, &plan.rows);
+        if self.plans.len() == 0 {
+            self.sources = Vec::new();
+        }
+        Some(batch.map_err(Error::from).map(|batch| DayFile {
+            fresh: plan.fresh,
+            batch,
+            next_change_us: plan.next_change_us,
+            discharge_days: plan.discharge_days,
+        }))
+    }
 }
 
 /// A decoded gold fact batch in the current schema; a file written with another layout (e.g.

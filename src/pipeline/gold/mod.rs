@@ -811,7 +811,8 @@ async fn build_on(
             metrics.partitions_written += 1;
         }
         let key = format!("{dir}/fact_patient_flow/visit_date={name}");
-        for (n, out) in fact::lay_out_day(&key, new, kept, day, as_of)?.into_iter().enumerate() {
+        for (n, out) in fact::lay_out_day(&key, new, kept, day, as_of)?.enumerate() {
+            let out = out?;
             let file = format!("{key}/part-{n:04}.parquet");
             let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, out.batch).await?;
             let discharge_days = out.discharge_days.into_iter().map(day_name).collect();
