@@ -159,6 +159,17 @@ pub fn decode(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetErro
     decode_projected(bytes, None)
 }
 
+/// Decodes a whole parquet file into batches of `schema`, which may read a column as another type
+/// the parquet reader converts to (a string column as a dictionary, say). Fails when the file's
+/// columns are not `schema`'s.
+pub fn decode_as(bytes: Bytes, schema: &SchemaRef) -> Result<Vec<RecordBatch>, ParquetError> {
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(Arc::clone(schema));
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
+        .map_err(|e| ParquetError(e.to_string()))?;
+    let reader = builder.with_batch_size(64 * 1024).build().map_err(|e| ParquetError(e.to_string()))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| ParquetError(e.to_string()))
+}
+
 /// Decodes only the named top-level columns of a parquet file (absent names are skipped; the
 /// batches' schema says which were found). Columns not read are not decompressed.
 pub fn decode_columns(bytes: Bytes, columns: &[&str]) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {

@@ -3,15 +3,16 @@
 //! date — the date of the admission the row carries — so a build rewrites only the days it touches.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use super::dims::{self, PatientVersion};
 use super::input::{Visit, Visits};
@@ -19,6 +20,34 @@ use super::keys;
 use super::keys::epoch_days;
 use crate::model::schema::{FACT_PATIENT_FLOW, GOLD_TZ, gold_column_micros, to_gold_ms};
 use crate::pipeline::{Error, Result};
+
+/// FactPatientFlow as a build holds it in memory: [`FACT_PATIENT_FLOW`] with `bronze_file`
+/// dictionary-encoded. The column is a lake path (74 bytes a row, of a few thousand distinct values
+/// in a build), two fifths of a fact row held as plain strings, and every fact a build rewrites or
+/// writes passes through memory. Files are still written under [`FACT_PATIENT_FLOW`]: parquet's
+/// writer takes a dictionary column value by value, so a file's bytes are those of its plain
+/// strings (tested below).
+pub static FACT_IN_MEMORY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields = FACT_PATIENT_FLOW.fields().iter().map(|f| match f.name().as_str() {
+        "bronze_file" => Arc::new(Field::new(f.name(), bronze_file_type(), f.is_nullable())),
+        _ => Arc::clone(f),
+    });
+    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+});
+
+/// The in-memory type of `bronze_file` (see [`FACT_IN_MEMORY`]).
+fn bronze_file_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// Decodes a fact file into [`FACT_IN_MEMORY`] batches, `bronze_file` read straight into a
+/// dictionary; a file of another layout is decoded as it is ([`lay_out_day`] converts it).
+pub fn read(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, crate::storage::parquet::ParquetError> {
+    match crate::storage::parquet::decode_as(bytes.clone(), &FACT_IN_MEMORY) {
+        Ok(batches) => Ok(batches),
+        Err(_) => crate::storage::parquet::decode(bytes).map(|(_, batches)| batches),
+    }
+}
 
 /// One visit as stored in gold (derived columns are computed when encoding).
 #[derive(Debug, Clone, PartialEq)]
@@ -242,7 +271,7 @@ pub fn lay_out_day(
         }
         let mut columns = batch.columns().to_vec();
         columns[flag] = Arc::new(admitted.finish());
-        *batch = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns)?;
+        *batch = RecordBatch::try_new(Arc::clone(&FACT_IN_MEMORY), columns)?;
         flips.push(next);
         discharges.push(left);
     }
@@ -307,8 +336,15 @@ impl Iterator for DayFiles {
 /// A decoded gold fact batch in the current schema; a file written with another layout (e.g.
 /// microsecond timestamps) is converted row by row.
 fn conform(key: &str, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema().fields() == FACT_IN_MEMORY.fields() {
+        return Ok(RecordBatch::try_new(Arc::clone(&FACT_IN_MEMORY), batch.columns().to_vec())?);
+    }
     if batch.schema().fields() == FACT_PATIENT_FLOW.fields() {
-        return Ok(RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), batch.columns().to_vec())?);
+        let mut columns = batch.columns().to_vec();
+        let file = FACT_PATIENT_FLOW.index_of("bronze_file")?;
+        let dictionary: DictionaryArray<Int32Type> = columns[file].as_string::<i32>().iter().collect();
+        columns[file] = Arc::new(dictionary);
+        return Ok(RecordBatch::try_new(Arc::clone(&FACT_IN_MEMORY), columns)?);
     }
     let mut rows = Vec::new();
     decode(key, std::slice::from_ref(&batch), &mut rows)?;
@@ -353,7 +389,8 @@ fn encode_unsorted(rows: &[FactRow], as_of: i64) -> Result<RecordBatch> {
     let mut part = StringBuilder::with_capacity(n, n);
     let mut seq = Int64Builder::with_capacity(n);
     let mut enq = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
-    let mut file = StringBuilder::with_capacity(n, n * 80);
+    // Rows come patient by patient: the same bronze file in long runs, a few thousand in all.
+    let mut file = StringDictionaryBuilder::<Int32Type>::new();
     let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut visit = Date32Builder::with_capacity(n);
     for r in rows.iter() {
@@ -396,7 +433,7 @@ fn encode_unsorted(rows: &[FactRow], as_of: i64) -> Result<RecordBatch> {
         Arc::new(ingested.finish()),
         Arc::new(visit.finish()),
     ];
-    Ok(RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), cols)?)
+    Ok(RecordBatch::try_new(Arc::clone(&FACT_IN_MEMORY), cols)?)
 }
 
 /// Decodes a partition file.
@@ -433,7 +470,16 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut Vec<FactRow>) -> Re
         let part = col("partition_id")?.as_string::<i32>();
         let seq = col("sequence_number")?.as_primitive::<Int64Type>();
         let enq = ts("enqueued_time")?;
-        let file = col("bronze_file")?.as_string::<i32>();
+        // Plain, or dictionary-encoded as a build holds it (see [`FACT_IN_MEMORY`]).
+        let file = col("bronze_file")?;
+        let file = match file.as_dictionary_opt::<Int32Type>() {
+            Some(d) => arrow_select::take::take(d.values(), d.keys(), None)?,
+            None => Arc::clone(file),
+        };
+        let file = file.as_string_opt::<i32>().ok_or_else(|| Error::Corrupt {
+            key: key.to_string(),
+            detail: "`bronze_file` is not a string column".into(),
+        })?;
         let ingested = ts("ingested_at")?;
         let visit = col("visit_date")?.as_primitive::<arrow_array::types::Date32Type>();
         for i in 0..b.num_rows() {
@@ -487,6 +533,36 @@ mod tests {
         let later = row(1, 20, None);
         assert!(!a.same_row(&later), "another event is other lineage");
         assert!(a.same_visit_content(&later));
+    }
+
+    #[test]
+    fn a_dictionary_encoded_bronze_file_is_written_as_the_bytes_of_its_strings() {
+        let files = ["patient-flow/partition=0/a.parquet", "patient-flow/partition=1/b.parquet", ""];
+        let mut rows: Vec<FactRow> = (0..5000)
+            .map(|i| FactRow {
+                bronze_file: Arc::from(files[(i as usize / 7) % 3]),
+                admission_us: 1_000,
+                ..row(i, i * 1_000, Some(200_000 + i * 1_000))
+            })
+            .collect();
+        let in_memory = encode(&mut rows, 150_000).unwrap();
+        assert_eq!(in_memory.schema(), *FACT_IN_MEMORY);
+        assert_eq!(*in_memory.column_by_name("bronze_file").unwrap().data_type(), bronze_file_type());
+        // The same rows with the schema's plain strings, built independently of the dictionary.
+        let plain: arrow_array::StringArray = rows.iter().map(|r| Some(&*r.bronze_file)).collect();
+        let mut columns = in_memory.columns().to_vec();
+        columns[FACT_PATIENT_FLOW.index_of("bronze_file").unwrap()] = Arc::new(plain);
+        let plain = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns).unwrap();
+        let bytes = super::super::encode(&FACT_PATIENT_FLOW, &in_memory).unwrap();
+        assert_eq!(bytes, super::super::encode(&FACT_PATIENT_FLOW, &plain).unwrap());
+        // Read back, the file is the in-memory batch again; any other reader sees plain strings.
+        let back = read(bytes.clone()).unwrap();
+        assert_eq!(arrow_select::concat::concat_batches(&FACT_IN_MEMORY, &back).unwrap(), in_memory);
+        let (schema, _) = crate::storage::parquet::decode(bytes).unwrap();
+        assert_eq!(schema.field_with_name("bronze_file").unwrap().data_type(), &DataType::Utf8);
+        let mut decoded = Vec::new();
+        decode("k", &back, &mut decoded).unwrap();
+        assert!(decoded == rows, "the rows read back differ from the rows written");
     }
 
     #[test]

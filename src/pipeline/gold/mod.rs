@@ -801,7 +801,7 @@ async fn build_on(
             rewritten.push(f.file);
         }
         let mut kept = Vec::new();
-        let mut read = decoded(lake, Container::Gold, rewritten, whole);
+        let mut read = decoded(lake, Container::Gold, rewritten, |_: &str, bytes| fact::read(bytes));
         while let Some((key, batches)) = read.try_next().await? {
             for b in batches {
                 kept.push(fact::without(&key, b, &leaving)?);
