@@ -107,11 +107,12 @@ pub enum WarehouseConfig {
 /// Default of `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`: DuckDB's memory for a load. Past it DuckDB
 /// spills to a temporary folder beside the database file instead of growing (its own default, 80 %
 /// of the machine, let the KPI report over 10M facts take 2.6 GB). A load fills whatever it is
-/// given, and more (DuckDB's allocations around its buffer pool): over ten 1M runs the load stage
-/// peaked at 264–325 MB with 192 MB and at 249–294 MB with 128 MB, the process then never above
-/// 300 MB; the ninth run's load took 2.5–3.1 s with 192 MB and 2.7 s with 96 or 144 MB (README,
-/// "Performance").
-pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "128MB";
+/// given, and more (DuckDB's allocations around its buffer pool): an eleventh 1M run onto one lake,
+/// the load's resident memory sampled, peaked at 269 MB with 128 MB, 238 MB with 96 MB and 194 MB
+/// with 64 MB, in about the same time with 96 MB (2.33–2.84 s against 2.24–2.74 s) but slower with
+/// 64 MB (its checkpoint 1.2 s against 0.5–0.7 s). Earlier, 192 MB peaked at 264–325 MB over ten
+/// runs (README, "Performance").
+pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "96MB";
 
 /// Default of `PATIENTFLOW_REPORT_MEMORY_LIMIT`: DuckDB's memory for the KPI report (and other reads).
 /// Over 10M facts the report took as long with 128 MB as with 256 MB (10.5–11.7 s), and `run`'s

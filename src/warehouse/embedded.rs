@@ -569,7 +569,7 @@ mod tests {
     }
 
     /// Loads (read-write sessions) run under `PATIENTFLOW_WAREHOUSE_MEMORY_LIMIT`, the report and
-    /// other reads under `PATIENTFLOW_REPORT_MEMORY_LIMIT`; both default to 128 MB.
+    /// other reads under `PATIENTFLOW_REPORT_MEMORY_LIMIT`; they default to 96 MB and 128 MB.
     #[test]
     fn loads_and_reads_run_under_their_own_memory_limits() {
         let dir = tempfile::tempdir().unwrap();
@@ -583,7 +583,7 @@ mod tests {
         assert_eq!(limit(&w, Access::Read), "30.5 MiB", "32 MB = 30.5 MiB");
 
         let w = Embedded::open(&dir.path().join("defaults.duckdb")).unwrap();
-        assert_eq!(limit(&w, Access::Write), "122.0 MiB", "128 MB");
+        assert_eq!(limit(&w, Access::Write), "91.5 MiB", "96 MB");
         assert_eq!(limit(&w, Access::Read), "122.0 MiB", "128 MB");
     }
 }
