@@ -1,6 +1,6 @@
 -- The seed notebook's two KPI queries as views in the dedicated SQL pool, exactly as the seed defines
 -- them, for teams checking parity while migrating from the notebooks. The same formulas as
--- sql/embedded/report/06_seed_bed_occupancy_by_gender.sql and 07_seed_bed_turnover_by_gender.sql;
+-- sql/embedded/report/06_seed_kpis_by_gender.sql;
 -- `patientflow report` shows both beside the well-defined KPIs. Guarded: applying twice changes nothing.
 --
 -- Seed semantics kept on purpose:

@@ -6,45 +6,68 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Every report query: (name, title, SQL). The last two are the seed notebook's KPI queries exactly as
-/// the seed defines them, beside our well-defined ones, so a team migrating from the notebooks can
-/// check parity.
-pub const QUERIES: [(&str, &str, &str); 7] = [
-    (
-        "bed_occupancy_by_gender",
-        "Bed occupancy % by gender",
-        include_str!("../../sql/embedded/report/01_bed_occupancy_by_gender.sql"),
-    ),
-    (
-        "bed_turnover_by_gender",
-        "Bed turnover rate by gender",
-        include_str!("../../sql/embedded/report/02_bed_turnover_by_gender.sql"),
-    ),
-    (
-        "census_by_hospital_department",
-        "Current census and occupancy by hospital and department",
-        include_str!("../../sql/embedded/report/03_census_by_hospital_department.sql"),
-    ),
-    (
-        "length_of_stay_by_department",
-        "Length of stay (hours) by department",
-        include_str!("../../sql/embedded/report/04_length_of_stay_by_department.sql"),
-    ),
-    (
-        "admissions_per_hour",
-        "Admissions per hour, last 24 h",
-        include_str!("../../sql/embedded/report/05_admissions_per_hour.sql"),
-    ),
-    (
-        "seed_bed_occupancy_by_gender",
-        "Seed notebook's bed occupancy % by gender (its formula: share of the gender's visits with a discharge after the clock; for parity only)",
-        include_str!("../../sql/embedded/report/06_seed_bed_occupancy_by_gender.sql"),
-    ),
-    (
-        "seed_bed_turnover_by_gender",
-        "Seed notebook's bed turnover rate by gender (its formula: distinct visits / distinct bed numbers; for parity only)",
-        include_str!("../../sql/embedded/report/07_seed_bed_turnover_by_gender.sql"),
-    ),
+/// One table of the report: a KPI, the query that computes it and the columns of that query it
+/// shows (all when empty). KPIs that aggregate the same rows share one query, run once.
+#[derive(Debug, Clone, Copy)]
+pub struct Kpi {
+    /// Stable name (the JSON key).
+    pub name: &'static str,
+    /// Human title.
+    pub title: &'static str,
+    /// The SQL (`sql/embedded/report/`).
+    pub sql: &'static str,
+    /// The query's columns this KPI shows, in order; empty for all.
+    pub columns: &'static [&'static str],
+}
+
+/// The seed notebook's two KPIs, computed together (see the SQL).
+const SEED_KPIS: &str = include_str!("../../sql/embedded/report/06_seed_kpis_by_gender.sql");
+
+/// Every KPI of the report. The last two are the seed notebook's KPIs exactly as the seed defines
+/// them, beside our well-defined ones, so a team migrating from the notebooks can check parity.
+pub const KPIS: [Kpi; 7] = [
+    Kpi {
+        name: "bed_occupancy_by_gender",
+        title: "Bed occupancy % by gender",
+        sql: include_str!("../../sql/embedded/report/01_bed_occupancy_by_gender.sql"),
+        columns: &[],
+    },
+    Kpi {
+        name: "bed_turnover_by_gender",
+        title: "Bed turnover rate by gender",
+        sql: include_str!("../../sql/embedded/report/02_bed_turnover_by_gender.sql"),
+        columns: &[],
+    },
+    Kpi {
+        name: "census_by_hospital_department",
+        title: "Current census and occupancy by hospital and department",
+        sql: include_str!("../../sql/embedded/report/03_census_by_hospital_department.sql"),
+        columns: &[],
+    },
+    Kpi {
+        name: "length_of_stay_by_department",
+        title: "Length of stay (hours) by department",
+        sql: include_str!("../../sql/embedded/report/04_length_of_stay_by_department.sql"),
+        columns: &[],
+    },
+    Kpi {
+        name: "admissions_per_hour",
+        title: "Admissions per hour, last 24 h",
+        sql: include_str!("../../sql/embedded/report/05_admissions_per_hour.sql"),
+        columns: &[],
+    },
+    Kpi {
+        name: "seed_bed_occupancy_by_gender",
+        title: "Seed notebook's bed occupancy % by gender (its formula: share of the gender's visits with a discharge after the clock; for parity only)",
+        sql: SEED_KPIS,
+        columns: &["gender", "bed_occupancy_percent"],
+    },
+    Kpi {
+        name: "seed_bed_turnover_by_gender",
+        title: "Seed notebook's bed turnover rate by gender (its formula: distinct visits / distinct bed numbers; for parity only)",
+        sql: SEED_KPIS,
+        columns: &["gender", "bed_turnover_rate"],
+    },
 ];
 
 /// One KPI table.
@@ -147,7 +170,6 @@ impl Report {
 /// Runs every report query against the embedded warehouse.
 #[cfg(feature = "embedded-warehouse")]
 pub fn query_embedded(conn: &duckdb::Connection) -> super::Result<Report> {
-    use duckdb::types::Value as D;
     let mut report = Report::default();
     let latest: Option<(i64, String)> = conn
         .query_row(
@@ -158,49 +180,88 @@ pub fn query_embedded(conn: &duckdb::Connection) -> super::Result<Report> {
         .ok();
     report.build = latest.as_ref().map(|(b, _)| *b as u64);
     report.as_of = latest.map(|(_, t)| t);
-    for (name, title, sql) in QUERIES {
-        let db = |e: duckdb::Error| super::Error::Database(format!("KPI {name}: {e}"));
-        let mut stmt = conn.prepare(sql).map_err(db)?;
-        let mut rows = stmt.query([]).map_err(db)?;
-        let mut out = Vec::new();
-        let mut columns = Vec::new();
-        while let Some(row) = rows.next().map_err(db)? {
-            if columns.is_empty() {
-                columns = row.as_ref().column_names();
+    // The last query's result, for the KPIs that share it.
+    let mut last: Option<(&str, Vec<String>, Rows)> = None;
+    for kpi in KPIS {
+        let (columns, rows) = match &last {
+            Some((sql, columns, rows)) if *sql == kpi.sql => (columns, rows),
+            _ => {
+                let (columns, rows) = run_embedded(conn, kpi.sql).map_err(|e| {
+                    let names: Vec<&str> = KPIS.iter().filter(|k| k.sql == kpi.sql).map(|k| k.name).collect();
+                    super::Error::Database(format!("KPI {}: {e}", names.join(" and ")))
+                })?;
+                let (_, columns, rows) = last.insert((kpi.sql, columns, rows));
+                (&*columns, &*rows)
             }
-            let mut values = Vec::with_capacity(columns.len());
-            for i in 0..columns.len() {
-                let v: D = row.get(i).map_err(db)?;
-                values.push(match v {
-                    D::Null => Value::Null,
-                    D::Boolean(b) => Value::Bool(b),
-                    D::TinyInt(n) => n.into(),
-                    D::SmallInt(n) => n.into(),
-                    D::Int(n) => n.into(),
-                    D::BigInt(n) => n.into(),
-                    D::UTinyInt(n) => n.into(),
-                    D::USmallInt(n) => n.into(),
-                    D::UInt(n) => n.into(),
-                    D::UBigInt(n) => n.into(),
-                    D::HugeInt(n) => Value::from(n as f64),
-                    D::Float(f) => Value::from(f64::from(f)),
-                    D::Double(f) => Value::from(f),
-                    D::Decimal(d) => Value::String(d.to_string()),
-                    D::Text(s) => Value::String(s),
-                    D::Date32(d) => Value::String(
-                        chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
-                            .map(|t| t.format("%Y-%m-%d").to_string())
-                            .unwrap_or_default(),
-                    ),
-                    other => Value::String(format!("{other:?}")),
-                });
-            }
-            out.push(values);
-        }
-        if columns.is_empty() {
-            columns = stmt.column_names();
-        }
-        report.sections.push(Section { name: name.into(), title: title.into(), columns, rows: out });
+        };
+        let shown: Vec<usize> = if kpi.columns.is_empty() {
+            (0..columns.len()).collect()
+        } else {
+            let at = |name: &&str| columns.iter().position(|c| c == name);
+            kpi.columns.iter().map(at).collect::<Option<_>>().ok_or_else(|| {
+                super::Error::Database(format!(
+                    "KPI {}: its query returns {columns:?}, not all of {:?}",
+                    kpi.name, kpi.columns
+                ))
+            })?
+        };
+        report.sections.push(Section {
+            name: kpi.name.into(),
+            title: kpi.title.into(),
+            columns: shown.iter().map(|&i| columns[i].clone()).collect(),
+            rows: rows.iter().map(|row| shown.iter().map(|&i| row[i].clone()).collect()).collect(),
+        });
     }
     Ok(report)
+}
+
+/// A query's rows, one JSON value per column.
+#[cfg(feature = "embedded-warehouse")]
+type Rows = Vec<Vec<Value>>;
+
+/// Runs one report query: its column names and rows.
+#[cfg(feature = "embedded-warehouse")]
+fn run_embedded(conn: &duckdb::Connection, sql: &str) -> duckdb::Result<(Vec<String>, Rows)> {
+    use duckdb::types::Value as D;
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    let mut columns = Vec::new();
+    while let Some(row) = rows.next()? {
+        if columns.is_empty() {
+            columns = row.as_ref().column_names();
+        }
+        let mut values = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            let v: D = row.get(i)?;
+            values.push(match v {
+                D::Null => Value::Null,
+                D::Boolean(b) => Value::Bool(b),
+                D::TinyInt(n) => n.into(),
+                D::SmallInt(n) => n.into(),
+                D::Int(n) => n.into(),
+                D::BigInt(n) => n.into(),
+                D::UTinyInt(n) => n.into(),
+                D::USmallInt(n) => n.into(),
+                D::UInt(n) => n.into(),
+                D::UBigInt(n) => n.into(),
+                D::HugeInt(n) => Value::from(n as f64),
+                D::Float(f) => Value::from(f64::from(f)),
+                D::Double(f) => Value::from(f),
+                D::Decimal(d) => Value::String(d.to_string()),
+                D::Text(s) => Value::String(s),
+                D::Date32(d) => Value::String(
+                    chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
+                        .map(|t| t.format("%Y-%m-%d").to_string())
+                        .unwrap_or_default(),
+                ),
+                other => Value::String(format!("{other:?}")),
+            });
+        }
+        out.push(values);
+    }
+    if columns.is_empty() {
+        columns = stmt.column_names();
+    }
+    Ok((columns, out))
 }

@@ -480,10 +480,10 @@ async fn the_seed_kpis_hold_the_seeds_formulas_under_a_small_memory_limit() {
     for (name, expected) in [("seed_bed_occupancy_by_gender", expected.0), ("seed_bed_turnover_by_gender", expected.1)]
     {
         assert_eq!(expected.len(), 3, "Female, Male, no gender: {expected:?}");
-        let (_, _, sql) = report::QUERIES.iter().find(|(n, ..)| *n == name).unwrap();
-        let mut s = conn.prepare(sql).unwrap();
+        let kpi = report::KPIS.iter().find(|k| k.name == name).unwrap();
+        let mut s = conn.prepare(kpi.sql).unwrap();
         let got: Kpi = s
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([], |r| Ok((r.get(kpi.columns[0])?, r.get(kpi.columns[1])?)))
             .unwrap_or_else(|e| panic!("{name} under 32 MB: {e}"))
             .map(Result::unwrap)
             .collect();

@@ -1,6 +1,6 @@
 -- Bed occupancy % by gender, well defined — beds occupied by patients currently admitted (admitted
 -- by the build's clock and not yet discharged), as a share of the network's beds (distinct
--- hospital/bed pairs seen). The seed notebook's own formula is 06_seed_bed_occupancy_by_gender.sql.
+-- hospital/bed pairs seen). The seed notebook's own formula is 06_seed_kpis_by_gender.sql.
 WITH beds AS (
     SELECT count(DISTINCT (hospital_id, bed_id)) AS total
     FROM FactPatientFlow

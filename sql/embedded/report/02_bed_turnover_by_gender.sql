@@ -1,6 +1,6 @@
 -- Bed turnover rate by gender, well defined — completed stays (discharged by the build's clock) per
 -- bed in the network (distinct hospital/bed pairs). The seed notebook's own formula is
--- 07_seed_bed_turnover_by_gender.sql.
+-- 06_seed_kpis_by_gender.sql.
 WITH as_of AS (SELECT max(as_of) AS t FROM LoadLog),
 beds AS (
     SELECT count(DISTINCT (hospital_id, bed_id)) AS total
