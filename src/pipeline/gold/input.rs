@@ -197,6 +197,25 @@ impl Default for Visits {
     }
 }
 
+/// The silver columns gold reads (see [`SilverColumns`]); a build decodes only these. The others —
+/// quality flags, and the bronze file's name repeated on every row (74 bytes), which was the
+/// largest column decoded — gold does not use.
+pub const SILVER_COLUMNS: [&str; 13] = [
+    "patient_id",
+    "gender",
+    "age",
+    "department",
+    "admission_time",
+    "admission_time_sent",
+    "discharge_time",
+    "bed_id",
+    "hospital_id",
+    "event_hub",
+    "partition_id",
+    "sequence_number",
+    "enqueued_time",
+];
+
 /// The silver columns gold reads, looked up once per batch with their types checked.
 struct SilverColumns<'a> {
     patient: &'a arrow_array::StringArray,

@@ -284,7 +284,8 @@ async fn read_silver(
     let partition = |i: usize| files.get(i).and_then(|k| BatchStem::parse_key(k.as_ref())).map(|s| s.partition);
     let keys: Vec<String> = files.iter().map(ToString::to_string).collect();
     let mut read = decoded(lake, Container::Silver, keys, |key: &str, bytes| {
-        whole(key, bytes).map(|batches| input::SilverFile::new(key, batches))
+        let (_, batches) = parquet::decode_columns(bytes, &input::SILVER_COLUMNS)?;
+        Ok(input::SilverFile::new(key, batches))
     });
     let mut taken = 0;
     while let Some((key, file)) = read.try_next().await? {
