@@ -170,6 +170,18 @@ pub fn decode_as(bytes: Bytes, schema: &SchemaRef) -> Result<Vec<RecordBatch>, P
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| ParquetError(e.to_string()))
 }
 
+/// [`decode_columns`] into batches whose columns have `schema`'s types (see [`decode_as`]); `schema`
+/// names every column of the file. Fails when the file's columns are not `schema`'s.
+pub fn decode_columns_as(bytes: Bytes, columns: &[&str], schema: &SchemaRef) -> Result<Vec<RecordBatch>, ParquetError> {
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(Arc::clone(schema));
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
+        .map_err(|e| ParquetError(e.to_string()))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let reader =
+        builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(|e| ParquetError(e.to_string()))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| ParquetError(e.to_string()))
+}
+
 /// Decodes only the named top-level columns of a parquet file (absent names are skipped; the
 /// batches' schema says which were found). Columns not read are not decompressed.
 pub fn decode_columns(bytes: Bytes, columns: &[&str]) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {

@@ -216,19 +216,82 @@ pub const SILVER_COLUMNS: [&str; 13] = [
     "enqueued_time",
 ];
 
+/// Silver as a build reads it: its schema with the few-valued text columns (gender, department,
+/// event hub, partition) as dictionaries, which silver's files store them as: a build interns each
+/// distinct value of a batch once, not every row's (see [`Visits::add_silver_file`]).
+pub static SILVER_AS_READ: std::sync::LazyLock<arrow_schema::SchemaRef> = std::sync::LazyLock::new(|| {
+    let dictionary = arrow_schema::DataType::Dictionary(
+        Box::new(arrow_schema::DataType::Int32),
+        Box::new(arrow_schema::DataType::Utf8),
+    );
+    let fields = crate::model::schema::SILVER.fields().iter().map(|f| match f.name().as_str() {
+        "gender" | "department" | "event_hub" | "partition_id" => {
+            Arc::new(arrow_schema::Field::new(f.name(), dictionary.clone(), f.is_nullable()))
+        }
+        _ => Arc::clone(f),
+    });
+    Arc::new(arrow_schema::Schema::new(fields.collect::<Vec<_>>()))
+});
+
+/// A text column of silver: plain, or dictionary-encoded (see [`SILVER_AS_READ`]).
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Plain(&'a arrow_array::StringArray),
+    Dictionary(&'a arrow_array::Int32Array, &'a arrow_array::StringArray),
+}
+
+impl<'a> Text<'a> {
+    fn of(batch: &'a RecordBatch, key: &str, name: &str) -> Result<Self> {
+        let col = column(batch, key, name, Some)?;
+        let text = match col.as_dictionary_opt::<Int32Type>() {
+            Some(d) => d.values().as_string_opt::<i32>().map(|values| Text::Dictionary(d.keys(), values)),
+            None => col.as_string_opt::<i32>().map(Text::Plain),
+        };
+        text.ok_or_else(|| Error::Corrupt {
+            key: key.to_string(),
+            detail: format!("`{name}` is {}, not the type gold writes", col.data_type()),
+        })
+    }
+
+    /// Row `i`'s value.
+    fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Text::Plain(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Text::Dictionary(keys, values) => (!keys.is_null(i)).then(|| values.value(keys.value(i) as usize)),
+        }
+    }
+
+    /// Each dictionary value's id in `dict` (none for a plain column).
+    fn interned(&self, dict: &mut Dict, field: Field) -> Vec<u32> {
+        match self {
+            Text::Plain(_) => Vec::new(),
+            Text::Dictionary(_, values) => values.iter().map(|v| dict.opt(field, v)).collect(),
+        }
+    }
+
+    /// Row `i`'s id in `dict`, from `interned` for a dictionary column.
+    fn id(&self, i: usize, interned: &[u32], dict: &mut Dict, field: Field) -> u32 {
+        match self {
+            Text::Plain(a) => dict.opt(field, (!a.is_null(i)).then(|| a.value(i))),
+            Text::Dictionary(keys, _) if keys.is_null(i) => NONE,
+            Text::Dictionary(keys, _) => interned[keys.value(i) as usize],
+        }
+    }
+}
+
 /// The silver columns gold reads, looked up once per batch with their types checked.
 struct SilverColumns<'a> {
     patient: &'a arrow_array::StringArray,
-    gender: &'a arrow_array::StringArray,
+    gender: Text<'a>,
     age: &'a arrow_array::Int32Array,
-    department: &'a arrow_array::StringArray,
+    department: Text<'a>,
     admission: &'a arrow_array::TimestampMicrosecondArray,
     admission_sent: &'a arrow_array::TimestampMicrosecondArray,
     discharge: &'a arrow_array::TimestampMicrosecondArray,
     bed: &'a arrow_array::Int32Array,
     hospital: &'a arrow_array::Int32Array,
-    hub: &'a arrow_array::StringArray,
-    partition: &'a arrow_array::StringArray,
+    hub: Text<'a>,
+    partition: Text<'a>,
     seq: &'a arrow_array::Int64Array,
     enqueued: &'a arrow_array::TimestampMicrosecondArray,
 }
@@ -254,10 +317,10 @@ impl<'a> SilverColumns<'a> {
     fn record(&self, i: usize, key: &'a str) -> Record<'a> {
         Record {
             patient_id: self.patient.value(i),
-            gender: opt_str(self.gender, i),
-            department: opt_str(self.department, i),
-            event_hub: self.hub.value(i),
-            partition_id: self.partition.value(i),
+            gender: self.gender.get(i),
+            department: self.department.get(i),
+            event_hub: self.hub.get(i).unwrap_or_default(),
+            partition_id: self.partition.get(i).unwrap_or_default(),
             bronze_file: key,
             visit: Visit {
                 admission_us: gold_precision(self.admission.value(i)),
@@ -279,16 +342,16 @@ impl<'a> SilverColumns<'a> {
         let ts = |n| column(batch, key, n, |c| c.as_primitive_opt::<TimestampMicrosecondType>());
         Ok(Self {
             patient: s("patient_id")?,
-            gender: s("gender")?,
+            gender: Text::of(batch, key, "gender")?,
             age: i32s("age")?,
-            department: s("department")?,
+            department: Text::of(batch, key, "department")?,
             admission: ts("admission_time")?,
             admission_sent: ts("admission_time_sent")?,
             discharge: ts("discharge_time")?,
             bed: i32s("bed_id")?,
             hospital: i32s("hospital_id")?,
-            hub: s("event_hub")?,
-            partition: s("partition_id")?,
+            hub: Text::of(batch, key, "event_hub")?,
+            partition: Text::of(batch, key, "partition_id")?,
             seq: column(batch, key, "sequence_number", |c| c.as_primitive_opt::<Int64Type>())?,
             enqueued: ts("enqueued_time")?,
         })
@@ -296,10 +359,6 @@ impl<'a> SilverColumns<'a> {
 }
 
 fn opt<T: arrow_array::ArrowPrimitiveType>(a: &arrow_array::PrimitiveArray<T>, i: usize) -> Option<T::Native> {
-    (!a.is_null(i)).then(|| a.value(i))
-}
-
-fn opt_str(a: &arrow_array::StringArray, i: usize) -> Option<&str> {
     (!a.is_null(i)).then(|| a.value(i))
 }
 
@@ -370,22 +429,27 @@ impl Visits {
     }
 
     /// [`Visits::push`] of a record whose (patient key, fact id) are known.
-    fn push_keyed(&mut self, r: Record<'_>, (patient_key, fact_id): (i64, i64)) {
+    fn push_keyed(&mut self, r: Record<'_>, keys: (i64, i64)) {
         let mut v = r.visit;
-        v.patient_key = patient_key;
-        v.fact_id = fact_id;
         v.gender = self.dict.opt(Field::Gender, r.gender);
         v.department = self.dict.opt(Field::Department, r.department);
         v.event_hub = self.dict.id(Field::EventHub, r.event_hub);
         v.partition_id = self.dict.id(Field::Partition, r.partition_id);
         v.bronze_file = self.dict.id(Field::BronzeFile, r.bronze_file);
+        self.push_interned(v, r.patient_id, keys);
+    }
+
+    /// [`Visits::push_keyed`] of a record whose strings are interned (`v`'s ids are set).
+    fn push_interned(&mut self, mut v: Visit, patient_id: &str, (patient_key, fact_id): (i64, i64)) {
+        v.patient_key = patient_key;
+        v.fact_id = fact_id;
         v.input = self.len;
         self.len += 1;
         // Patient keys are non-negative 63-bit hashes: their top bits spread evenly.
         let bucket = &mut self.buckets[(v.patient_key as u64 >> (63 - BUCKET_BITS)) as usize];
         v.patient_at = bucket.patient_bytes.len() as u32;
-        v.patient_len = r.patient_id.len() as u32;
-        bucket.patient_bytes.extend_from_slice(r.patient_id.as_bytes());
+        v.patient_len = patient_id.len() as u32;
+        bucket.patient_bytes.extend_from_slice(patient_id.as_bytes());
         bucket.rows.push(v);
     }
 
@@ -409,14 +473,24 @@ impl Visits {
     /// batch whose columns are not as silver writes them.
     pub fn add_silver_file(&mut self, key: &str, file: &SilverFile) -> Result<()> {
         let mut keys = file.keys.iter().flatten();
+        let bronze_file = self.dict.id(Field::BronzeFile, key);
         for batch in &file.batches {
             let c = SilverColumns::of(batch, key)?;
+            // Each distinct value of the batch's text columns interned once.
+            let texts = [
+                (c.gender, Field::Gender),
+                (c.department, Field::Department),
+                (c.hub, Field::EventHub),
+                (c.partition, Field::Partition),
+            ];
+            let interned = texts.map(|(text, field)| text.interned(&mut self.dict, field));
             for i in 0..batch.num_rows() {
                 let record = c.record(i, key);
-                match keys.next() {
-                    Some(&k) => self.push_keyed(record, k),
-                    None => self.push(record),
-                }
+                let k = keys.next().copied().unwrap_or_else(|| record_keys(&record));
+                let [gender, department, event_hub, partition_id] =
+                    [0, 1, 2, 3].map(|t| texts[t].0.id(i, &interned[t], &mut self.dict, texts[t].1));
+                let visit = Visit { gender, department, event_hub, partition_id, bronze_file, ..record.visit };
+                self.push_interned(visit, record.patient_id, k);
             }
         }
         Ok(())
@@ -473,4 +547,79 @@ impl Visit {
         bronze_file: NONE,
         known: false,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::schema::{SILVER, SILVER_LAYOUT};
+    use crate::model::time::parse_utc;
+    use crate::pipeline::bronze::{EventBatch, RawEvent, to_record_batch};
+    use crate::storage::parquet;
+
+    /// Every record of `visits` with its strings, in key order.
+    fn records(visits: &Visits) -> Vec<(Visit, [Option<String>; 5], String)> {
+        let text = |id: u32| visits.str(id).map(str::to_string);
+        let mut out = Vec::new();
+        for bucket in &visits.buckets {
+            for v in &bucket.rows {
+                let strings =
+                    [text(v.gender), text(v.department), text(v.event_hub), text(v.partition_id), text(v.bronze_file)];
+                let ids = Visit { gender: 0, department: 0, event_hub: 0, partition_id: 0, bronze_file: 0, ..*v };
+                out.push((ids, strings, bucket.patient_id(v).to_string()));
+            }
+        }
+        out
+    }
+
+    /// A silver file read with its text columns as dictionaries (as a build reads it) gives the
+    /// records it gives read as plain strings (as a file of another layout is read): silver's own
+    /// refine writes the file, from events with repeated, distinct and missing genders and departments.
+    #[test]
+    fn silver_read_as_dictionaries_gives_the_records_of_its_plain_strings() {
+        let t = parse_utc("2026-11-24T12:00:00").unwrap();
+        let genders = ["\"Male\"", "\"Female\"", "null", "\"Female\""];
+        let departments = ["\"Oncology\"", "\"Surgery\"", "\"Emergency\"", "null", "\"Surgery\""];
+        let events: Vec<RawEvent> = (0..40)
+            .map(|i| RawEvent {
+                body: bytes::Bytes::from(format!(
+                    r#"{{"patient_id":"p{}","gender":{},"age":{},"department":{},"admission_time":"2026-11-2{}T0{}:{:02}:00","bed_id":{},"hospital_id":{}}}"#,
+                    i % 17,
+                    genders[i % 4],
+                    20 + i,
+                    departments[i % 5],
+                    i % 3,
+                    i % 9,
+                    i,
+                    1 + i,
+                    1 + i % 3
+                )),
+                sequence_number: 1000 + i as i64,
+                offset: None,
+                enqueued_time: t,
+                partition_key: None,
+                properties: None,
+            })
+            .collect();
+        let key = "patient-flow/partition=2/00000000000000001000-00000000000000001039.parquet";
+        let bronze = to_record_batch(&EventBatch::from_events("patient-flow", "2", t, &events)).unwrap();
+        let refined = crate::pipeline::silver::refine_batches(key, &[bronze]).unwrap();
+        assert_eq!(refined.silver.num_rows(), 40);
+        let bytes = parquet::encode_layout(&SILVER, &[refined.silver], &SILVER_LAYOUT).unwrap();
+
+        let as_read = parquet::decode_columns_as(bytes.clone(), &SILVER_COLUMNS, &SILVER_AS_READ).unwrap();
+        let gender = as_read[0].column_by_name("gender").unwrap();
+        assert!(matches!(gender.data_type(), arrow_schema::DataType::Dictionary(..)), "{}", gender.data_type());
+        let (_, plain) = parquet::decode_columns(bytes, &SILVER_COLUMNS).unwrap();
+        assert_eq!(*plain[0].column_by_name("gender").unwrap().data_type(), arrow_schema::DataType::Utf8);
+
+        let mut dictionaries = Visits::default();
+        dictionaries.add_silver_file(key, &SilverFile::new(key, as_read)).unwrap();
+        let mut strings = Visits::default();
+        strings.add_silver_file(key, &SilverFile::new(key, plain)).unwrap();
+        let (a, b) = (records(&dictionaries), records(&strings));
+        assert_eq!(a.len(), 40);
+        assert!(a.iter().any(|(_, s, _)| s[0].is_none()) && a.iter().any(|(_, s, _)| s[1].is_none()), "nulls are read");
+        assert_eq!(a, b);
+    }
 }

@@ -284,7 +284,11 @@ async fn read_silver(
     let partition = |i: usize| files.get(i).and_then(|k| BatchStem::parse_key(k.as_ref())).map(|s| s.partition);
     let keys: Vec<String> = files.iter().map(ToString::to_string).collect();
     let mut read = decoded(lake, Container::Silver, keys, |key: &str, bytes| {
-        let (_, batches) = parquet::decode_columns(bytes, &input::SILVER_COLUMNS)?;
+        // A file of another layout is read as it is (gold reads plain text columns too).
+        let batches = match parquet::decode_columns_as(bytes.clone(), &input::SILVER_COLUMNS, &input::SILVER_AS_READ) {
+            Ok(batches) => batches,
+            Err(_) => parquet::decode_columns(bytes, &input::SILVER_COLUMNS)?.1,
+        };
         Ok(input::SilverFile::new(key, batches))
     });
     let mut taken = 0;
