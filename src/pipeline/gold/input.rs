@@ -257,24 +257,39 @@ impl<'a> Text<'a> {
     fn get(&self, i: usize) -> Option<&'a str> {
         match self {
             Text::Plain(a) => (!a.is_null(i)).then(|| a.value(i)),
-            Text::Dictionary(keys, values) => (!keys.is_null(i)).then(|| values.value(keys.value(i) as usize)),
+            // Arrow checks a dictionary's keys when it builds the array; the bound only keeps a
+            // corrupt one from panicking.
+            Text::Dictionary(keys, values) => {
+                let k = keys.value(i) as usize;
+                (keys.is_valid(i) && k < values.len()).then(|| values.value(k))
+            }
         }
     }
+}
 
-    /// Each dictionary value's id in `dict` (none for a plain column).
-    fn interned(&self, dict: &mut Dict, field: Field) -> Vec<u32> {
-        match self {
+/// A text column of a batch with its dictionary's values interned (see [`Visits::add_silver_file`]).
+struct Interned<'a> {
+    text: Text<'a>,
+    field: Field,
+    /// Each dictionary value's id in the build's [`Dict`] (empty for a plain column).
+    ids: Vec<u32>,
+}
+
+impl<'a> Interned<'a> {
+    fn new(text: Text<'a>, field: Field, dict: &mut Dict) -> Self {
+        let ids = match text {
             Text::Plain(_) => Vec::new(),
             Text::Dictionary(_, values) => values.iter().map(|v| dict.opt(field, v)).collect(),
-        }
+        };
+        Self { text, field, ids }
     }
 
-    /// Row `i`'s id in `dict`, from `interned` for a dictionary column.
-    fn id(&self, i: usize, interned: &[u32], dict: &mut Dict, field: Field) -> u32 {
-        match self {
-            Text::Plain(a) => dict.opt(field, (!a.is_null(i)).then(|| a.value(i))),
+    /// Row `i`'s id in `dict` ([`NONE`] for null).
+    fn id(&self, i: usize, dict: &mut Dict) -> u32 {
+        match self.text {
+            Text::Plain(a) => dict.opt(self.field, (!a.is_null(i)).then(|| a.value(i))),
             Text::Dictionary(keys, _) if keys.is_null(i) => NONE,
-            Text::Dictionary(keys, _) => interned[keys.value(i) as usize],
+            Text::Dictionary(keys, _) => self.ids.get(keys.value(i) as usize).copied().unwrap_or(NONE),
         }
     }
 }
@@ -482,13 +497,12 @@ impl Visits {
                 (c.department, Field::Department),
                 (c.hub, Field::EventHub),
                 (c.partition, Field::Partition),
-            ];
-            let interned = texts.map(|(text, field)| text.interned(&mut self.dict, field));
+            ]
+            .map(|(text, field)| Interned::new(text, field, &mut self.dict));
             for i in 0..batch.num_rows() {
                 let record = c.record(i, key);
                 let k = keys.next().copied().unwrap_or_else(|| record_keys(&record));
-                let [gender, department, event_hub, partition_id] =
-                    [0, 1, 2, 3].map(|t| texts[t].0.id(i, &interned[t], &mut self.dict, texts[t].1));
+                let [gender, department, event_hub, partition_id] = texts.each_ref().map(|t| t.id(i, &mut self.dict));
                 let visit = Visit { gender, department, event_hub, partition_id, bronze_file, ..record.visit };
                 self.push_interned(visit, record.patient_id, k);
             }
