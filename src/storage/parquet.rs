@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow_array::{RecordBatch, RecordBatchReader};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
@@ -156,40 +156,43 @@ fn write_file<B: std::borrow::Borrow<RecordBatch>>(
 
 /// Decodes a whole parquet file. Fails (never panics) on anything that is not parquet.
 pub fn decode(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
-    decode_projected(bytes, None)
+    decode_projected(bytes, None, None)
 }
 
-/// Decodes a whole parquet file into batches of `schema`, which may read a column as another type
-/// the parquet reader converts to (a string column as a dictionary, say). Fails when the file's
-/// columns are not `schema`'s.
+/// [`decode`] into batches of `schema` when the file's columns are `schema`'s: the reader then reads
+/// a column as the type `schema` gives it (a string column as a dictionary, say). A file of other
+/// columns (an older layout) is decoded as it is.
 pub fn decode_as(bytes: Bytes, schema: &SchemaRef) -> Result<Vec<RecordBatch>, ParquetError> {
-    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(Arc::clone(schema));
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
-        .map_err(|e| ParquetError(e.to_string()))?;
-    let reader = builder.with_batch_size(64 * 1024).build().map_err(|e| ParquetError(e.to_string()))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| ParquetError(e.to_string()))
+    decode_projected(bytes, None, Some(schema)).map(|(_, batches)| batches)
 }
 
-/// [`decode_columns`] into batches whose columns have `schema`'s types (see [`decode_as`]); `schema`
-/// names every column of the file. Fails when the file's columns are not `schema`'s.
+/// [`decode_columns`] with the column types of `schema`, which names every column of the file, as
+/// [`decode_as`] reads them.
 pub fn decode_columns_as(bytes: Bytes, columns: &[&str], schema: &SchemaRef) -> Result<Vec<RecordBatch>, ParquetError> {
-    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(Arc::clone(schema));
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
-        .map_err(|e| ParquetError(e.to_string()))?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-    let reader =
-        builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(|e| ParquetError(e.to_string()))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| ParquetError(e.to_string()))
+    decode_projected(bytes, Some(columns), Some(schema)).map(|(_, batches)| batches)
 }
 
 /// Decodes only the named top-level columns of a parquet file (absent names are skipped; the
 /// batches' schema says which were found). Columns not read are not decompressed.
 pub fn decode_columns(bytes: Bytes, columns: &[&str]) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
-    decode_projected(bytes, Some(columns))
+    decode_projected(bytes, Some(columns), None)
 }
 
-fn decode_projected(bytes: Bytes, columns: Option<&[&str]>) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| ParquetError(e.to_string()))?;
+/// The decoders above: `columns` only, if given; with `schema`'s types where the file's columns
+/// are `schema`'s (the reader refuses a schema that does not fit the file when it opens it).
+fn decode_projected(
+    bytes: Bytes,
+    columns: Option<&[&str]>,
+    schema: Option<&SchemaRef>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
+    let typed = schema.and_then(|schema| {
+        let options = ArrowReaderOptions::new().with_schema(Arc::clone(schema));
+        ParquetRecordBatchReaderBuilder::try_new_with_options(bytes.clone(), options).ok()
+    });
+    let mut builder = match typed {
+        Some(builder) => builder,
+        None => ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| ParquetError(e.to_string()))?,
+    };
     if let Some(columns) = columns {
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
         builder = builder.with_projection(mask);
@@ -277,6 +280,32 @@ mod tests {
     use super::*;
     use arrow_array::Int64Array;
     use arrow_schema::{DataType, Field, Schema};
+
+    /// A schema that fits the file reads its columns as that schema's types; one that does not (an
+    /// older layout's file) leaves the file read as it is; a damaged file is still an error.
+    #[test]
+    fn a_typed_decode_reads_a_fitting_file_as_its_types_and_any_other_as_it_is() {
+        let plain: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let s: arrow_array::StringArray = (0..100).map(|i| (i % 7 != 0).then(|| format!("v{}", i % 3))).collect();
+        let batch =
+            RecordBatch::try_new(Arc::clone(&plain), vec![Arc::new(Int64Array::from_iter_values(0..100)), Arc::new(s)])
+                .unwrap();
+        let bytes = encode(&plain, std::slice::from_ref(&batch), Codec::Fast).unwrap();
+        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let fits: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("s", dictionary, true)]));
+        let typed = decode_as(bytes.clone(), &fits).unwrap();
+        assert_eq!(typed[0].schema(), fits);
+        assert_eq!(arrow_cast::cast(typed[0].column(1), &DataType::Utf8).unwrap().as_ref(), batch.column(1).as_ref());
+        let only_s = decode_columns_as(bytes.clone(), &["s"], &fits).unwrap();
+        assert_eq!(only_s[0].num_columns(), 1);
+        assert_eq!(*only_s[0].column(0).data_type(), *fits.field(1).data_type());
+
+        let other: SchemaRef = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        assert_eq!(decode_as(bytes.clone(), &other).unwrap(), vec![batch]);
+        assert!(decode_as(bytes.slice(..bytes.len() - 20), &fits).is_err());
+    }
 
     #[test]
     fn a_streamed_file_is_the_file_of_its_batches() {

@@ -43,10 +43,7 @@ fn bronze_file_type() -> DataType {
 /// Decodes a fact file into [`FACT_IN_MEMORY`] batches, `bronze_file` read straight into a
 /// dictionary; a file of another layout is decoded as it is ([`lay_out_day`] converts it).
 pub fn read(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, crate::storage::parquet::ParquetError> {
-    match crate::storage::parquet::decode_as(bytes.clone(), &FACT_IN_MEMORY) {
-        Ok(batches) => Ok(batches),
-        Err(_) => crate::storage::parquet::decode(bytes).map(|(_, batches)| batches),
-    }
+    crate::storage::parquet::decode_as(bytes, &FACT_IN_MEMORY)
 }
 
 /// One visit as stored in gold (derived columns are computed when encoding).

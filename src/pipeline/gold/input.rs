@@ -287,7 +287,7 @@ impl<'a> Interned<'a> {
     /// Row `i`'s id in `dict` ([`NONE`] for null).
     fn id(&self, i: usize, dict: &mut Dict) -> u32 {
         match self.text {
-            Text::Plain(a) => dict.opt(self.field, (!a.is_null(i)).then(|| a.value(i))),
+            Text::Plain(_) => dict.opt(self.field, self.text.get(i)),
             Text::Dictionary(keys, _) if keys.is_null(i) => NONE,
             Text::Dictionary(keys, _) => self.ids.get(keys.value(i) as usize).copied().unwrap_or(NONE),
         }

@@ -285,10 +285,7 @@ async fn read_silver(
     let keys: Vec<String> = files.iter().map(ToString::to_string).collect();
     let mut read = decoded(lake, Container::Silver, keys, |key: &str, bytes| {
         // A file of another layout is read as it is (gold reads plain text columns too).
-        let batches = match parquet::decode_columns_as(bytes.clone(), &input::SILVER_COLUMNS, &input::SILVER_AS_READ) {
-            Ok(batches) => batches,
-            Err(_) => parquet::decode_columns(bytes, &input::SILVER_COLUMNS)?.1,
-        };
+        let batches = parquet::decode_columns_as(bytes, &input::SILVER_COLUMNS, &input::SILVER_AS_READ)?;
         Ok(input::SilverFile::new(key, batches))
     });
     let mut taken = 0;
