@@ -745,10 +745,10 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
     // still caught by its sequence number above.
     let mut latest: FxHashMap<NaturalKey<'_, '_>, usize> = FxHashMap::default();
     latest.reserve(rows.len());
-    let mut keep: Vec<usize> = Vec::with_capacity(rows.len());
+    let mut kept = vec![false; rows.len()];
     for (i, (lineage, row)) in rows.iter().enumerate() {
         if row.admission_time_sent.is_none() {
-            keep.push(i);
+            kept[i] = true;
             continue;
         }
         match latest.entry(NaturalKey::new(row)) {
@@ -762,12 +762,18 @@ pub fn refine_batches_excluding(bronze_key: &str, batches: &[RecordBatch], cover
             }
         }
     }
-    keep.extend(latest.into_values());
-    // Rows in (partition, sequence number) order; a bronze file holds one partition, so usually
-    // the sequence number alone decides.
+    for i in latest.into_values() {
+        kept[i] = true;
+    }
+    // Rows in (partition, sequence number) order. A bronze file holds one partition's events in
+    // the order the hub numbered them, so the rows kept, taken in arrival order, nearly always are
+    // in that order already; they are sorted only when they are not.
+    let mut keep: Vec<usize> = (0..rows.len()).filter(|&i| kept[i]).collect();
     let one_partition = rows.first().is_none_or(|(first, _)| rows.iter().all(|(l, _)| l.partition == first.partition));
     if one_partition {
-        keep.sort_unstable_by_key(|&i| rows[i].0.seq);
+        if !keep.is_sorted_by_key(|&i| rows[i].0.seq) {
+            keep.sort_unstable_by_key(|&i| rows[i].0.seq);
+        }
     } else {
         keep.sort_unstable_by_key(|&i| (rows[i].0.partition, rows[i].0.seq));
     }
