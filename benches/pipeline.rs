@@ -77,7 +77,7 @@ fn batch_envelopes(count: usize) -> Vec<Vec<u8>> {
                 .enumerate()
                 .map(|(i, e)| {
                     let event = HubEvent {
-                        body: e.body.clone(),
+                        body: e.body.clone().into(),
                         sequence_number: next_seq[p] + i as i64,
                         offset: next_offset[p],
                         enqueued_time: first + chrono::Duration::milliseconds((b * BATCH + i) as i64),

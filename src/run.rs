@@ -16,12 +16,12 @@
 //! the input, building envelopes, HTTP on loopback): see [`StageReport`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use chrono::NaiveDateTime;
 use serde::Serialize;
 use serde_json::Value;
@@ -395,6 +395,7 @@ fn produce(
             partition_id: &ids[p],
         };
         let id = format!("{p}-{}", buffer[0].sequence_number);
+        progress.inc(buffer.len() as u64);
         let load = match options.via {
             Via::Host => Load::Envelope(envelopes::event_hub_batch_bytes(&hub, buffer, &last, &id)),
             Via::InProcess => Load::Batch(Box::new(envelopes::event_batch(&hub, buffer, &last))),
@@ -405,7 +406,7 @@ fn produce(
         blocked.set(blocked.get() + waiting.elapsed());
         sent.context("the handler stopped accepting batches")
     };
-    let mut push = |body: Vec<u8>, key: Option<String>, buffers: &mut Vec<Vec<HubEvent>>| -> anyhow::Result<()> {
+    let mut push = |body: Bytes, key: Option<String>, buffers: &mut Vec<Vec<HubEvent>>| -> anyhow::Result<()> {
         let p = match &key {
             Some(k) => (xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % partitions as u64) as usize,
             None => (count % partitions as u64) as usize,
@@ -421,7 +422,6 @@ fn produce(
         next_seq[p] += 1;
         next_offset[p] += len;
         count += 1;
-        progress.inc(1);
         if buffers[p].len() >= options.batch_size {
             let mut full = std::mem::replace(&mut buffers[p], Vec::with_capacity(options.batch_size));
             flush(p, &mut full)?;
@@ -434,22 +434,16 @@ fn produce(
             // enqueued time, no clean admission lies after its own enqueued time.
             let mut sim = Simulator::new(SimulationConfig { now: first_enqueued, ..config.clone() });
             for e in sim.by_ref().take(*n as usize) {
-                push(e.body, Some(e.partition_key), &mut buffers)?;
+                push(e.body.into(), Some(e.partition_key), &mut buffers)?;
             }
             Some(sim.tally().clone())
         }
         Source::File(path) => {
-            let file = std::fs::File::open(path).with_context(|| format!("cannot open --input {}", path.display()))?;
-            for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
-                let mut line = line.with_context(|| format!("cannot read {}", path.display()))?;
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+            for chunk in LineChunks::open(path)? {
+                let chunk = chunk?;
+                for line in event_lines(&chunk) {
+                    push(chunk.slice_ref(line), partition_key(line), &mut buffers)?;
                 }
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let key = partition_key(&line);
-                push(line, key, &mut buffers)?;
             }
             None
         }
@@ -475,15 +469,78 @@ pub fn first_enqueued(now: NaiveDateTime, total: u64) -> anyhow::Result<NaiveDat
 
 /// Events in an NDJSON file: its lines that are not blank (what `run` sends).
 fn count_events(path: &std::path::Path) -> anyhow::Result<u64> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open --input {}", path.display()))?;
-    let (mut n, mut line) = (0, Vec::new());
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    // One buffer for every line: this pass only counts.
-    while reader.read_until(b'\n', &mut line).with_context(|| format!("cannot read {}", path.display()))? > 0 {
-        n += u64::from(!line.iter().all(u8::is_ascii_whitespace));
-        line.clear();
+    let mut n = 0;
+    for chunk in LineChunks::open(path)? {
+        n += event_lines(&chunk?).count() as u64;
     }
     Ok(n)
+}
+
+/// The events of a chunk of NDJSON lines: each line without its trailing carriage return; blank
+/// lines send nothing.
+fn event_lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())).filter_map(move |end| {
+        let line = &chunk[start.min(end)..end];
+        start = end + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
+    })
+}
+
+/// An NDJSON file read as chunks of whole lines (the last chunk may end without a line break).
+/// Each event's body is then a shared slice of its chunk: no allocation and no copy per line, where
+/// a line read on its own is both (a sixth of the producer's time on 1M events).
+struct LineChunks {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// Bytes read at a time (a chunk also holds the line the one before cut).
+    size: usize,
+    /// The start of a line the last chunk cut, carried into the next.
+    carry: Vec<u8>,
+    done: bool,
+}
+
+impl LineChunks {
+    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        Self::with_size(path, 1 << 20)
+    }
+
+    fn with_size(path: &std::path::Path, size: usize) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open --input {}", path.display()))?;
+        Ok(Self { file, path: path.to_path_buf(), size: size.max(1), carry: Vec::new(), done: false })
+    }
+
+    fn read_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        use std::io::Read as _;
+        let mut chunk = Vec::with_capacity(self.carry.len() + self.size);
+        chunk.append(&mut self.carry);
+        loop {
+            let read = (&mut self.file).take(self.size as u64).read_to_end(&mut chunk)?;
+            if read == 0 {
+                self.done = true;
+                return Ok((!chunk.is_empty()).then(|| chunk.into()));
+            }
+            // Whole lines go out; the cut line waits for the rest. A line longer than a chunk
+            // makes the chunk grow until its end is read.
+            if let Some(last) = memchr::memrchr(b'\n', &chunk) {
+                self.carry = chunk.split_off(last + 1);
+                return Ok(Some(chunk.into()));
+            }
+        }
+    }
+}
+
+impl Iterator for LineChunks {
+    type Item = anyhow::Result<Bytes>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let read = self.read_chunk();
+        read.with_context(|| format!("cannot read {}", self.path.display())).transpose()
+    }
 }
 
 /// The producer's partition key for a raw line: its `patient_id`, when it is a string.
@@ -908,6 +965,43 @@ mod tests {
             // Spaced out, the same line takes the parser's path, with the same result.
             let spaced = serde_json::to_vec_pretty(&parsed).unwrap();
             prop_assert_eq!(partition_key(&spaced), Some(id));
+        }
+
+        /// An input file's events, read in chunks of whole lines of any size, are the lines
+        /// std's line reader gives, without a trailing carriage return and blank lines skipped:
+        /// lines cut by a chunk's end, longer than a chunk, or last without a line break.
+        #[test]
+        fn an_input_file_read_in_chunks_sends_the_lines_std_reads(
+            pieces in prop::collection::vec(
+                prop_oneof![Just("\n"), Just("\r\n"), Just("\r"), Just(" "), Just("\t"), Just("{\"a\":1}"), Just("é"), Just("x")],
+                0..40,
+            ),
+            size in 1usize..12,
+        ) {
+            use std::io::BufRead as _;
+            let text = pieces.concat();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("events.ndjson");
+            std::fs::write(&path, &text).unwrap();
+            let mut expected = Vec::new();
+            for line in std::io::BufReader::new(std::fs::File::open(&path).unwrap()).split(b'\n') {
+                let mut line = line.unwrap();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    expected.push(line);
+                }
+            }
+            for size in [size, 1 << 20] {
+                let mut read = Vec::new();
+                for chunk in LineChunks::with_size(&path, size).unwrap() {
+                    let chunk = chunk.unwrap();
+                    read.extend(event_lines(&chunk).map(<[u8]>::to_vec));
+                }
+                prop_assert_eq!(&read, &expected, "chunks of {} bytes", size);
+            }
+            prop_assert_eq!(count_events(&path).unwrap(), expected.len() as u64);
         }
     }
 

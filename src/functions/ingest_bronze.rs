@@ -397,7 +397,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, b)| HubEvent {
-                body: b.to_vec(),
+                body: bytes::Bytes::copy_from_slice(b),
                 sequence_number: 41 + i as i64,
                 offset: 4096 * i as i64,
                 enqueued_time: now() + chrono::Duration::microseconds(1_234_567 * i as i64),

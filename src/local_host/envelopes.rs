@@ -22,8 +22,8 @@ use crate::pipeline::bronze::{EventBatch, EventColumns};
 /// One event as a producer sent it, with its position in the partition.
 #[derive(Debug, Clone)]
 pub struct HubEvent {
-    /// Body bytes.
-    pub body: Vec<u8>,
+    /// Body bytes (shared: a slice of the chunk of input it was read from, or its own buffer).
+    pub body: bytes::Bytes,
     /// Sequence number within the partition.
     pub sequence_number: i64,
     /// Offset within the partition.
@@ -467,9 +467,9 @@ mod tests {
         let events: Vec<HubEvent> = (0..5)
             .map(|i| HubEvent {
                 body: if i == 2 {
-                    vec![0xff, b'"', b'\\', b'\n']
+                    bytes::Bytes::from_static(&[0xff, b'"', b'\\', b'\n'])
                 } else {
-                    format!("{{\"patient_id\":\"p{i}\"}}").into_bytes()
+                    format!("{{\"patient_id\":\"p{i}\"}}").into()
                 },
                 sequence_number: 100 + i,
                 offset: 4096 * i,
@@ -521,7 +521,7 @@ mod tests {
                 };
                 let enqueued_time =
                     chrono::DateTime::from_timestamp(secs, nanos % 1_000_000_000).unwrap_or_default().naive_utc();
-                HubEvent { body, sequence_number, offset, enqueued_time, partition_key }
+                HubEvent { body: body.into(), sequence_number, offset, enqueued_time, partition_key }
             })
     }
 

@@ -227,7 +227,7 @@ mod tests {
                 .unwrap();
         let events: Vec<HubEvent> = (0..20)
             .map(|i| HubEvent {
-                body: format!("{{\"patient_id\":\"p{i}\"}}").into_bytes(),
+                body: format!("{{\"patient_id\":\"p{i}\"}}").into(),
                 sequence_number: i,
                 offset: 100 * i,
                 enqueued_time: now,

@@ -86,7 +86,7 @@ pub fn hub_batch(p: &str, events: impl IntoIterator<Item = (i64, chrono::NaiveDa
     let events: Vec<HubEvent> = events
         .into_iter()
         .map(|(seq, enqueued_time, body)| HubEvent {
-            body,
+            body: body.into(),
             sequence_number: seq,
             offset: 1000 * seq,
             enqueued_time,
