@@ -84,9 +84,11 @@ impl fmt::Display for Reason {
     }
 }
 
-/// A JSON value as far as silver cares: its type, and its content when scalar.
-#[derive(Debug, Clone, PartialEq)]
+/// A JSON value as far as silver cares: its type, and its content when scalar. A field the body
+/// leaves out reads as [`Scalar::Null`], as the rules treat an absent field and a null alike.
+#[derive(Debug, Clone, PartialEq, Default)]
 enum Scalar<'a> {
+    #[default]
     Null,
     Bool,
     Int(i64),
@@ -155,25 +157,25 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
     }
 }
 
-/// The body as parsed: every expected field optional, unknown fields ignored.
+/// The body as parsed: every expected field optional (absent reads as null), unknown fields ignored.
 #[derive(Debug, serde::Deserialize)]
 struct Body<'a> {
     #[serde(borrow, default)]
-    patient_id: Option<Scalar<'a>>,
+    patient_id: Scalar<'a>,
     #[serde(borrow, default)]
-    gender: Option<Scalar<'a>>,
+    gender: Scalar<'a>,
     #[serde(borrow, default)]
-    age: Option<Scalar<'a>>,
+    age: Scalar<'a>,
     #[serde(borrow, default)]
-    department: Option<Scalar<'a>>,
+    department: Scalar<'a>,
     #[serde(borrow, default)]
-    admission_time: Option<Scalar<'a>>,
+    admission_time: Scalar<'a>,
     #[serde(borrow, default)]
-    discharge_time: Option<Scalar<'a>>,
+    discharge_time: Scalar<'a>,
     #[serde(borrow, default)]
-    bed_id: Option<Scalar<'a>>,
+    bed_id: Scalar<'a>,
     #[serde(borrow, default)]
-    hospital_id: Option<Scalar<'a>>,
+    hospital_id: Scalar<'a>,
 }
 
 /// The expected fields (other than `patient_id`) that an event left out or sent as null: a set of
@@ -292,34 +294,34 @@ fn wrong_type(field: &str, expected: &str, got: &Scalar<'_>) -> Rejection {
 
 fn text<'a>(
     field: &'static str,
-    v: Option<Scalar<'a>>,
+    v: Scalar<'a>,
     missing: &mut MissingFields,
 ) -> Result<Option<Cow<'a, str>>, Rejection> {
     match v {
-        None | Some(Scalar::Null) => {
+        Scalar::Null => {
             missing.insert(field);
             Ok(None)
         }
-        Some(Scalar::Str(s)) => Ok(Some(s)),
-        Some(other) => Err(wrong_type(field, "a string", &other)),
+        Scalar::Str(s) => Ok(Some(s)),
+        other => Err(wrong_type(field, "a string", &other)),
     }
 }
 
 fn integer(
     field: &'static str,
-    v: Option<Scalar<'_>>,
+    v: Scalar<'_>,
     missing: &mut MissingFields,
     min: i64,
 ) -> Result<Option<i64>, Rejection> {
     let n = match v {
-        None | Some(Scalar::Null) => {
+        Scalar::Null => {
             missing.insert(field);
             return Ok(None);
         }
-        Some(Scalar::Int(n)) => n,
+        Scalar::Int(n) => n,
         // Some producers write 87.0; an integral float is the same number.
-        Some(Scalar::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => f as i64,
-        Some(other) => return Err(wrong_type(field, "an integer", &other)),
+        Scalar::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => f as i64,
+        other => return Err(wrong_type(field, "an integer", &other)),
     };
     if n < min || n > i64::from(i32::MAX) {
         return Err(reject(Reason::OutOfRange, format!("{field} must be between {min} and {}", i32::MAX)));
@@ -338,17 +340,13 @@ static TIMESTAMP_RANGE: LazyLock<std::ops::Range<i64>> = LazyLock::new(|| {
     start(MIN_TIMESTAMP_YEAR)..start(MAX_TIMESTAMP_YEAR + 1)
 });
 
-fn timestamp(
-    field: &'static str,
-    v: Option<Scalar<'_>>,
-    missing: &mut MissingFields,
-) -> Result<Option<i64>, Rejection> {
+fn timestamp(field: &'static str, v: Scalar<'_>, missing: &mut MissingFields) -> Result<Option<i64>, Rejection> {
     match v {
-        None | Some(Scalar::Null) => {
+        Scalar::Null => {
             missing.insert(field);
             Ok(None)
         }
-        Some(Scalar::Str(s)) => {
+        Scalar::Str(s) => {
             let t = parse_utc_micros(&s)
                 .ok_or_else(|| reject(Reason::InvalidTimestamp, format!("{field} is not an ISO-8601 timestamp")))?;
             if !TIMESTAMP_RANGE.contains(&t) {
@@ -359,7 +357,7 @@ fn timestamp(
             }
             Ok(Some(t))
         }
-        Some(other) => Err(wrong_type(field, "an ISO-8601 string", &other)),
+        other => Err(wrong_type(field, "an ISO-8601 string", &other)),
     }
 }
 
@@ -389,12 +387,12 @@ pub fn refine(body: &[u8], enqueued_us: i64) -> Result<Row<'_>, Rejection> {
 
     let mut missing = MissingFields::default();
     let patient_id = match b.patient_id {
-        None | Some(Scalar::Null) => return Err(reject(Reason::MissingPatientId, "patient_id is absent or null")),
-        Some(Scalar::Str(s)) if s.trim().is_empty() => {
+        Scalar::Null => return Err(reject(Reason::MissingPatientId, "patient_id is absent or null")),
+        Scalar::Str(s) if s.trim().is_empty() => {
             return Err(reject(Reason::MissingPatientId, "patient_id is empty"));
         }
-        Some(Scalar::Str(s)) => s,
-        Some(other) => return Err(wrong_type("patient_id", "a string", &other)),
+        Scalar::Str(s) => s,
+        other => return Err(wrong_type("patient_id", "a string", &other)),
     };
     let gender = text("gender", b.gender, &mut missing)?;
     let age = integer("age", b.age, &mut missing, 0)?;
@@ -1075,8 +1073,7 @@ mod tests {
         assert_eq!(bad(br#"{"patient_id":"p","discharge_time":"2101-01-01T00:00:00Z"}"#), Reason::OutOfRange);
         // The edges of the range are accepted.
         ok(r#"{"patient_id":"p","admission_time":"1900-01-01T00:00:00","discharge_time":"1900-01-02T00:00:00"}"#);
-        let edge =
-            |s: &str| timestamp("discharge_time", Some(Scalar::Str(Cow::Borrowed(s))), &mut MissingFields::default());
+        let edge = |s: &str| timestamp("discharge_time", Scalar::Str(Cow::Borrowed(s)), &mut MissingFields::default());
         assert!(edge("2100-12-31T23:59:59.999999").is_ok());
         assert_eq!(edge("2101-01-01T00:00:00").unwrap_err().reason, Reason::OutOfRange);
         // A stay of exactly the bound is kept; one microsecond more is not.
