@@ -418,7 +418,7 @@ mod tests {
         let expected: Vec<RawEvent> = events
             .iter()
             .map(|e| RawEvent {
-                body: Bytes::from(e.body.clone()),
+                body: e.body.clone(),
                 sequence_number: e.sequence_number,
                 offset: Some(e.offset.to_string()),
                 enqueued_time: e.enqueued_time,
