@@ -337,17 +337,22 @@ impl<'a> SilverColumns<'a> {
             event_hub: self.hub.get(i).unwrap_or_default(),
             partition_id: self.partition.get(i).unwrap_or_default(),
             bronze_file: key,
-            visit: Visit {
-                admission_us: gold_precision(self.admission.value(i)),
-                admission_sent_us: opt(self.admission_sent, i),
-                discharge_us: opt(self.discharge, i).map(gold_precision),
-                enqueued_us: gold_precision(self.enqueued.value(i)),
-                sequence_number: self.seq.value(i),
-                age: opt(self.age, i),
-                bed_id: opt(self.bed, i),
-                hospital_id: opt(self.hospital, i),
-                ..Visit::EMPTY
-            },
+            visit: self.numbers(i),
+        }
+    }
+
+    /// Row `i`'s numbers, its text fields left empty (see [`Visits::add_silver_file`]).
+    fn numbers(&self, i: usize) -> Visit {
+        Visit {
+            admission_us: gold_precision(self.admission.value(i)),
+            admission_sent_us: opt(self.admission_sent, i),
+            discharge_us: opt(self.discharge, i).map(gold_precision),
+            enqueued_us: gold_precision(self.enqueued.value(i)),
+            sequence_number: self.seq.value(i),
+            age: opt(self.age, i),
+            bed_id: opt(self.bed, i),
+            hospital_id: opt(self.hospital, i),
+            ..Visit::EMPTY
         }
     }
 
@@ -499,12 +504,12 @@ impl Visits {
                 (c.partition, Field::Partition),
             ]
             .map(|(text, field)| Interned::new(text, field, &mut self.dict));
+            // The text fields go in as the ids of their interned values, never as strings.
             for i in 0..batch.num_rows() {
-                let record = c.record(i, key);
-                let k = keys.next().copied().unwrap_or_else(|| record_keys(&record));
+                let k = keys.next().copied().unwrap_or_else(|| record_keys(&c.record(i, key)));
                 let [gender, department, event_hub, partition_id] = texts.each_ref().map(|t| t.id(i, &mut self.dict));
-                let visit = Visit { gender, department, event_hub, partition_id, bronze_file, ..record.visit };
-                self.push_interned(visit, record.patient_id, k);
+                let visit = Visit { gender, department, event_hub, partition_id, bronze_file, ..c.numbers(i) };
+                self.push_interned(visit, c.patient.value(i), k);
             }
         }
         Ok(())
