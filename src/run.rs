@@ -439,10 +439,17 @@ fn produce(
             Some(sim.tally().clone())
         }
         Source::File(path) => {
+            // Per partition: events numbered below `marks` came from an earlier chunk than the one
+            // read now; those below `owned` own their bodies already.
+            let (mut marks, mut owned) = (vec![i64::MIN; partitions], vec![i64::MIN; partitions]);
             for chunk in LineChunks::open(path)? {
                 let chunk = chunk?;
                 for line in event_lines(&chunk) {
                     push(chunk.slice_ref(line), partition_key(line), &mut buffers)?;
+                }
+                for (p, buffer) in buffers.iter_mut().enumerate() {
+                    owned[p] = detach_waiting(buffer, owned[p], marks[p]);
+                    marks[p] = buffer.last().map_or(i64::MIN, |e| e.sequence_number + 1);
                 }
             }
             None
@@ -456,6 +463,21 @@ fn produce(
         bail!("{count} events were read but {total} were counted first; was the --input file changed during the run?");
     }
     Ok(Produced { events: count, tally, busy: started.elapsed().saturating_sub(blocked.get()) })
+}
+
+/// Copies the bodies of a partition's waiting events numbered from `owned` to below `mark` (those
+/// that have waited through a whole chunk) out of the chunk they were read from, and returns the
+/// number below which every waiting body is its own. A body shares its chunk's buffer; an event
+/// waits until its partition's batch is full, so a partition that gets few events would otherwise
+/// hold a chunk for each one — with this, at most the chunk read now and the one before are held,
+/// however unevenly the keys spread.
+fn detach_waiting(buffer: &mut [HubEvent], owned: i64, mark: i64) -> i64 {
+    let from = buffer.partition_point(|e| e.sequence_number < owned);
+    let to = buffer.partition_point(|e| e.sequence_number < mark);
+    for e in buffer.iter_mut().take(to).skip(from) {
+        e.body = Bytes::copy_from_slice(&e.body);
+    }
+    owned.max(mark)
 }
 
 /// The enqueued time of the first of `total` events one millisecond apart, the last at `now`.
@@ -1003,6 +1025,33 @@ mod tests {
             }
             prop_assert_eq!(count_events(&path).unwrap(), expected.len() as u64);
         }
+    }
+
+    /// A partition's events that waited through a whole chunk own their bodies; the others still
+    /// share their chunk, and the chunk is freed once no event shares it.
+    #[test]
+    fn events_that_wait_through_a_chunk_let_it_go() {
+        let event = |chunk: &Bytes, range: std::ops::Range<usize>, seq: i64| HubEvent {
+            body: chunk.slice(range),
+            sequence_number: seq,
+            offset: 0,
+            enqueued_time: NaiveDateTime::default(),
+            partition_key: None,
+        };
+        let (old, new) = (Bytes::from(b"ab\ncd\n".to_vec()), Bytes::from(b"ef\n".to_vec()));
+        let mut buffer = vec![event(&old, 0..2, 7), event(&old, 3..5, 8), event(&new, 0..2, 9)];
+        // Events 7 and 8 came from the chunk before the one read last (the mark is 9).
+        assert_eq!(detach_waiting(&mut buffer, i64::MIN, 9), 9);
+        let bodies: Vec<&[u8]> = buffer.iter().map(|e| &e.body[..]).collect();
+        assert_eq!(bodies, [&b"ab"[..], b"cd", b"ef"], "the same bytes");
+        assert!(old.is_unique(), "no waiting event holds the older chunk");
+        assert!(!new.is_unique(), "event 9 still shares the chunk it was read from");
+        // Owned bodies are not copied again; nothing below the mark is left to copy.
+        let before = buffer[0].body.as_ptr();
+        assert_eq!(detach_waiting(&mut buffer, 9, 9), 9);
+        assert_eq!(buffer[0].body.as_ptr(), before);
+        assert_eq!(detach_waiting(&mut buffer, 9, 10), 10);
+        assert!(new.is_unique());
     }
 
     #[test]
