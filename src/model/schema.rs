@@ -20,6 +20,22 @@ pub const TS: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
 /// The time zone gold timestamps are marked with.
 pub const GOLD_TZ: &str = "UTC";
 
+/// How a build holds a text column of few distinct values in memory: a dictionary of strings,
+/// which parquet reads straight from the file's dictionary pages and writes value by value, so a
+/// file's bytes are those of its plain strings.
+pub fn text_dictionary() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// `schema` with the text columns `names` as [`text_dictionary`]s, every other field as it is.
+pub fn with_text_dictionaries(schema: &Schema, names: &[&str]) -> SchemaRef {
+    let fields = schema.fields().iter().map(|f| match names.contains(&f.name().as_str()) {
+        true => Arc::new(Field::new(f.name(), text_dictionary(), f.is_nullable())),
+        false => Arc::clone(f),
+    });
+    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+}
+
 /// The timestamp type of every gold table: milliseconds, marked UTC.
 pub fn gold_ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from(GOLD_TZ)))

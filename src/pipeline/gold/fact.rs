@@ -12,13 +12,13 @@ use arrow_array::builder::{
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 
 use super::dims::{self, PatientVersion};
 use super::input::{Visit, Visits};
 use super::keys;
 use super::keys::epoch_days;
-use crate::model::schema::{FACT_PATIENT_FLOW, GOLD_TZ, gold_column_micros, to_gold_ms};
+use crate::model::schema::{FACT_PATIENT_FLOW, GOLD_TZ, gold_column_micros, to_gold_ms, with_text_dictionaries};
 use crate::pipeline::{Error, Result};
 
 /// FactPatientFlow as a build holds it in memory: [`FACT_PATIENT_FLOW`] with `bronze_file`
@@ -27,18 +27,8 @@ use crate::pipeline::{Error, Result};
 /// writes passes through memory. Files are still written under [`FACT_PATIENT_FLOW`]: parquet's
 /// writer takes a dictionary column value by value, so a file's bytes are those of its plain
 /// strings (tested below).
-pub static FACT_IN_MEMORY: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields = FACT_PATIENT_FLOW.fields().iter().map(|f| match f.name().as_str() {
-        "bronze_file" => Arc::new(Field::new(f.name(), bronze_file_type(), f.is_nullable())),
-        _ => Arc::clone(f),
-    });
-    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
-});
-
-/// The in-memory type of `bronze_file` (see [`FACT_IN_MEMORY`]).
-fn bronze_file_type() -> DataType {
-    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
-}
+pub static FACT_IN_MEMORY: LazyLock<SchemaRef> =
+    LazyLock::new(|| with_text_dictionaries(&FACT_PATIENT_FLOW, &["bronze_file"]));
 
 /// Decodes a fact file into [`FACT_IN_MEMORY`] batches, `bronze_file` read straight into a
 /// dictionary; a file of another layout is decoded as it is ([`lay_out_day`] converts it).
@@ -503,6 +493,8 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut Vec<FactRow>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::schema::text_dictionary;
+    use arrow_schema::DataType;
 
     fn row(id: i64, enq: i64, discharge: Option<i64>) -> FactRow {
         FactRow {
@@ -544,7 +536,7 @@ mod tests {
             .collect();
         let in_memory = encode(&mut rows, 150_000).unwrap();
         assert_eq!(in_memory.schema(), *FACT_IN_MEMORY);
-        assert_eq!(*in_memory.column_by_name("bronze_file").unwrap().data_type(), bronze_file_type());
+        assert_eq!(*in_memory.column_by_name("bronze_file").unwrap().data_type(), text_dictionary());
         // The same rows with the schema's plain strings, built independently of the dictionary.
         let plain: arrow_array::StringArray = rows.iter().map(|r| Some(&*r.bronze_file)).collect();
         let mut columns = in_memory.columns().to_vec();

@@ -220,17 +220,8 @@ pub const SILVER_COLUMNS: [&str; 13] = [
 /// event hub, partition) as dictionaries, which silver's files store them as: a build interns each
 /// distinct value of a batch once, not every row's (see [`Visits::add_silver_file`]).
 pub static SILVER_AS_READ: std::sync::LazyLock<arrow_schema::SchemaRef> = std::sync::LazyLock::new(|| {
-    let dictionary = arrow_schema::DataType::Dictionary(
-        Box::new(arrow_schema::DataType::Int32),
-        Box::new(arrow_schema::DataType::Utf8),
-    );
-    let fields = crate::model::schema::SILVER.fields().iter().map(|f| match f.name().as_str() {
-        "gender" | "department" | "event_hub" | "partition_id" => {
-            Arc::new(arrow_schema::Field::new(f.name(), dictionary.clone(), f.is_nullable()))
-        }
-        _ => Arc::clone(f),
-    });
-    Arc::new(arrow_schema::Schema::new(fields.collect::<Vec<_>>()))
+    let silver = &crate::model::schema::SILVER;
+    crate::model::schema::with_text_dictionaries(silver, &["gender", "department", "event_hub", "partition_id"])
 });
 
 /// A text column of silver: plain, or dictionary-encoded (see [`SILVER_AS_READ`]).
