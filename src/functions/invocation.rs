@@ -107,11 +107,14 @@ pub fn unwrap_json(v: &Value) -> Cow<'_, Value> {
     }
 }
 
-/// A host string value (double-encoded: `"\"abc\""`), tolerating the single-encoded form.
+/// A host string value (double-encoded: `"\"abc\""`), tolerating the single-encoded form and a
+/// bare number. A single-encoded string that reads as a JSON number keeps its own text: an event
+/// hub named `0E0` stays `0E0`, not the number's rendering `0.0`.
 pub fn host_string(v: &Value) -> Option<String> {
     match unwrap_json(v) {
         Cow::Owned(Value::String(s)) => Some(s),
         Cow::Borrowed(Value::String(s)) => Some(s.clone()),
+        Cow::Owned(Value::Number(_)) => v.as_str().map(str::to_string),
         other => other.as_number().map(ToString::to_string),
     }
 }
@@ -540,6 +543,11 @@ mod tests {
         assert_eq!(*unwrap_json(&json!("plain text")), json!("plain text"));
         assert_eq!(host_string(&json!("\"https://acct/x\"")).as_deref(), Some("https://acct/x"));
         assert_eq!(host_string(&json!("1041")).as_deref(), Some("1041"));
+        // Found by the envelope property test: a name that reads as a JSON number keeps its text.
+        assert_eq!(host_string(&json!("0E0")).as_deref(), Some("0E0"));
+        assert_eq!(host_string(&json!("1.50")).as_deref(), Some("1.50"));
+        assert_eq!(host_string(&json!(1041)).as_deref(), Some("1041"));
+        assert_eq!(host_string(&json!(null)), None);
     }
 
     #[test]
