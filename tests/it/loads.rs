@@ -405,10 +405,13 @@ proptest! {
     }
 }
 
-/// A load appends fact files by when their census flag next flips (the files no clock replaces
-/// last), not in the build's day order: the rows a later build replaces together sit together, so
-/// their delete empties whole row groups instead of leaving holes across every recent day. Read
-/// back through DuckDB's `rowid` (a row's position in the table's storage).
+/// A load takes fact files up by when their census flag next flips (the files no clock replaces
+/// last), not in the build's day order, and stores each file's rows next to each other though two
+/// threads insert them (each a run of consecutive files, cut at a whole row group: the file the cut
+/// falls in is stored in two pieces at most): the rows a later build replaces together sit
+/// together, so their delete empties whole row groups instead of leaving holes across every recent
+/// day. Read back through the files' ids (the order the load took them up) and DuckDB's `rowid` (a
+/// row's position in the table's storage).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facts_that_flip_together_are_stored_together() {
     let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
@@ -425,11 +428,14 @@ async fn facts_that_flip_together_are_stored_together() {
         ("2026-11-21", "c", Some(1)),
         ("2026-11-21", "d", Some(2)),
     ];
+    // Files of many of DuckDB's vectors (2,048 rows), more than two row groups (122,880) in all:
+    // rows handed out vector by vector to whichever thread asks would interleave them.
+    const ROWS: i64 = 70_000;
     for (i, (day, name, flip)) in files.into_iter().enumerate() {
-        let rows: Vec<Row> = (0..3).map(|k| (10 * i as i64 + k, 0)).collect();
+        let rows: Vec<Row> = (0..ROWS).map(|k| (1_000_000 * i as i64 + k, 0)).collect();
         let file = format!("builds/1/fact/{name}.parquet");
         put(&lake, &file, &schema::FACT_PATIENT_FLOW, batch(&schema::FACT_PATIENT_FLOW, &rows, false)).await;
-        let table_file = TableFile { file, rows: 3, fresh: true, next_change_us: flip, ..Default::default() };
+        let table_file = TableFile { file, rows: ROWS as u64, fresh: true, next_change_us: flip, ..Default::default() };
         m.fact_patient_flow.entry(day.into()).or_default().files.push(table_file);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -439,8 +445,9 @@ async fn facts_that_flip_together_are_stored_together() {
         .with_conn(|c| {
             let mut s = c
                 .prepare(
-                    "SELECT l.file, min(f.rowid), max(f.rowid) FROM FactPatientFlow f \
-                     JOIN LoadedFile l ON l.file_id = f.gold_file_id GROUP BY l.file ORDER BY 2",
+                    "SELECT l.file, count(*), count(*) FILTER (WHERE f.previous IS DISTINCT FROM f.gold_file_id) \
+                     FROM (SELECT gold_file_id, lag(gold_file_id) OVER (ORDER BY rowid) AS previous FROM FactPatientFlow) f \
+                     JOIN LoadedFile l ON l.file_id = f.gold_file_id GROUP BY l.file, l.file_id ORDER BY l.file_id",
                 )
                 .unwrap();
             Ok(s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect())
@@ -449,8 +456,101 @@ async fn facts_that_flip_together_are_stored_together() {
         .unwrap();
     let order: Vec<&str> = stored.iter().map(|(f, ..)| f.trim_start_matches("builds/1/fact/")).collect();
     assert_eq!(order, ["c.parquet", "a.parquet", "d.parquet", "b.parquet"], "by next flip, ties in build order");
-    for pair in stored.windows(2) {
-        assert_eq!(pair[0].2 + 1, pair[1].1, "each file's rows are contiguous: {stored:?}");
+    for (file, rows, pieces) in &stored {
+        assert_eq!(*rows, ROWS, "{file}");
+        assert!(*pieces <= 2, "{file} is stored in {pieces} pieces: {stored:?}");
+    }
+    let pieces: i64 = stored.iter().map(|(.., p)| p).sum();
+    assert!(pieces <= stored.len() as i64 + 1, "one file at most is cut in two: {stored:?}");
+}
+
+/// A manifest of one fact file in `lake` holding `rows`, written as `batch` (build `n`).
+async fn fact_build(lake: &Lake, n: u64, name: &str, batch: RecordBatch) -> Manifest {
+    let file = format!("builds/{n}/fact/{name}.parquet");
+    let bytes: Bytes = encode(&batch.schema(), std::slice::from_ref(&batch), Codec::Fast).unwrap();
+    lake.put(Container::Gold, &file.as_str().into(), bytes).await.unwrap();
+    let mut m = Manifest {
+        build: n,
+        build_id: format!("{n:010}-0000000000000000"),
+        as_of: "2026-11-24T12:00:00.000000Z".into(),
+        ..Default::default()
+    };
+    let table_file = TableFile { file, rows: batch.num_rows() as u64, fresh: true, ..Default::default() };
+    m.fact_patient_flow.entry("2026-11-20".into()).or_default().files.push(table_file);
+    m
+}
+
+/// Gold files keep their columns' meaning, not always their arrow types: files written before gold
+/// stored milliseconds hold microseconds, and a writer may store text as a dictionary. Such a file
+/// loads as the same rows as one of today's types (every column compared as text), in a load of
+/// several threads where each converts the batches it decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gold_files_of_other_arrow_types_load_as_the_same_rows() {
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let rows: Vec<Row> = (0..5_000).map(|k| (k, 1)).collect();
+    let today = batch(&schema::FACT_PATIENT_FLOW, &rows, false);
+    let (mut fields, mut columns) = (Vec::new(), Vec::new());
+    for (field, column) in today.schema().fields().iter().zip(today.columns()) {
+        let (field, column) = match field.data_type() {
+            DataType::Timestamp(_, tz) => {
+                let micros = DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, tz.clone());
+                (field.as_ref().clone().with_data_type(micros.clone()), arrow_cast::cast(column, &micros).unwrap())
+            }
+            DataType::Utf8 => {
+                let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                (
+                    field.as_ref().clone().with_data_type(dictionary.clone()),
+                    arrow_cast::cast(column, &dictionary).unwrap(),
+                )
+            }
+            _ => (field.as_ref().clone(), Arc::clone(column)),
+        };
+        fields.push(field);
+        columns.push(column);
+    }
+    let older = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), columns).unwrap();
+
+    let mut loaded = Vec::new();
+    for (name, batch) in [("today", today), ("older", older)] {
+        let m = fact_build(&lake, 1, name, batch).await;
+        let dir = tempfile::tempdir().unwrap();
+        let w = Embedded::open(&dir.path().join("w.duckdb")).unwrap();
+        assert_eq!(w.load(&lake, &m).await.unwrap().fact_rows_written, 5_000, "{name}");
+        let mut held = contents(&w).await;
+        held.remove("LoadedFile");
+        loaded.push(held);
+    }
+    assert_eq!(loaded[0], loaded[1]);
+}
+
+/// A build naming a fact file that is not a gold fact file (not parquet; parquet without a column
+/// the table has) fails its load with an error naming the file and what is wrong, and the
+/// warehouse keeps the build it held, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_gold_file_fails_the_load_and_leaves_the_build_held() {
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let first = fact_build(&lake, 1, "good", batch(&schema::FACT_PATIENT_FLOW, &[(1, 0), (2, 0)], false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Embedded::open(&dir.path().join("w.duckdb")).unwrap();
+    assert!(w.load(&lake, &first).await.unwrap().loaded);
+    let before = contents(&w).await;
+
+    let rows: Vec<Row> = (10..5_010).map(|k| (k, 0)).collect();
+    let full = batch(&schema::FACT_PATIENT_FLOW, &rows, false);
+    let without_fact_id = full.project(&(1..full.num_columns()).collect::<Vec<_>>()).unwrap();
+    let mut not_parquet = fact_build(&lake, 2, "garbage", full.clone()).await;
+    let garbage = not_parquet.fact_patient_flow["2026-11-20"].files[0].file.clone();
+    lake.put(Container::Gold, &garbage.as_str().into(), Bytes::from_static(b"not a parquet file")).await.unwrap();
+    let missing_column = fact_build(&lake, 2, "no-fact-id", without_fact_id).await;
+    // Beside a good file, so another thread reads it while the bad one fails.
+    let good = fact_build(&lake, 2, "more", full).await;
+    let day = not_parquet.fact_patient_flow.get_mut("2026-11-20").unwrap();
+    day.files.extend(good.fact_patient_flow["2026-11-20"].files.clone());
+    for (m, expected) in [(&not_parquet, "garbage.parquet"), (&missing_column, "has no column `fact_id`")] {
+        let e = w.load(&lake, m).await.unwrap_err().to_string();
+        assert!(e.contains(expected), "{e}");
+        assert_eq!(w.loaded_build().await.unwrap(), Some(1));
+        assert_eq!(contents(&w).await, before, "nothing of the failed load is visible");
     }
 }
 

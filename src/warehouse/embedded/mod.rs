@@ -6,12 +6,12 @@
 //! `LoadedFile` follows. Then N goes into `LoadLog`, so a reader sees build N-1 or build N. Loading
 //! N twice changes nothing. The warehouse then holds exactly the rows of the build's files, however
 //! far behind it was: no rule about keys is needed, and a delete reads one small integer column,
-//! whose row groups zone maps skip (each load's ids follow the largest held, so a file's rows are
-//! contiguous and ids rise along the table).
+//! whose row groups zone maps skip (each load's ids follow the largest held, and a file's rows are
+//! stored next to each other).
 //!
-//! Gold files are fetched and decoded on another thread while DuckDB appends the previous batch
-//! (arrow batches through the appender), a few batches in flight at most, so memory holds a
-//! handful of batches, not the build.
+//! Gold files are fetched a few files ahead, and DuckDB's threads decode and insert them in
+//! parallel through a table function (see [`scan`]), so memory holds a few files' bytes and a
+//! batch per thread, not the build.
 //!
 //! The file is open only while a load or a report runs: DuckDB lets one process write a file (or
 //! several read it), so a handler that kept it open would lock every other reader out, e.g.
@@ -26,20 +26,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection};
 
 use super::{Error, GoldFile, LoadMetrics, Result, Table, Warehouse};
+
+mod scan;
 use crate::config::EmbeddedConfig;
 use crate::pipeline::gold::manifest::Manifest;
-use crate::pipeline::gold::{input, keys};
-use crate::storage::{Container, Lake};
+use crate::storage::Lake;
 
 /// The schema DDL.
-pub const SCHEMA: &str = include_str!("../../sql/embedded/001_schema.sql");
+pub const SCHEMA: &str = include_str!("../../../sql/embedded/001_schema.sql");
 
 /// How long an operation waits for another process's lock on the file before it gives up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -293,148 +291,6 @@ impl Warehouse for Embedded {
     }
 }
 
-/// Gold stores UTC milliseconds (`Timestamp(Millisecond, "UTC")`); the warehouse's columns are
-/// `TIMESTAMP` (naive, UTC by convention), so the KPI SQL never depends on the session's time zone.
-/// Converts every timestamp column to naive microseconds, the arrow type of DuckDB's `TIMESTAMP`.
-fn naive_timestamps(batch: RecordBatch) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let naive = DataType::Timestamp(TimeUnit::Microsecond, None);
-    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Timestamp(..)) && *f.data_type() != naive) {
-        return Ok(batch);
-    }
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        if let DataType::Timestamp(..) = field.data_type() {
-            let us = crate::model::schema::gold_column_micros(column.as_ref()).ok_or_else(|| {
-                Error::Database(format!(
-                    "gold column `{}` is {}; the warehouse loads millisecond or microsecond timestamps",
-                    field.name(),
-                    field.data_type()
-                ))
-            })?;
-            fields.push(Field::new(field.name(), naive.clone(), field.is_nullable()));
-            columns.push(Arc::new(us));
-        } else {
-            fields.push(field.as_ref().clone());
-            columns.push(Arc::clone(column));
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| Error::Database(e.to_string()))
-}
-
-/// A message from the reader thread: a batch of the current file, or its end.
-enum Piece {
-    Batch(RecordBatch),
-    End,
-}
-
-/// Batches in flight between the reader thread and DuckDB.
-const IN_FLIGHT: usize = 4;
-
-/// Decodes a gold file of `table`, batch by batch, into `out`, each batch with the columns the
-/// warehouse adds: DimPatient's `patient_key` (from its `patient_id`), then `gold_file_id` holding
-/// `id`. Fails (never panics) on anything that is not a gold file.
-fn decode_into(
-    table: Table,
-    file: &str,
-    id: i64,
-    bytes: bytes::Bytes,
-    out: &tokio::sync::mpsc::Sender<Result<Piece>>,
-) -> Result<()> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let corrupt = |detail: String| Error::Pipeline(crate::pipeline::Error::Corrupt { key: file.to_string(), detail });
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
-    for batch in builder.with_batch_size(32 * 1024).build().map_err(|e| corrupt(e.to_string()))? {
-        let batch = naive_timestamps(batch.map_err(|e| corrupt(e.to_string()))?)?;
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut columns = batch.columns().to_vec();
-        if table == Table::DimPatient {
-            let ids = input::column(&batch, file, "patient_id", |c| c.as_string_opt::<i32>())?;
-            if ids.null_count() > 0 {
-                return Err(corrupt("DimPatient has a row without a patient_id".into()));
-            }
-            let keys = Int64Array::from_iter_values((0..ids.len()).map(|i| keys::patient_key(ids.value(i))));
-            fields.push(Field::new(PATIENT_KEY, DataType::Int64, false));
-            columns.push(Arc::new(keys));
-        }
-        fields.push(Field::new(GOLD_FILE_ID, DataType::Int64, false));
-        columns.push(Arc::new(Int64Array::from_value(id, batch.num_rows())));
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| corrupt(e.to_string()))?;
-        if out.blocking_send(Ok(Piece::Batch(batch))).is_err() {
-            return Ok(()); // The load stopped.
-        }
-    }
-    Ok(())
-}
-
-/// Fetches and decodes `reads` in order on a blocking thread of the runtime, the next file's fetch
-/// overlapping the current one's decode; the receiver gets each file's batches, then its end.
-fn spawn_reader(
-    lake: &Lake,
-    reads: Vec<(Table, String, i64)>,
-    rt: &tokio::runtime::Handle,
-) -> tokio::sync::mpsc::Receiver<Result<Piece>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
-    let (lake, handle) = (lake.clone(), rt.clone());
-    let fetch = move |file: &str| {
-        let (lake, key) = (lake.clone(), object_store::path::Path::from(file));
-        handle.spawn(async move { lake.get(Container::Gold, &key).await })
-    };
-    let blocking = rt.clone();
-    rt.spawn_blocking(move || {
-        let mut next = reads.first().map(|(_, file, _)| fetch(file));
-        for (i, (table, file, id)) in reads.iter().enumerate() {
-            let Some(current) = next.take() else { break };
-            next = reads.get(i + 1).map(|(_, file, _)| fetch(file));
-            let result = match blocking.block_on(current) {
-                Ok(Ok(bytes)) => decode_into(*table, file, *id, bytes, &tx),
-                Ok(Err(e)) => Err(Error::Pipeline(e.into())),
-                Err(e) => Err(Error::Database(format!("reading gold failed: {e}"))),
-            };
-            let message = result.map(|()| Piece::End);
-            let failed = message.is_err();
-            if tx.blocking_send(message).is_err() || failed {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// The next file from the reader, batch by batch, into `sink`; returns its rows.
-fn receive(
-    rx: &mut tokio::sync::mpsc::Receiver<Result<Piece>>,
-    mut sink: impl FnMut(RecordBatch) -> Result<()>,
-) -> Result<u64> {
-    let mut rows = 0;
-    loop {
-        match rx.blocking_recv() {
-            Some(Ok(Piece::Batch(b))) => {
-                rows += b.num_rows() as u64;
-                sink(b)?;
-            }
-            Some(Ok(Piece::End)) => return Ok(rows),
-            Some(Err(e)) => return Err(e),
-            None => return Err(Error::Database("the gold reader stopped before the end of a file".into())),
-        }
-    }
-}
-
-/// Rows an appender collects before it hands them to the table. DuckDB's appender collects 204,800
-/// rows (100 vectors) by default, in memory outside the database's memory limit (heaptrack saw that
-/// collection among DuckDB's allocations at a load's peak; 204,800 fact rows are tens of MB). Half
-/// a row group (30 vectors) is a few MB; the table's row groups are the same either way, and the
-/// load takes as long (no peak moved measurably either: README, Performance, session 12).
-const APPENDER_FLUSH_ROWS: usize = 30 * 2048;
-
-/// The column that tags each warehouse row with the gold file it came from (`LoadedFile.file_id`).
-const GOLD_FILE_ID: &str = "gold_file_id";
-
-/// DimPatient's durable key in the warehouse: [`keys::patient_key`] of its `patient_id`, the same
-/// for every version of a patient (see `sql/embedded/001_schema.sql`).
-const PATIENT_KEY: &str = "patient_key";
-
 /// Applies a load in one transaction that first reads what is loaded: a build already loaded
 /// changes nothing, an older one is refused.
 fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::runtime::Handle) -> Result<LoadMetrics> {
@@ -454,7 +310,6 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     let first_id = tx.query_row("SELECT coalesce(max(file_id), 0) + 1 FROM LoadedFile", [], |r| r.get::<_, i64>(0));
     let first_id = first_id.map_err(db)?;
     let added: Vec<(&GoldFile, i64)> = load_order(&changes).into_iter().zip(first_id..).collect();
-    let mut rx = spawn_reader(lake, added.iter().map(|(f, id)| (f.table, f.file.clone(), *id)).collect(), rt);
     let mut phases = BTreeMap::new();
     let mut clock = Instant::now();
     let mut lap = |phase: &'static str| {
@@ -470,35 +325,28 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         let ids = id_list(&removed);
         tx.execute_batch(&format!("SET threads = {cores}")).map_err(db)?;
         for table in Table::ALL.into_iter().filter(|&t| changes.removed.iter().any(|(r, _)| *r == t)) {
-            tx.execute(&format!("DELETE FROM {table} WHERE {GOLD_FILE_ID} IN ({ids})"), []).map_err(db)?;
+            tx.execute(&format!("DELETE FROM {table} WHERE {} IN ({ids})", scan::GOLD_FILE_ID), []).map_err(db)?;
         }
         tx.execute_batch("SET threads = 1").map_err(db)?;
     }
     lap("delete");
 
-    // 2. The rows of the added files, each tagged with its file's id.
+    // 2. The rows of the added files, each tagged with its file's id: DuckDB's threads read and
+    // insert them in parallel, file by file (see `scan`), so the table's rows need not keep the
+    // order the files come in.
+    let feed = Arc::new(scan::Feed::new(lake, rt));
+    scan::register(&tx, &feed)?;
+    tx.execute_batch(&format!("SET threads = {cores}; SET preserve_insertion_order = false;")).map_err(db)?;
     let mut written: BTreeMap<Table, u64> = BTreeMap::new();
     for table in Table::ALL {
-        let files = added.iter().filter(|(f, _)| f.table == table).count();
-        if files == 0 {
-            continue;
+        let files: Vec<scan::Read> =
+            added.iter().filter(|(f, _)| f.table == table).map(|(f, id)| (f.file.clone(), *id, f.rows)).collect();
+        if !files.is_empty() {
+            written.insert(table, scan::insert(&tx, &feed, table, files)?);
         }
-        let mut appender = tx.appender(table.name()).map_err(db)?;
-        let mut unflushed = 0;
-        for _ in 0..files {
-            *written.entry(table).or_default() += receive(&mut rx, |b| {
-                unflushed += b.num_rows();
-                appender.append_record_batch(b).map_err(db)?;
-                if unflushed >= APPENDER_FLUSH_ROWS {
-                    unflushed = 0;
-                    appender.flush().map_err(db)?;
-                }
-                Ok(())
-            })?;
-        }
-        appender.flush().map_err(db)?;
     }
-    drop(rx);
+    tx.execute_batch("SET threads = 1; SET preserve_insertion_order = true;").map_err(db)?;
+    drop(feed);
     lap("insert");
 
     // 3. What the warehouse holds now, and the build.
@@ -528,10 +376,11 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     })
 }
 
-/// The added files in the order the load appends them (and numbers them): table by table, and
+/// The added files in the order the load takes them up (and numbers them): table by table, and
 /// fact files by when their census flag next flips, the files no clock replaces last. A later
-/// build replaces the files that flip by then together, so their rows, stored next to each other,
-/// leave whole row groups, which DuckDB drops at the checkpoint. Appended in day order they left
+/// build replaces the files that flip by then together, so their rows, stored next to each other
+/// (each scan thread stores the files it takes in this order), leave whole row groups, which
+/// DuckDB drops at the checkpoint. Appended in day order they left
 /// holes in the row groups of every recent day, which the checkpoint's vacuum rewrote: measured
 /// over ten 1M runs onto one lake, the checkpoint 0.5-1.2 s a load from the fifth on, against
 /// 0.01-0.6 s (median 0.2) in this order, and 9 % of the stored fact rows deleted ones, against 5 %.
