@@ -30,11 +30,11 @@ use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection};
 
 use super::{Error, GoldFile, LoadMetrics, Result, Table, Warehouse};
-
-mod scan;
 use crate::config::EmbeddedConfig;
 use crate::pipeline::gold::manifest::Manifest;
 use crate::storage::Lake;
+
+mod scan;
 
 /// The schema DDL.
 pub const SCHEMA: &str = include_str!("../../../sql/embedded/001_schema.sql");
@@ -131,9 +131,9 @@ impl Embedded {
                     &self.config.report_memory_limit,
                     "PATIENTFLOW_REPORT_MEMORY_LIMIT",
                 ),
-                // One DuckDB thread for writes: a load appends sequentially, and DuckDB's client
-                // thread spins while its workers run, so more threads cost CPU (measured: 1M facts
-                // load in half the CPU time) and take the core that decodes gold.
+                // Writes start on one DuckDB thread (its client thread spins while workers run, which
+                // small statements only pay for); a load sets every core for its delete, its insert
+                // and the checkpoint.
                 Access::Write => (
                     Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
                     &self.config.memory_limit,
@@ -317,8 +317,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         clock = Instant::now();
     };
 
-    // 1. The rows of the files the build no longer has, by their ids: every core scans (DuckDB's
-    // client spins while its workers run, so appends stay on one thread).
+    // 1. The rows of the files the build no longer has, by their ids: every core scans.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let removed: Vec<i64> = changes.removed.iter().filter_map(|key| held.get(key).copied()).collect();
     if !removed.is_empty() {
@@ -331,9 +330,9 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     }
     lap("delete");
 
-    // 2. The rows of the added files, each tagged with its file's id: DuckDB's threads read and
-    // insert them in parallel, file by file (see `scan`), so the table's rows need not keep the
-    // order the files come in.
+    // 2. The rows of the added files, each tagged with its file's id: every core reads and inserts
+    // a run of consecutive files (see `scan`), laid out as one thread would lay them, so DuckDB
+    // need not keep the order rows arrive in.
     let feed = Arc::new(scan::Feed::new(lake, rt));
     scan::register(&tx, &feed)?;
     tx.execute_batch(&format!("SET threads = {cores}; SET preserve_insertion_order = false;")).map_err(db)?;
@@ -342,7 +341,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         let files: Vec<scan::Read> =
             added.iter().filter(|(f, _)| f.table == table).map(|(f, id)| (f.file.clone(), *id, f.rows)).collect();
         if !files.is_empty() {
-            written.insert(table, scan::insert(&tx, &feed, table, files)?);
+            written.insert(table, scan::insert(&tx, &feed, table, files, cores)?);
         }
     }
     tx.execute_batch("SET threads = 1; SET preserve_insertion_order = true;").map_err(db)?;

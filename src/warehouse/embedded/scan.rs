@@ -3,14 +3,15 @@
 //! parallel, where an appender inserts on the one thread that calls it (1M facts and 915k patient
 //! versions: 1.2 s on one thread, 0.7 s on two).
 //!
-//! The table's files, in the load's order, are cut into one run of consecutive files per thread,
-//! of about equal rows. Each scan task (DuckDB runs one per thread) takes a run and reads its files
-//! in order, decoding a file and handing its rows out one vector at a time; a task whose run is
-//! done takes files from the end of the longest run left. So each task stores a run of the load's
-//! order, its files' rows next to each other, as one thread would: the files a later build
-//! replaces together (see `load_order`) leave whole row groups, which the checkpoint drops, rather
-//! than holes it must vacuum. (Tasks that took files in turns measured checkpoints of 0.9-1.5 s on
-//! the sixth to tenth of ten 1M runs onto one lake, against 0.01-0.7 s.)
+//! The table's files, in the load's order, are cut into one run of consecutive rows per thread,
+//! every run but the last a whole number of DuckDB's row groups (a file the cut falls in is read in
+//! two parts). Each scan task (DuckDB runs one per thread) takes a run nobody reads and reads it in
+//! order, decoding a file and handing its rows out one vector at a time. So each task stores a run
+//! of the load's order in full row groups, its files' rows next to each other, as one thread would:
+//! the files a later build replaces together (see `load_order`) leave whole row groups, which the
+//! checkpoint drops, rather than holes it must vacuum. (Tasks that took files in turns, or rows a
+//! vector at a time, measured checkpoints of 0.9-1.5 s on the sixth to tenth of ten 1M runs onto
+//! one lake, against 0.01-0.7 s.)
 //!
 //! A task is known by the address of the chunk DuckDB fills for it, the same on every call of the
 //! task (DuckDB's C API offers no per-task state to a Rust table function). Nothing depends on that
@@ -438,10 +439,10 @@ pub(super) fn register(conn: &Connection, feed: &Arc<Feed>) -> Result<()> {
         .map_err(|e| Error::Database(format!("cannot register {FUNCTION}: {e}")))
 }
 
-/// Inserts the rows of `table`'s `files` (in the load's order); returns the rows inserted.
-pub(super) fn insert(conn: &Connection, feed: &Feed, table: Table, files: Vec<Read>) -> Result<u64> {
+/// Inserts the rows of `table`'s `files` (in the load's order) on `threads` threads, one run of files
+/// each; returns the rows inserted.
+pub(super) fn insert(conn: &Connection, feed: &Feed, table: Table, files: Vec<Read>, threads: usize) -> Result<u64> {
     {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut s = feed.lock();
         s.table = table;
         s.schema = insert_schema(table);
