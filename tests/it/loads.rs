@@ -508,7 +508,7 @@ async fn gold_files_of_other_arrow_types_load_as_the_same_rows() {
                 (field.as_ref().clone().with_data_type(micros.clone()), arrow_cast::cast(column, &micros).unwrap())
             }
             DataType::Utf8 => {
-                let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                let dictionary = schema::text_dictionary();
                 (
                     field.as_ref().clone().with_data_type(dictionary.clone()),
                     arrow_cast::cast(column, &dictionary).unwrap(),

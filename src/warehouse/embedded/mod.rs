@@ -9,9 +9,9 @@
 //! whose row groups zone maps skip (each load's ids follow the largest held, and a file's rows are
 //! stored next to each other).
 //!
-//! Gold files are fetched a few files ahead, and DuckDB's threads decode and insert them in
-//! parallel through a table function (see [`scan`]), so memory holds a few files' bytes and a
-//! batch per thread, not the build.
+//! DuckDB's threads read the gold files and insert them in parallel through a table function
+//! (see [`scan`]), each fetching its next file while it decodes the current one, so memory holds
+//! two files' bytes and a batch per thread, not the build.
 //!
 //! The file is open only while a load or a report runs: DuckDB lets one process write a file (or
 //! several read it), so a handler that kept it open would lock every other reader out, e.g.
@@ -132,8 +132,7 @@ impl Embedded {
                     "PATIENTFLOW_REPORT_MEMORY_LIMIT",
                 ),
                 // Writes start on one DuckDB thread (its client thread spins while workers run, which
-                // small statements only pay for); a load sets every core for its delete, its insert
-                // and the checkpoint.
+                // small statements only pay for); a load sets every core once it has work to do.
                 Access::Write => (
                     Config::default().access_mode(AccessMode::ReadWrite).and_then(|c| c.threads(1)),
                     &self.config.memory_limit,
@@ -317,25 +316,25 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
         clock = Instant::now();
     };
 
-    // 1. The rows of the files the build no longer has, by their ids: every core scans.
+    // From here on every core works: the delete scans, the insert reads and inserts a run of
+    // consecutive files per core (see `scan`), laid out as one thread would lay them, so DuckDB
+    // need not keep the order rows arrive in, and the checkpoint compresses.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tx.execute_batch(&format!("SET threads = {cores}; SET preserve_insertion_order = false;")).map_err(db)?;
+
+    // 1. The rows of the files the build no longer has, by their ids.
     let removed: Vec<i64> = changes.removed.iter().filter_map(|key| held.get(key).copied()).collect();
     if !removed.is_empty() {
         let ids = id_list(&removed);
-        tx.execute_batch(&format!("SET threads = {cores}")).map_err(db)?;
         for table in Table::ALL.into_iter().filter(|&t| changes.removed.iter().any(|(r, _)| *r == t)) {
             tx.execute(&format!("DELETE FROM {table} WHERE {} IN ({ids})", scan::GOLD_FILE_ID), []).map_err(db)?;
         }
-        tx.execute_batch("SET threads = 1").map_err(db)?;
     }
     lap("delete");
 
-    // 2. The rows of the added files, each tagged with its file's id: every core reads and inserts
-    // a run of consecutive files (see `scan`), laid out as one thread would lay them, so DuckDB
-    // need not keep the order rows arrive in.
+    // 2. The rows of the added files, each tagged with its file's id.
     let feed = Arc::new(scan::Feed::new(lake, rt));
     scan::register(&tx, &feed)?;
-    tx.execute_batch(&format!("SET threads = {cores}; SET preserve_insertion_order = false;")).map_err(db)?;
     let mut written: BTreeMap<Table, u64> = BTreeMap::new();
     for table in Table::ALL {
         let files: Vec<scan::Read> =
@@ -344,7 +343,6 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
             written.insert(table, scan::insert(&tx, &feed, table, files, cores)?);
         }
     }
-    tx.execute_batch("SET threads = 1; SET preserve_insertion_order = true;").map_err(db)?;
     drop(feed);
     lap("insert");
 
@@ -359,9 +357,9 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
     .map_err(db)?;
     tx.commit().map_err(db)?;
     lap("commit");
-    // The checkpoint (compressing the new rows into the file) is what closing the file would do on
-    // this connection's one thread; done here it uses every core, as nothing else runs by now.
-    conn.execute_batch(&format!("SET threads = {cores}; CHECKPOINT;")).map_err(db)?;
+    // The checkpoint (compressing the new rows into the file) is what closing the file would do;
+    // done here it is timed, on every core, as nothing else runs by now.
+    conn.execute_batch("CHECKPOINT").map_err(db)?;
     lap("checkpoint");
     Ok(LoadMetrics {
         build: manifest.build,

@@ -320,26 +320,22 @@ impl Feed {
             }
             (Arc::clone(&s.schema), s.reading.remove(&task))
         };
-        let mut reading = match held {
-            Some(r) => r,
-            None => match self.claim(task)? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
-        };
+        let mut held = held;
         loop {
-            // Decoding runs outside the lock, so tasks decode in parallel.
-            match reading.next_slice(&schema, vector)? {
-                Some(slice) => {
-                    let mut s = self.lock();
-                    s.rows += slice.num_rows() as u64;
-                    s.reading.insert(task, reading);
-                    return Ok(Some(slice));
-                }
+            let mut reading = match held.take() {
+                Some(r) => r,
                 None => match self.claim(task)? {
-                    Some(r) => reading = r,
+                    Some(r) => r,
                     None => return Ok(None),
                 },
+            };
+            // Decoding runs outside the lock, so tasks decode in parallel; a part that has ended
+            // gives way to the task's next.
+            if let Some(slice) = reading.next_slice(&schema, vector)? {
+                let mut s = self.lock();
+                s.rows += slice.num_rows() as u64;
+                s.reading.insert(task, reading);
+                return Ok(Some(slice));
             }
         }
     }
@@ -450,13 +446,15 @@ pub(super) fn insert(conn: &Connection, feed: &Feed, table: Table, files: Vec<Re
         s.rows = 0;
     }
     // One statement inserts every file unless a task left one unfinished (see the module docs).
+    let mut before = None;
     while feed.pending()? {
-        let before = feed.lock().rows;
-        conn.execute(&format!("INSERT INTO {table} BY NAME SELECT * FROM {FUNCTION}()"), [])
-            .map_err(|e| feed.lock().error.take().unwrap_or_else(|| Error::Database(e.to_string())))?;
-        if feed.lock().rows == before && feed.pending()? {
+        let rows = feed.lock().rows;
+        if before == Some(rows) {
             return Err(Error::Database(format!("inserting {table}: a statement took no rows")));
         }
+        before = Some(rows);
+        conn.execute(&format!("INSERT INTO {table} BY NAME SELECT * FROM {FUNCTION}()"), [])
+            .map_err(|e| feed.lock().error.take().unwrap_or_else(|| Error::Database(e.to_string())))?;
     }
     Ok(feed.lock().rows)
 }
