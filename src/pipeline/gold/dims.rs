@@ -103,9 +103,16 @@ pub struct ScdStats {
 ///
 /// `records` are sorted in place by (admission, order key).
 pub fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit]) -> Vec<PatientVersion> {
+    let mut out = Vec::new();
+    versions_into(visits, patient_id, records, &mut out);
+    out
+}
+
+/// [`versions`] into `out` (cleared first), so a build reuses one buffer for every patient.
+pub fn versions_into(visits: &Visits, patient_id: &str, records: &mut [&Visit], out: &mut Vec<PatientVersion>) {
     // The order key is unique per event: an unstable sort is deterministic.
     records.sort_unstable_by_key(|v| (v.admission_us, visits.order_key(v)));
-    let mut out: Vec<PatientVersion> = Vec::new();
+    out.clear();
     for (n, v) in records.iter().enumerate() {
         if records.get(n + 1).is_some_and(|next| next.admission_us == v.admission_us) {
             continue; // a later record at the same instant holds
@@ -127,7 +134,6 @@ pub fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit]) -> Ve
             effective_to: None,
         });
     }
-    out
 }
 
 /// The surrogate key of the version valid at `t` (the first version for instants before it).

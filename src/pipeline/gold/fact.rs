@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
@@ -187,6 +187,14 @@ fn file_class(fresh: bool, next_change: Option<i64>, as_of: i64) -> FileClass {
     }
 }
 
+/// A [`FileClass`] as one integer in the same order: not fresh in the top bit, the horizon in the
+/// next two, the window offset by 2^60 in the rest (a window of any i64 instant is within ±2^29),
+/// so sorting a day's rows compares one number where it compared three.
+fn packed(class: FileClass) -> u64 {
+    let (stale, horizon, window) = class;
+    (u64::from(stale) << 63) | (u64::from(horizon) << 61) | (window + (1 << 60)) as u64
+}
+
 /// One file of a day, as [`lay_out_day`] splits it.
 pub struct DayFile {
     /// Whether all its rows are new to gold (a loader appends them without deleting).
@@ -233,7 +241,7 @@ pub fn lay_out_day(
     // The sort keys side by side (a comparison reads one tuple, not three columns); the row's
     // place (batch, row) last: equal keys (which a day never holds twice) would still come out in
     // one order.
-    let mut keyed: Vec<(FileClass, i64, i64, u32, u32)> = Vec::with_capacity(rows);
+    let mut keyed: Vec<(u64, i64, i64, u32, u32)> = Vec::with_capacity(rows);
     // Per batch: each row's flip instant and discharge, for the files' metadata.
     let mut flips: Vec<Vec<Option<i64>>> = Vec::with_capacity(sources.len());
     let mut discharges: Vec<Vec<Option<i64>>> = Vec::with_capacity(sources.len());
@@ -252,7 +260,7 @@ pub fn lay_out_day(
             admitted.append_value(is_admitted(adm, dis, as_of));
             let change = next_change(adm, dis, as_of);
             let is_fresh = b == 0 && fresh_new.get(i).copied().unwrap_or(false);
-            keyed.push((file_class(is_fresh, change, as_of), adm, fact_id.value(i), b as u32, i as u32));
+            keyed.push((packed(file_class(is_fresh, change, as_of)), adm, fact_id.value(i), b as u32, i as u32));
             next.push(change);
             left.push(dis);
         }
@@ -266,9 +274,9 @@ pub fn lay_out_day(
     let mut plans = Vec::new();
     for file in keyed.chunk_by(|a, b| a.0 == b.0) {
         let class = file[0].0;
-        let at = |&(.., b, i): &(FileClass, i64, i64, u32, u32)| (b as usize, i as usize);
+        let at = |&(.., b, i): &(u64, i64, i64, u32, u32)| (b as usize, i as usize);
         plans.push(FilePlan {
-            fresh: !class.0,
+            fresh: class >> 63 == 0,
             rows: file.iter().map(at).collect(),
             next_change_us: file.iter().filter_map(|k| flips[at(k).0][at(k).1]).min(),
             discharge_days: file
@@ -376,16 +384,22 @@ fn encode_unsorted(rows: &[FactRow], as_of: i64) -> Result<RecordBatch> {
     let mut part = StringBuilder::with_capacity(n, n);
     let mut seq = Int64Builder::with_capacity(n);
     let mut enq = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
-    // Rows come patient by patient: the same bronze file in long runs, a few thousand in all.
-    let mut file = StringDictionaryBuilder::<Int32Type>::new();
+    // A few thousand bronze files in all, each name one shared string: a row's key is found by the
+    // string's address, and a name's content hashed once per address; keys in order of first
+    // appearance, as a dictionary builder gives them.
+    let mut file = Int32Builder::with_capacity(n);
+    let mut file_names = StringBuilder::new();
+    let mut file_ids: rustc_hash::FxHashMap<&str, i32> = rustc_hash::FxHashMap::default();
+    let mut file_at: rustc_hash::FxHashMap<usize, i32> = rustc_hash::FxHashMap::default();
+    let (mut admission_keys, mut discharge_keys) = (keys::TimeKeys::default(), keys::TimeKeys::default());
     let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone(GOLD_TZ);
     let mut visit = Date32Builder::with_capacity(n);
     for r in rows.iter() {
         fact_id.append_value(r.fact_id);
         patient.append_value(r.patient_sk);
         dept.append_value(r.department_sk);
-        adm_key.append_value(keys::time_key(r.admission_us).unwrap_or(keys::UNKNOWN_TIME_KEY));
-        dis_key.append_option(r.discharge_us.and_then(keys::time_key));
+        adm_key.append_value(admission_keys.key(r.admission_us).unwrap_or(keys::UNKNOWN_TIME_KEY));
+        dis_key.append_option(r.discharge_us.and_then(|us| discharge_keys.key(us)));
         adm.append_value(to_gold_ms(r.admission_us));
         dis.append_option(r.discharge_us.map(to_gold_ms));
         adm_date.append_value(keys::epoch_days(r.admission_us));
@@ -396,7 +410,14 @@ fn encode_unsorted(rows: &[FactRow], as_of: i64) -> Result<RecordBatch> {
         part.append_value(&r.partition_id);
         seq.append_value(r.sequence_number);
         enq.append_value(to_gold_ms(r.enqueued_us));
-        file.append_value(&r.bronze_file);
+        let id = *file_at.entry(Arc::as_ptr(&r.bronze_file).cast::<u8>() as usize).or_insert_with(|| {
+            let next = file_ids.len() as i32;
+            *file_ids.entry(&r.bronze_file).or_insert_with(|| {
+                file_names.append_value(&r.bronze_file);
+                next
+            })
+        });
+        file.append_value(id);
         ingested.append_value(to_gold_ms(r.ingested_us));
         visit.append_value(r.visit_date);
     }
@@ -416,7 +437,7 @@ fn encode_unsorted(rows: &[FactRow], as_of: i64) -> Result<RecordBatch> {
         Arc::new(part.finish()),
         Arc::new(seq.finish()),
         Arc::new(enq.finish()),
-        Arc::new(file.finish()),
+        Arc::new(DictionaryArray::<Int32Type>::try_new(file.finish(), Arc::new(file_names.finish()))?),
         Arc::new(ingested.finish()),
         Arc::new(visit.finish()),
     ];
@@ -492,6 +513,24 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut Vec<FactRow>) -> Re
 
 #[cfg(test)]
 mod tests {
+    /// Instants anywhere, or within a few weeks of the epoch (rows in the same windows, every horizon).
+    fn instant() -> impl proptest::strategy::Strategy<Value = i64> {
+        proptest::prop_oneof![-(1i64 << 61)..(1i64 << 61), 0i64..(400 * 3_600_000_000)]
+    }
+
+    proptest::proptest! {
+        /// Packed classes sort as the classes do, for any rows' flips and clocks.
+        #[test]
+        fn packed_classes_keep_their_order(
+            a in (proptest::bool::ANY, proptest::option::of(instant())),
+            b in (proptest::bool::ANY, proptest::option::of(instant())),
+            as_of in instant(),
+        ) {
+            let (x, y) = (super::file_class(a.0, a.1, as_of), super::file_class(b.0, b.1, as_of));
+            proptest::prop_assert_eq!(super::packed(x).cmp(&super::packed(y)), x.cmp(&y));
+        }
+    }
+
     use super::*;
     use crate::model::schema::text_dictionary;
     use arrow_schema::DataType;

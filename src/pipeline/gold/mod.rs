@@ -632,6 +632,8 @@ async fn build_on(
     let mut leaving: FxHashSet<i64> = FxHashSet::default();
     let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
     let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
+    let (mut old_versions, mut new_versions): (Vec<dims::PatientVersion>, Vec<dims::PatientVersion>) =
+        (Vec::new(), Vec::new());
     let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
     for bucket in &visits.buckets {
         for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
@@ -653,13 +655,13 @@ async fn build_on(
                 continue;
             }
             let pid = bucket.patient_id(&patient[0]);
-            let new_versions = dims::versions(&visits, pid, &mut new_winners);
+            dims::versions_into(&visits, pid, &mut new_winners, &mut new_versions);
             let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
             if old_winners.is_empty() {
                 metrics.patients.new_patients += 1;
                 metrics.patients.versions_closed += closed(&new_versions);
             } else {
-                let old_versions = dims::versions(&visits, pid, &mut old_winners);
+                dims::versions_into(&visits, pid, &mut old_winners, &mut old_versions);
                 metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
                 for v in &old_winners {
                     let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
