@@ -19,6 +19,9 @@ pub mod local_host;
 pub mod memory;
 /// Pure data: the event contract and table schemas.
 pub mod model;
+/// Byte copies and comparisons the static musl build uses in place of musl's.
+#[cfg(target_arch = "x86_64")]
+pub mod musl_mem;
 /// Deployable Function App folders.
 pub mod package;
 /// The pipeline core: bronze, silver, gold.
