@@ -9,9 +9,10 @@
 //! writer. In a 1M-event `run` of the deploy build, `memcpy` alone took 23 % of the CPU (glibc's
 //! takes 7 % of the glibc build's), and the deploy build was 1.6× slower than the glibc build to gold.
 //!
-//! Short lengths are copied and compared with two to four overlapping loads of 1, 2, 4, 8 or 16
-//! bytes (the technique of glibc's and LLVM's own routines), longer copies with `rep movsb`, which
-//! every x86_64 CPU since 2013 runs at cache-line speed (ERMS). Every load and store here is of a
+//! Up to 64 bytes are copied and compared with two to four overlapping loads of 1, 2, 4, 8 or 16
+//! bytes (the technique of glibc's and LLVM's own routines); longer copies use `rep movsb`, which
+//! CPUs with ERMS (Intel's since 2012, AMD's recent ones) run at close to memory speed and every
+//! x86_64 CPU runs correctly (glibc also uses it, from 2 KiB on). Every load and store here is of a
 //! register-sized value or inline assembly, so the compiler cannot turn these functions back into
 //! calls to themselves. They are tested against byte-by-byte copies and comparisons on every build
 //! (`tests`), and the musl test run (`scripts/test --target x86_64-unknown-linux-musl`) runs the whole
@@ -116,26 +117,15 @@ pub unsafe fn compare(a: *const u8, b: *const u8, n: usize) -> Ordering {
     }
 }
 
-/// Whether `n` bytes are equal (`bcmp`).
+/// Whether `n` bytes are equal (`bcmp`): [`compare`] finding no difference (it orders only the
+/// first difference it meets, so equality costs it nothing more).
 ///
 /// # Safety
 /// `a` and `b` must be valid for reads of `n` bytes.
 #[inline]
 pub unsafe fn equal(a: *const u8, b: *const u8, n: usize) -> bool {
-    // SAFETY: as in `compare`.
-    unsafe {
-        if n >= 8 {
-            let mut i = 0;
-            while i + 8 <= n {
-                if load8(a.add(i)) != load8(b.add(i)) {
-                    return false;
-                }
-                i += 8;
-            }
-            return i == n || load8(a.add(n - 8)) == load8(b.add(n - 8));
-        }
-        short_be(a, n) == short_be(b, n)
-    }
+    // SAFETY: the caller's contract is `compare`'s.
+    unsafe { compare(a, b, n) == Ordering::Equal }
 }
 
 /// Copies 0 to 16 bytes with two overlapping loads and stores of the widest size that fits.

@@ -513,6 +513,10 @@ pub fn decode(key: &str, batches: &[RecordBatch], into: &mut Vec<FactRow>) -> Re
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::model::schema::text_dictionary;
+    use arrow_schema::DataType;
+
     /// Instants anywhere, or within a few weeks of the epoch (rows in the same windows, every horizon).
     fn instant() -> impl proptest::strategy::Strategy<Value = i64> {
         proptest::prop_oneof![-(1i64 << 61)..(1i64 << 61), 0i64..(400 * 3_600_000_000)]
@@ -526,14 +530,10 @@ mod tests {
             b in (proptest::bool::ANY, proptest::option::of(instant())),
             as_of in instant(),
         ) {
-            let (x, y) = (super::file_class(a.0, a.1, as_of), super::file_class(b.0, b.1, as_of));
-            proptest::prop_assert_eq!(super::packed(x).cmp(&super::packed(y)), x.cmp(&y));
+            let (x, y) = (file_class(a.0, a.1, as_of), file_class(b.0, b.1, as_of));
+            proptest::prop_assert_eq!(packed(x).cmp(&packed(y)), x.cmp(&y));
         }
     }
-
-    use super::*;
-    use crate::model::schema::text_dictionary;
-    use arrow_schema::DataType;
 
     fn row(id: i64, enq: i64, discharge: Option<i64>) -> FactRow {
         FactRow {
