@@ -101,15 +101,9 @@ pub struct ScdStats {
 /// one version. A version starts at its first record's admission and ends where the next begins, so
 /// versions never overlap, and its key derives from its content (patient, start, attributes).
 ///
-/// `records` are sorted in place by (admission, order key).
-pub fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit]) -> Vec<PatientVersion> {
-    let mut out = Vec::new();
-    versions_into(visits, patient_id, records, &mut out);
-    out
-}
-
-/// [`versions`] into `out` (cleared first), so a build reuses one buffer for every patient.
-pub fn versions_into(visits: &Visits, patient_id: &str, records: &mut [&Visit], out: &mut Vec<PatientVersion>) {
+/// `records` are sorted in place by (admission, order key). The versions go into `out`, cleared
+/// first, so a build reuses one buffer for every patient.
+pub fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit], out: &mut Vec<PatientVersion>) {
     // The order key is unique per event: an unstable sort is deterministic.
     records.sort_unstable_by_key(|v| (v.admission_us, visits.order_key(v)));
     out.clear();
@@ -298,6 +292,12 @@ mod tests {
     use super::*;
 
     use crate::pipeline::gold::input::Record;
+
+    fn versions(visits: &Visits, patient_id: &str, records: &mut [&Visit]) -> Vec<PatientVersion> {
+        let mut out = Vec::new();
+        super::versions(visits, patient_id, records, &mut out);
+        out
+    }
 
     fn visit(visits: &mut Visits, id: &str, at: i64, age: i32) -> u32 {
         let n = visits.len() as u32;

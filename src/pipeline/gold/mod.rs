@@ -655,13 +655,13 @@ async fn build_on(
                 continue;
             }
             let pid = bucket.patient_id(&patient[0]);
-            dims::versions_into(&visits, pid, &mut new_winners, &mut new_versions);
+            dims::versions(&visits, pid, &mut new_winners, &mut new_versions);
             let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
             if old_winners.is_empty() {
                 metrics.patients.new_patients += 1;
                 metrics.patients.versions_closed += closed(&new_versions);
             } else {
-                dims::versions_into(&visits, pid, &mut old_winners, &mut old_versions);
+                dims::versions(&visits, pid, &mut old_winners, &mut old_versions);
                 metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
                 for v in &old_winners {
                     let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
