@@ -57,6 +57,10 @@ pub struct LoadMetrics {
     pub fact_rows_written: u64,
     /// Fact rows in the warehouse after the load.
     pub fact_rows_total: u64,
+    /// Tables whose deleted rows the load's checkpoint reclaimed (the embedded warehouse does so
+    /// once they are more than a tenth of a table's stored rows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vacuumed: Vec<String>,
     /// Seconds per phase (`delete`, `insert`, `commit`), where the loader can tell them apart (the
     /// embedded one; a Synapse load is one batch).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
