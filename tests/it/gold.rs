@@ -284,7 +284,7 @@ async fn racing_builds_never_both_commit() {
         let conflicts = results.iter().filter(|r| matches!(r, Err(patientflow::pipeline::Error::Conflict(_)))).count();
         let nothing = results.iter().filter(|r| matches!(r, Ok(BuildOutcome::NothingNew { .. }))).count();
         assert_eq!(built, 1, "round {round}: {results:?}");
-        assert_eq!(conflicts + nothing, 1, "round {round}: the loser stops cleanly");
+        assert_eq!(conflicts + nothing, 1, "round {round}: the loser stops cleanly: {results:?}");
         assert_eq!(manifest::build_numbers(&lake).await.unwrap().len(), before + 1);
         assert_eq!(concat(&tables(&lake).await.fact_patient_flow).num_rows(), visits);
     }
