@@ -460,7 +460,7 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     phases.mark("list pending silver");
     let base = latest.as_ref().map(|m| m.build);
     match build_on(lake, options, phases, latest, pending_files).await {
-        Err(e) if is_not_found(&e) => Err(overtaken(lake, base, e).await),
+        Err(e) if !matches!(e, Error::Conflict(_)) => Err(overtaken(lake, base, e).await),
         other => other,
     }
 }
@@ -470,11 +470,13 @@ fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Storage(crate::storage::Error::NotFound { .. }))
 }
 
-/// A file a build reads went missing. When another builder committed a build since this one began,
-/// that is the race, not damage: the winner's cleanup deletes the folders of builds that lost its
-/// number (this one's too, while it runs) and a merge may drop the files this build started from.
-/// It is reported as [`Error::Conflict`], so the build is retried on the new state; otherwise the
-/// error stands.
+/// A build failed. When another builder committed a build since this one began, that is the race,
+/// not damage: this build could not have committed (its number is taken), and what stopped it may be
+/// the winner's doing — its cleanup deletes the folders of builds that lost its number (this one's
+/// too, while it runs: a file this build wrote goes missing, or, on a local lake, a folder it is
+/// writing into is removed under it) and a merge may drop the files this build started from. It is
+/// reported as [`Error::Conflict`], so the build is retried on the new state, where a real fault
+/// shows again; otherwise the error stands.
 async fn overtaken(lake: &Lake, base: Option<u64>, error: Error) -> Error {
     match manifest::build_numbers(lake).await {
         Ok(numbers) if numbers.last().copied() > base => Error::Conflict(format!(
@@ -1166,20 +1168,32 @@ mod tests {
         assert_eq!(overlap_groups(&[]), Vec::<usize>::new());
     }
 
-    /// A missing file is a lost race when another build was committed since this one began (its
-    /// cleanup deleted this build's folder), and stays what it is otherwise.
+    /// A failed build is a lost race when another build was committed since this one began (its
+    /// cleanup deleted this build's folder: a file gone, or a folder removed under a write), and its
+    /// error stays what it is otherwise.
     #[tokio::test]
-    async fn a_file_gone_after_another_build_committed_is_a_conflict() {
+    async fn a_build_failing_after_another_build_committed_is_a_conflict() {
         let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
         let missing =
             || Error::Storage(crate::storage::Error::NotFound { container: "gold".into(), key: "builds/x".into() });
+        let unwritable = || {
+            Error::Storage(crate::storage::Error::Store {
+                container: "gold".into(),
+                key: "builds/x/ledger/segment.parquet".into(),
+                detail: "Unable to create dir: No such file or directory".into(),
+            })
+        };
         assert!(is_not_found(&missing()));
-        assert!(matches!(overtaken(&lake, None, missing()).await, Error::Storage(_)), "nothing committed since");
+        for error in [missing, unwritable] {
+            assert!(matches!(overtaken(&lake, None, error()).await, Error::Storage(_)), "nothing committed since");
+        }
         manifest::commit(&lake, &Manifest { build: 1, ..Default::default() }).await.unwrap();
-        assert!(matches!(overtaken(&lake, None, missing()).await, Error::Conflict(_)), "build 1 came meanwhile");
-        assert!(matches!(overtaken(&lake, Some(1), missing()).await, Error::Storage(_)), "1 was there before");
+        for error in [missing, unwritable] {
+            assert!(matches!(overtaken(&lake, None, error()).await, Error::Conflict(_)), "build 1 came meanwhile");
+            assert!(matches!(overtaken(&lake, Some(1), error()).await, Error::Storage(_)), "1 was there before");
+        }
         manifest::commit(&lake, &Manifest { build: 2, ..Default::default() }).await.unwrap();
-        assert!(matches!(overtaken(&lake, Some(1), missing()).await, Error::Conflict(_)));
+        assert!(matches!(overtaken(&lake, Some(1), unwritable()).await, Error::Conflict(_)));
     }
 
     /// `(partition, first, width, folded, file written)`: a batch, whether gold folded it, and
