@@ -480,7 +480,7 @@ fn is_not_found(e: &Error) -> bool {
 async fn overtaken(lake: &Lake, base: Option<u64>, error: Error) -> Error {
     match manifest::build_numbers(lake).await {
         Ok(numbers) if numbers.last().copied() > base => Error::Conflict(format!(
-            "another gold build was committed while this one ran, and a file it read went with it ({error})"
+            "another gold build was committed while this one ran, which then stopped ({error})"
         )),
         _ => error,
     }
