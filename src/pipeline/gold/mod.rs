@@ -465,7 +465,8 @@ pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     }
 }
 
-/// Whether a build failed because an object it read is not in the lake.
+/// Whether `e` is an object missing from the lake (the cleanup's test for a manifest another
+/// cleanup deleted; a build that fails treats any failure alike, see [`overtaken`]).
 fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Storage(crate::storage::Error::NotFound { .. }))
 }
