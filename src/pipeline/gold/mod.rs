@@ -624,96 +624,22 @@ async fn build_on(
     // The new ledger segment and DimPatient file are encoded while they are built, a chunk at a
     // time on threads of their own: memory holds their compressed pages, not all their rows.
     let chunk = FOLD_CHUNK_ROWS.min(visits.len());
-    let mut segment = ledger::SegmentBuilder::with_capacity(chunk);
-    let mut segment_file =
-        parquet::StreamEncoder::new(Arc::clone(&ledger::LEDGER), writer_properties(&ledger::LEDGER, 0))?;
-    let mut new_patients = dims::PatientsBuilder::with_capacity(chunk);
-    let mut patients_file = parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), writer_properties(&DIM_PATIENT, 0))?;
-    let (mut segment_rows, mut patient_rows) = (0u64, 0u64);
-    let mut leavers: BTreeMap<usize, FxHashSet<String>> = BTreeMap::new();
-    let mut by_day: BTreeMap<i32, Vec<(bool, FactRow)>> = BTreeMap::new();
-    let mut leaving: FxHashSet<i64> = FxHashSet::default();
-    let mut leaving_days: BTreeSet<i32> = BTreeSet::new();
-    let (mut old_winners, mut new_winners): (Vec<&input::Visit>, Vec<&input::Visit>) = (Vec::new(), Vec::new());
-    let (mut old_versions, mut new_versions): (Vec<dims::PatientVersion>, Vec<dims::PatientVersion>) =
-        (Vec::new(), Vec::new());
-    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-    for bucket in &visits.buckets {
-        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
-            old_winners.clear();
-            new_winners.clear();
-            let mut is_changed = false;
-            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
-                // The winner: the latest event; for the same event twice, the copy folded first.
-                let Some(best) =
-                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
-                else {
-                    continue;
-                };
-                new_winners.push(best);
-                is_changed |= !best.known;
-                old_winners.extend(visit.iter().filter(|v| v.known));
-            }
-            if !is_changed {
-                continue;
-            }
-            let pid = bucket.patient_id(&patient[0]);
-            dims::versions(&visits, pid, &mut new_winners, &mut new_versions);
-            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
-            if old_winners.is_empty() {
-                metrics.patients.new_patients += 1;
-                metrics.patients.versions_closed += closed(&new_versions);
-            } else {
-                dims::versions(&visits, pid, &mut old_winners, &mut old_versions);
-                metrics.patients.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
-                for v in &old_winners {
-                    let row = FactRow::of(&visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
-                    old_rows.insert(row.fact_id, row);
-                }
-            }
-            for v in &new_winners {
-                let row = FactRow::of(&visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
-                match old_rows.get(&row.fact_id) {
-                    Some(old) if old.same_row(&row) => continue,
-                    Some(old) => {
-                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
-                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
-                        if same_event {
-                            metrics.patients.facts_repointed += 1;
-                        } else if !old.same_visit_content(&row) {
-                            metrics.facts_updated += 1;
-                        }
-                        leaving.insert(old.fact_id);
-                        leaving_days.insert(old.visit_date);
-                        by_day.entry(row.visit_date).or_default().push((false, row));
-                    }
-                    None => {
-                        metrics.facts_inserted += 1;
-                        by_day.entry(row.visit_date).or_default().push((true, row));
-                    }
-                }
-            }
-            for v in &new_winners {
-                segment.append(&visits, pid, v);
-            }
-            segment_rows += new_winners.len() as u64;
-            new_patients.append(pid, &new_versions);
-            patient_rows += new_versions.len() as u64;
-            if segment.len() >= FOLD_CHUNK_ROWS {
-                segment_file.write(segment.take_rows()?)?;
-            }
-            if new_patients.len() >= FOLD_CHUNK_ROWS {
-                patients_file.write(new_patients.take_rows()?)?;
-            }
-            if let Some(&s) = home.get(&patient[0].patient_key) {
-                leavers.entry(s).or_default().insert(pid.to_string());
-            }
-        }
-    }
+    let mut rows = FoldRows {
+        segment: ledger::SegmentBuilder::with_capacity(chunk),
+        segment_file: parquet::StreamEncoder::new(Arc::clone(&ledger::LEDGER), writer_properties(&ledger::LEDGER, 0))?,
+        patients: dims::PatientsBuilder::with_capacity(chunk),
+        patients_file: parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), writer_properties(&DIM_PATIENT, 0))?,
+    };
+    let folded = fold_patients(&visits, &visits.buckets, &home, as_of, |pid, winners, versions| {
+        rows.append(&visits, pid, winners, versions)
+    })?;
+    let FoldRows { mut segment, mut segment_file, patients: mut new_patients, mut patients_file } = rows;
+    (metrics.patients, metrics.facts_inserted, metrics.facts_updated) =
+        (folded.stats, folded.facts_inserted, folded.facts_updated);
+    let Fold { mut by_day, leaving, leaving_days, leavers, segment_rows, patient_rows, .. } = folded;
 
     phases.mark("patients and visits");
     // Fact rows, the segment and the DimPatient rows own their data: the records are no longer needed.
-    drop((old_winners, new_winners));
     drop(visits);
     // The records were the build's largest allocation; the facts allocate in other sizes.
     crate::memory::release_free_memory();
@@ -881,6 +807,137 @@ async fn build_on(
     });
     phases.mark("cleanup");
     Ok(BuildOutcome::Built(metrics))
+}
+
+/// What folding a run of patients yields besides their ledger records and DimPatient versions.
+#[derive(Default)]
+struct Fold {
+    stats: dims::ScdStats,
+    facts_inserted: u64,
+    facts_updated: u64,
+    /// The patients' new or changed fact rows by visit day (`true`: a fact gold did not hold).
+    by_day: BTreeMap<i32, Vec<(bool, FactRow)>>,
+    /// Facts whose old rows leave their files, and those rows' visit days.
+    leaving: FxHashSet<i64>,
+    leaving_days: BTreeSet<i32>,
+    /// The changed patients, by the ledger segment that held them.
+    leavers: BTreeMap<usize, FxHashSet<String>>,
+    segment_rows: u64,
+    patient_rows: u64,
+}
+
+/// Folds the patients of `buckets` (in patient key order, visit by visit), handing each changed
+/// patient's id, winning records (its ledger rows) and SCD2 versions (its DimPatient rows) to
+/// `changed`.
+fn fold_patients<'v>(
+    visits: &'v Visits,
+    buckets: &'v [input::Bucket],
+    home: &FxHashMap<i64, usize>,
+    as_of: i64,
+    mut changed: impl FnMut(&'v str, &[&'v input::Visit], &[dims::PatientVersion]) -> Result<()>,
+) -> Result<Fold> {
+    let mut out = Fold::default();
+    let (mut old_winners, mut new_winners): (Vec<&'v input::Visit>, Vec<&'v input::Visit>) = (Vec::new(), Vec::new());
+    let (mut old_versions, mut new_versions): (Vec<dims::PatientVersion>, Vec<dims::PatientVersion>) =
+        (Vec::new(), Vec::new());
+    let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
+    for bucket in buckets {
+        for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
+            old_winners.clear();
+            new_winners.clear();
+            let mut is_changed = false;
+            for visit in patient.chunk_by(|a, b| a.fact_id == b.fact_id) {
+                // The winner: the latest event; for the same event twice, the copy folded first.
+                let Some(best) =
+                    visit.iter().max_by_key(|v| (visits.order_key(v), v.known, std::cmp::Reverse(v.input)))
+                else {
+                    continue;
+                };
+                new_winners.push(best);
+                is_changed |= !best.known;
+                old_winners.extend(visit.iter().filter(|v| v.known));
+            }
+            if !is_changed {
+                continue;
+            }
+            let pid = bucket.patient_id(&patient[0]);
+            dims::versions(visits, pid, &mut new_winners, &mut new_versions);
+            let mut old_rows: FxHashMap<i64, FactRow> = FxHashMap::default();
+            if old_winners.is_empty() {
+                out.stats.new_patients += 1;
+                out.stats.versions_closed += closed(&new_versions);
+            } else {
+                dims::versions(visits, pid, &mut old_winners, &mut old_versions);
+                out.stats.versions_closed += closed(&new_versions).saturating_sub(closed(&old_versions));
+                for v in &old_winners {
+                    let row = FactRow::of(visits, v, &old_versions, as_of).ok_or_else(uncovered)?;
+                    old_rows.insert(row.fact_id, row);
+                }
+            }
+            for v in &new_winners {
+                let row = FactRow::of(visits, v, &new_versions, as_of).ok_or_else(uncovered)?;
+                match old_rows.get(&row.fact_id) {
+                    Some(old) if old.same_row(&row) => continue,
+                    Some(old) => {
+                        let same_event = (&old.partition_id, old.sequence_number, old.enqueued_us)
+                            == (&row.partition_id, row.sequence_number, row.enqueued_us);
+                        if same_event {
+                            out.stats.facts_repointed += 1;
+                        } else if !old.same_visit_content(&row) {
+                            out.facts_updated += 1;
+                        }
+                        out.leaving.insert(old.fact_id);
+                        out.leaving_days.insert(old.visit_date);
+                        out.by_day.entry(row.visit_date).or_default().push((false, row));
+                    }
+                    None => {
+                        out.facts_inserted += 1;
+                        out.by_day.entry(row.visit_date).or_default().push((true, row));
+                    }
+                }
+            }
+            out.segment_rows += new_winners.len() as u64;
+            out.patient_rows += new_versions.len() as u64;
+            if let Some(&s) = home.get(&patient[0].patient_key) {
+                out.leavers.entry(s).or_default().insert(pid.to_string());
+            }
+            changed(pid, &new_winners, &new_versions)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The new ledger segment's and DimPatient file's rows, appended patient by patient and handed to
+/// their encoders a chunk at a time.
+struct FoldRows {
+    segment: ledger::SegmentBuilder,
+    segment_file: parquet::StreamEncoder,
+    patients: dims::PatientsBuilder,
+    patients_file: parquet::StreamEncoder,
+}
+
+impl FoldRows {
+    /// Appends a changed patient's ledger records and versions; a builder that reached
+    /// [`FOLD_CHUNK_ROWS`] hands its rows to its encoder.
+    fn append(
+        &mut self,
+        visits: &Visits,
+        pid: &str,
+        winners: &[&input::Visit],
+        versions: &[dims::PatientVersion],
+    ) -> Result<()> {
+        for v in winners {
+            self.segment.append(visits, pid, v);
+        }
+        self.patients.append(pid, versions);
+        if self.segment.len() >= FOLD_CHUNK_ROWS {
+            self.segment_file.write(self.segment.take_rows()?)?;
+        }
+        if self.patients.len() >= FOLD_CHUNK_ROWS {
+            self.patients_file.write(self.patients.take_rows()?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Merges ledger segments (oldest first) into one, each patient's records taken from the newest
