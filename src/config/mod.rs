@@ -34,7 +34,7 @@ pub struct LakeArgs {
     /// Storage account name, for identity-based connections (no secrets).
     #[arg(long, env = "LAKE__accountName", value_name = "ACCOUNT")]
     lake_account_name: Option<String>,
-    /// Blob endpoint for identity-based connections (default https://<account>.blob.core.windows.net).
+    /// Blob endpoint for identity-based connections (default: ACCOUNT.blob.core.windows.net, over HTTPS).
     #[arg(long, env = "LAKE__blobServiceUri", value_name = "URL")]
     lake_blob_service_uri: Option<String>,
     /// `managedidentity` to use the Function App's managed identity (default when identity-based).
@@ -222,7 +222,7 @@ pub struct GoldArgs {
     /// `embedded` in builds with DuckDB; builds without it must choose).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE")]
     pub warehouse: Option<String>,
-    /// The embedded warehouse file (default: <data-dir>/warehouse.duckdb).
+    /// The embedded warehouse file (default: DATA_DIR/warehouse.duckdb).
     #[arg(long, env = "PATIENTFLOW_WAREHOUSE_PATH")]
     pub warehouse_path: Option<PathBuf>,
     /// Memory the embedded warehouse (DuckDB) may use for a load, e.g. `256MB` or `1GB`; past it

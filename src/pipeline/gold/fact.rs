@@ -1,5 +1,5 @@
 //! FactPatientFlow: one row per visit (`fact_id`), built from the visit's winning event (the latest
-//! by [`Visit::order_key`]) and the patient version valid at its admission, partitioned by visit
+//! by [`Visits::order_key`](super::input::Visits::order_key)) and the patient version valid at its admission, partitioned by visit
 //! date — the date of the admission the row carries — so a build rewrites only the days it touches.
 
 use std::collections::BTreeSet;
@@ -207,7 +207,7 @@ pub struct DayFile {
     pub discharge_days: BTreeSet<i32>,
 }
 
-/// Lays one day out into files by [`file_class`]: the day's `new` rows (with whether each is new
+/// Lays one day out into files by `file_class`: the day's `new` rows (with whether each is new
 /// to gold) and the rows it keeps from the files it rewrites, as decoded (`kept`, without the
 /// rows that left). Kept rows stay columns: only their census flag is recomputed as of `as_of`.
 /// The flag and the flip instants follow the stored (millisecond) timestamps for every row, new

@@ -197,7 +197,7 @@ impl Default for Visits {
     }
 }
 
-/// The silver columns gold reads (see [`SilverColumns`]); a build decodes only these. The others —
+/// The silver columns gold reads (see `SilverColumns`); a build decodes only these. The others —
 /// quality flags, and the bronze file's name repeated on every row (74 bytes), which was the
 /// largest column decoded — gold does not use.
 pub const SILVER_COLUMNS: [&str; 13] = [

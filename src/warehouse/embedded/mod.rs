@@ -10,7 +10,7 @@
 //! stored next to each other).
 //!
 //! DuckDB's threads read the gold files and insert them in parallel through a table function
-//! (see [`scan`]), each fetching its next file while it decodes the current one, so memory holds
+//! (see `scan.rs`), each fetching its next file while it decodes the current one, so memory holds
 //! two files' bytes and a batch per thread, not the build.
 //!
 //! The file is open only while a load or a report runs: DuckDB lets one process write a file (or
@@ -377,7 +377,7 @@ fn apply(conn: &mut Connection, manifest: &Manifest, lake: &Lake, rt: &tokio::ru
 }
 
 /// The share of a table's stored rows that are deleted ones past which a load's checkpoint
-/// reclaims them (see [`tables_to_vacuum`]).
+/// reclaims them (see `tables_to_vacuum`).
 pub const VACUUM_AT_DELETED_SHARE: f64 = 0.10;
 
 /// The tables whose deleted rows this load's checkpoint reclaims: those where, before the load,
