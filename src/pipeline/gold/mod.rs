@@ -836,7 +836,19 @@ fn fold_patients<'v>(
     as_of: i64,
     mut changed: impl FnMut(&'v str, &[&'v input::Visit], &[dims::PatientVersion]) -> Result<()>,
 ) -> Result<Fold> {
-    let mut out = Fold::default();
+    // A day's rows are mostly the build's new visits: each day's vector starts at their number,
+    // instead of doubling its way there (copying its rows at every step, and holding up to twice
+    // their memory). Days that end up with no rows are dropped below.
+    let mut new_visits: BTreeMap<i32, usize> = BTreeMap::new();
+    for bucket in buckets {
+        for visit in bucket.rows.chunk_by(|a, b| a.fact_id == b.fact_id) {
+            if let Some(v) = visit.iter().find(|v| !v.known) {
+                *new_visits.entry(keys::epoch_days(v.admission_us)).or_default() += 1;
+            }
+        }
+    }
+    let by_day = new_visits.into_iter().map(|(day, n)| (day, Vec::with_capacity(n))).collect();
+    let mut out = Fold { by_day, ..Fold::default() };
     let (mut old_winners, mut new_winners): (Vec<&'v input::Visit>, Vec<&'v input::Visit>) = (Vec::new(), Vec::new());
     let (mut old_versions, mut new_versions): (Vec<dims::PatientVersion>, Vec<dims::PatientVersion>) =
         (Vec::new(), Vec::new());
@@ -904,6 +916,7 @@ fn fold_patients<'v>(
             changed(pid, &new_winners, &new_versions)?;
         }
     }
+    out.by_day.retain(|_, rows| !rows.is_empty());
     Ok(out)
 }
 
@@ -1292,6 +1305,59 @@ mod tests {
         manifest::commit(&lake, &Manifest { build: 1, silver: folded, ..Default::default() }).await.unwrap();
         let (_, new) = pending(&lake).await.unwrap();
         (new.iter().map(ToString::to_string).collect(), expected.into_iter().collect())
+    }
+
+    /// A visit's record, `known` (the ledger's winner so far) or new, sent `sent` hours after
+    /// admission on day `day`.
+    fn record(visits: &mut Visits, day: i64, sent: i64, known: bool) {
+        const HOUR: i64 = 3_600_000_000;
+        let admission = 1_700_000_000_000_000 / (24 * HOUR) * (24 * HOUR) + day * 24 * HOUR;
+        visits.push(input::Record {
+            patient_id: "patient",
+            gender: Some("Female"),
+            department: Some("ICU"),
+            event_hub: "h",
+            partition_id: "0",
+            bronze_file: "f",
+            visit: input::Visit {
+                age: Some(40),
+                admission_us: admission,
+                admission_sent_us: Some(admission),
+                sequence_number: sent,
+                enqueued_us: admission + sent * HOUR,
+                known,
+                ..input::Visit::EMPTY
+            },
+        });
+    }
+
+    /// Each day's rows are sized by the build's new records before the fold, but a day only has
+    /// rows if a fact on it changed: a late copy of an older event of a visit the ledger holds
+    /// (it loses to the ledger's winner) leaves no day behind, so the build touches no partition.
+    #[test]
+    fn a_fold_leaves_out_the_days_where_nothing_changed() {
+        let mut visits = Visits::default();
+        record(&mut visits, 0, 5, true);
+        record(&mut visits, 0, 1, false);
+        visits.rank();
+        visits.buckets.iter_mut().for_each(input::Bucket::sort);
+        let home = FxHashMap::default();
+        let mut changed = 0;
+        let fold = fold_patients(&visits, &visits.buckets, &home, i64::MAX, |_, _, _| {
+            changed += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(changed, 0);
+        assert!(fold.by_day.is_empty(), "{:?}", fold.by_day.keys().collect::<Vec<_>>());
+
+        // A new visit on another day of the same patient does change it: one day, one row.
+        record(&mut visits, 2, 1, false);
+        visits.rank();
+        visits.buckets.iter_mut().for_each(input::Bucket::sort);
+        let fold = fold_patients(&visits, &visits.buckets, &home, i64::MAX, |_, _, _| Ok(())).unwrap();
+        let days: Vec<usize> = fold.by_day.values().map(Vec::len).collect();
+        assert_eq!((days, fold.facts_inserted), (vec![1], 1));
     }
 
     proptest! {
