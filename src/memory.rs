@@ -2,7 +2,7 @@
 //!
 //! glibc's malloc keeps what a step freed: pages in the middle of its heaps stay resident until
 //! something asks for them back, so the next step's peak is counted on top of the last one's
-//! leftovers. [`release_free_memory`](crate::memory::release_free_memory) asks for them back. On a Functions instance, billed by its
+//! leftovers. [`release_free_memory`] asks for them back. On a Functions instance, billed by its
 //! memory, that is what the bill sees.
 
 /// Returns the free pages of glibc's allocator to the operating system (`malloc_trim(0)`). Other

@@ -3,7 +3,7 @@
 //! `ingest_bronze`, one blob trigger per new bronze file to `refine_silver`, one timer call to
 //! `build_gold` (gold and the warehouse load), then reads the KPI report.
 //!
-//! The handler is reached one of two ways ([`Via`](crate::run::Via)): in this process, where each stage calls the
+//! The handler is reached one of two ways ([`Via`]): in this process, where each stage calls the
 //! function's own pipeline step with what the host would deliver (the default: no envelope to build,
 //! encode, send and decode), or over HTTP on a loopback port with the host's exact envelopes
 //! (`--via-host`, and `patientflow bench`, which measures the handler as Azure runs it). Both write
@@ -13,7 +13,7 @@
 //! silver refines run while bronze ingest goes on (`silver_concurrency` at a time), and the gold timer
 //! fires once both are done. Each stage reports its wall time and when it started, and splits its
 //! invocations' time into the handler's own (what Azure bills) and the local host's share (reading
-//! the input, building envelopes, HTTP on loopback): see [`StageReport`](crate::run::StageReport).
+//! the input, building envelopes, HTTP on loopback): see [`StageReport`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

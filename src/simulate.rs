@@ -1,10 +1,10 @@
 //! The hospital simulator: the seed's `patient_flow_generator.py`, done properly.
 //!
-//! Seeded ([`ChaCha8Rng`](rand_chacha::ChaCha8Rng)) and anchored to an injected clock, so the same [`SimulationConfig`](crate::simulate::SimulationConfig) always
+//! Seeded ([`ChaCha8Rng`]) and anchored to an injected clock, so the same [`SimulationConfig`] always
 //! yields the same bytes. Besides the seed's dirty data (over-age patients, future admissions) it can
 //! inject what real feeds bring — malformed JSON, missing fields, wrong types, duplicates — and it
 //! keeps a pool of returning patients whose age changes between visits (so DimPatient has history).
-//! Every injected fault is counted in a [`Tally`](crate::simulate::Tally), which is what tests compare the silver step against.
+//! Every injected fault is counted in a [`Tally`], which is what tests compare the silver step against.
 
 use chrono::{Duration, NaiveDateTime};
 use rand::{RngExt, SeedableRng};

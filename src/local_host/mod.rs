@@ -4,8 +4,8 @@
 //!
 //! It also tells apart the handler's time from its own. The router it serves is the handler's own
 //! ([`app::router`]) wrapped in one timing layer: once a request's body has arrived, the layer times
-//! the handler until its response is ready and returns that in the [`HANDLER_TIME_HEADER`](crate::local_host::HANDLER_TIME_HEADER) response
-//! header. [`LocalHost::invoke_timed`](crate::local_host::LocalHost::invoke_timed) reads it next to the round trip it measured itself, so a
+//! the handler until its response is ready and returns that in the [`HANDLER_TIME_HEADER`] response
+//! header. [`LocalHost::invoke_timed`] reads it next to the round trip it measured itself, so a
 //! runner can report what Azure would bill (the handler's time) apart from what only this stand-in
 //! costs (building envelopes, HTTP on loopback).
 

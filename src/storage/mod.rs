@@ -1,7 +1,7 @@
 //! The lake: one API over a local folder, Azurite and Azure Blob/ADLS Gen2, built on `object_store`.
 //!
-//! A [`Lake`](crate::storage::Lake) holds one store per container (`bronze`, `silver`, `gold`, `quarantine`). Writes are
-//! whole-object puts, so a reader never sees half a file; [`Lake::put_if_absent`](crate::storage::Lake::put_if_absent) is the
+//! A [`Lake`] holds one store per container (`bronze`, `silver`, `gold`, `quarantine`). Writes are
+//! whole-object puts, so a reader never sees half a file; [`Lake::put_if_absent`] is the
 //! create-if-absent primitive (`If-None-Match: *` on Azure, an atomic link on disk) that makes
 //! replays no-ops and lets two racing gold builds detect each other.
 

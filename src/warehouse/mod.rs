@@ -1,4 +1,4 @@
-//! The warehouse seam: the gold build is loaded, idempotently per build, into a [`Warehouse`](crate::warehouse::Warehouse) — the
+//! The warehouse seam: the gold build is loaded, idempotently per build, into a [`Warehouse`] — the
 //! embedded DuckDB database by default (feature `embedded-warehouse`), Synapse when configured.
 
 #[cfg(feature = "embedded-warehouse")]
