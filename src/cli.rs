@@ -639,6 +639,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "host_seconds": sum(|s| s.host_seconds),
         "events_per_second": args.events as f64 / total,
         "peak_memory_bytes": crate::telemetry::peak_memory_bytes(),
+        "allocator": crate::memory::allocator(),
         "silver_rows": report.silver_rows,
         "fact_rows": report.gold.as_ref().and_then(|g| g["load"]["fact_rows_total"].as_u64()),
     });

@@ -63,6 +63,7 @@ mod musl_exports {
 }
 
 fn main() -> ExitCode {
+    use_huge_pages();
     limit_malloc_arenas();
     match patientflow::cli::main() {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,3 +100,33 @@ fn limit_malloc_arenas() {
 /// Other targets keep their allocator's defaults (the static musl build allocates through mimalloc).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
+
+/// glibc builds: glibc's malloc asks the kernel for transparent huge pages, which it does only when
+/// `GLIBC_TUNABLES` says so at process start (`patientflow::memory`): so the process starts over,
+/// the same program with the same arguments, standard streams and process id, with
+/// `glibc.malloc.hugetlb=1` added to that variable. Nothing happens when the variable already sets
+/// it (to anything: `glibc.malloc.hugetlb=0` turns huge pages off and skips the restart) or when the
+/// kernel offers none; if starting over fails, the process goes on as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn use_huge_pages() {
+    use std::os::unix::process::CommandExt;
+
+    let Some(tunables) = patientflow::memory::tunables_with_huge_pages(std::env::var_os("GLIBC_TUNABLES").as_deref())
+    else {
+        return;
+    };
+    if !patientflow::memory::kernel_offers_huge_pages() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let mut again = std::process::Command::new("/proc/self/exe");
+    if let Some(name) = args.next() {
+        again.arg0(name);
+    }
+    // `exec` returns only when it failed: then this process goes on with glibc's defaults.
+    let _failed = again.args(args).env("GLIBC_TUNABLES", tunables).exec();
+}
+
+/// Other targets keep their allocator's defaults.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn use_huge_pages() {}

@@ -207,6 +207,44 @@ fn bench_times_every_stage_of_this_build() {
     }
 }
 
+/// A glibc build starts over with `glibc.malloc.hugetlb=1` (glibc reads it only at process start;
+/// see `patientflow::memory`), unless the environment already chose: the bench reports what the
+/// process it measured ran with.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn glibc_builds_ask_for_huge_pages_unless_the_environment_chose() {
+    let allocator = |tunables: Option<&str>| {
+        let mut cmd = bin();
+        cmd.args(["bench", "--events", "200", "--batch-size", "50", "--partitions", "1"])
+            .env_remove("LAKE")
+            .env_remove("PATIENTFLOW_WAREHOUSE")
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("GLIBC_TUNABLES");
+        if let Some(t) = tunables {
+            cmd.env("GLIBC_TUNABLES", t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["allocator"].as_str().unwrap().to_string()
+    };
+    let default = allocator(None);
+    if patientflow::memory::kernel_offers_huge_pages() {
+        assert_eq!(default, "glibc malloc, 2 arenas at most, transparent huge pages asked for");
+    } else {
+        assert_eq!(default, "glibc malloc, 2 arenas at most, transparent huge pages not asked for");
+    }
+    assert_eq!(
+        allocator(Some("glibc.malloc.hugetlb=0")),
+        "glibc malloc, 2 arenas at most, transparent huge pages not asked for",
+        "the user's choice wins"
+    );
+    assert!(
+        allocator(Some("glibc.malloc.arena_max=3")).starts_with("glibc malloc, 3 arenas at most"),
+        "the user's other tunables are kept"
+    );
+}
+
 #[cfg(feature = "embedded-warehouse")]
 #[test]
 fn run_with_no_arguments_finishes_and_reports_its_counts() {
