@@ -105,8 +105,9 @@ fn limit_malloc_arenas() {}
 /// `GLIBC_TUNABLES` says so at process start (`patientflow::memory`): so the process starts over,
 /// the same program with the same arguments, standard streams and process id, with
 /// `glibc.malloc.hugetlb=1` added to that variable. Nothing happens when the variable already sets
-/// it (to anything: `glibc.malloc.hugetlb=0` turns huge pages off and skips the restart) or when the
-/// kernel offers none; if starting over fails, the process goes on as it is.
+/// it (to anything: `glibc.malloc.hugetlb=0` turns huge pages off and skips the restart), when the
+/// kernel offers none, or in secure-execution mode; if starting over fails, the process goes on as
+/// it is.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn use_huge_pages() {
     use std::os::unix::process::CommandExt;
@@ -115,7 +116,7 @@ fn use_huge_pages() {
     else {
         return;
     };
-    if !patientflow::memory::kernel_offers_huge_pages() {
+    if !patientflow::memory::kernel_offers_huge_pages() || secure_execution() {
         return;
     }
     let mut args = std::env::args_os();
@@ -125,6 +126,18 @@ fn use_huge_pages() {
     }
     // `exec` returns only when it failed: then this process goes on with glibc's defaults.
     let _failed = again.args(args).env("GLIBC_TUNABLES", tunables).exec();
+}
+
+/// Whether this process runs in glibc's secure-execution mode (`AT_SECURE`: set-user-ID or with
+/// file capabilities, e.g. `setcap` to bind a low port), where glibc may drop `GLIBC_TUNABLES` from
+/// the environment: starting over there would find the tunable missing again, and again.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn secure_execution() -> bool {
+    // SAFETY: `getauxval` reads the auxiliary vector the kernel passed at exec; it takes no pointer
+    // and returns 0 for a type it does not know.
+    #[allow(unsafe_code)]
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) };
+    secure != 0
 }
 
 /// Other targets keep their allocator's defaults.

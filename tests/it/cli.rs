@@ -245,6 +245,42 @@ fn glibc_builds_ask_for_huge_pages_unless_the_environment_chose() {
     );
 }
 
+/// A binary given file capabilities (`setcap`, e.g. to bind a low port) runs in glibc's
+/// secure-execution mode, where glibc may drop `GLIBC_TUNABLES`: there the huge-page restart must
+/// not happen, or the restarted process finds the tunable missing and starts over forever (it did,
+/// before the guard). The capabilities must be gained by a user who lacks them, so this needs root,
+/// `setcap` and `runuser`: ignored (shown as skipped) unless scripts/test finds them. (The musl build
+/// never restarts; it must start under file capabilities all the same.)
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "needs root, setcap and runuser (scripts/test runs it where it finds them)"]
+fn secure_execution_a_binary_with_file_capabilities_starts_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("patientflow");
+    std::fs::copy(env!("CARGO_BIN_EXE_patientflow"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setcap = Command::new("setcap").arg("cap_net_bind_service+ep").arg(&copy).status().unwrap();
+    assert!(setcap.success(), "setcap failed");
+    // A restart loop never ends (each round takes milliseconds): `timeout` (coreutils) ends the
+    // binary after a minute, a hang rather than a slow start, and then fails the command.
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "timeout", "--signal=KILL", "60"])
+        .arg(&copy)
+        .args(["simulate", "--count", "3", "--seed", "1", "--now", NOW])
+        .env_remove("GLIBC_TUNABLES")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} (137: killed after a minute, restarting forever?): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.iter().filter(|&&b| b == b'\n').count(), 3, "three events simulated");
+}
+
 #[cfg(feature = "embedded-warehouse")]
 #[test]
 fn run_with_no_arguments_finishes_and_reports_its_counts() {
