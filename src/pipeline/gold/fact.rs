@@ -1,6 +1,7 @@
 //! FactPatientFlow: one row per visit (`fact_id`), built from the visit's winning event (the latest
-//! by [`Visits::order_key`](super::input::Visits::order_key)) and the patient version valid at its admission, partitioned by visit
-//! date — the date of the admission the row carries — so a build rewrites only the days it touches.
+//! by [`Visits::order_key`](super::input::Visits::order_key)) and the patient version valid at its
+//! admission, partitioned by visit date — the date of the admission the row carries — so a build
+//! rewrites only the days it touches.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};

@@ -4,9 +4,10 @@
 //! patients' SCD2 versions and facts from them, without reading other patients' history.
 //!
 //! The ledger is a list of **segments**, oldest first. Each build that changes patients appends one
-//! segment holding the whole visit set of each patient it changed, sorted by [`keys::patient_key`](super::keys::patient_key).
-//! A patient's visits are those of the newest segment that holds the patient (older segments may
-//! keep stale copies until compaction drops them). Next to each segment, a sidecar file lists its
+//! segment holding the whole visit set of each patient it changed, sorted by
+//! [`keys::patient_key`](super::keys::patient_key). A patient's visits are those of the newest
+//! segment that holds the patient (older segments may keep stale copies until compaction drops
+//! them). Next to each segment, a sidecar file lists its
 //! distinct patient keys, sorted: a build finds the patients it must read by merging its own sorted
 //! keys with each sidecar (8 bytes per patient, the one part of a build that reads all of history),
 //! then decodes only the segments that hold some of them.

@@ -630,9 +630,8 @@ async fn build_on(
         patients: dims::PatientsBuilder::with_capacity(chunk),
         patients_file: parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), writer_properties(&DIM_PATIENT, 0))?,
     };
-    let folded = fold_patients(&visits, &visits.buckets, &home, as_of, |pid, winners, versions| {
-        rows.append(&visits, pid, winners, versions)
-    })?;
+    let folded =
+        fold_patients(&visits, &home, as_of, |pid, winners, versions| rows.append(&visits, pid, winners, versions))?;
     let FoldRows { mut segment, mut segment_file, patients: mut new_patients, mut patients_file } = rows;
     (metrics.patients, metrics.facts_inserted, metrics.facts_updated) =
         (folded.stats, folded.facts_inserted, folded.facts_updated);
@@ -826,12 +825,11 @@ struct Fold {
     patient_rows: u64,
 }
 
-/// Folds the patients of `buckets` (in patient key order, visit by visit), handing each changed
-/// patient's id, winning records (its ledger rows) and SCD2 versions (its DimPatient rows) to
-/// `changed`.
+/// Folds the patients of `visits` (bucket by bucket, in patient key order, visit by visit), handing
+/// each changed patient's id, winning records (its ledger rows) and SCD2 versions (its DimPatient
+/// rows) to `changed`.
 fn fold_patients<'v>(
     visits: &'v Visits,
-    buckets: &'v [input::Bucket],
     home: &FxHashMap<i64, usize>,
     as_of: i64,
     mut changed: impl FnMut(&'v str, &[&'v input::Visit], &[dims::PatientVersion]) -> Result<()>,
@@ -840,7 +838,7 @@ fn fold_patients<'v>(
     // instead of doubling its way there (copying its rows at every step, and holding up to twice
     // their memory). Days that end up with no rows are dropped below.
     let mut new_visits: BTreeMap<i32, usize> = BTreeMap::new();
-    for bucket in buckets {
+    for bucket in &visits.buckets {
         for visit in bucket.rows.chunk_by(|a, b| a.fact_id == b.fact_id) {
             if let Some(v) = visit.iter().find(|v| !v.known) {
                 *new_visits.entry(keys::epoch_days(v.admission_us)).or_default() += 1;
@@ -853,7 +851,7 @@ fn fold_patients<'v>(
     let (mut old_versions, mut new_versions): (Vec<dims::PatientVersion>, Vec<dims::PatientVersion>) =
         (Vec::new(), Vec::new());
     let closed = |v: &[dims::PatientVersion]| v.iter().filter(|x| x.effective_to.is_some()).count() as u64;
-    for bucket in buckets {
+    for bucket in &visits.buckets {
         for patient in bucket.rows.chunk_by(|a, b| a.patient_key == b.patient_key) {
             old_winners.clear();
             new_winners.clear();
@@ -1343,7 +1341,7 @@ mod tests {
         visits.buckets.iter_mut().for_each(input::Bucket::sort);
         let home = FxHashMap::default();
         let mut changed = 0;
-        let fold = fold_patients(&visits, &visits.buckets, &home, i64::MAX, |_, _, _| {
+        let fold = fold_patients(&visits, &home, i64::MAX, |_, _, _| {
             changed += 1;
             Ok(())
         })
@@ -1355,7 +1353,7 @@ mod tests {
         record(&mut visits, 2, 1, false);
         visits.rank();
         visits.buckets.iter_mut().for_each(input::Bucket::sort);
-        let fold = fold_patients(&visits, &visits.buckets, &home, i64::MAX, |_, _, _| Ok(())).unwrap();
+        let fold = fold_patients(&visits, &home, i64::MAX, |_, _, _| Ok(())).unwrap();
         let days: Vec<usize> = fold.by_day.values().map(Vec::len).collect();
         assert_eq!((days, fold.facts_inserted), (vec![1], 1));
     }
