@@ -83,8 +83,7 @@ fn main() -> ExitCode {
 /// `MALLOC_ARENA_MAX` (or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`) set by the user wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() || tunables.contains("arena_max") {
+    if patientflow::memory::arena_limit_from_environment().is_some() {
         return;
     }
     // SAFETY: `mallopt` only sets a parameter of glibc's allocator, and it runs before this process
@@ -93,7 +92,7 @@ fn limit_malloc_arenas() {
     // default stays.
     #[allow(unsafe_code)]
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, patientflow::memory::DEFAULT_MALLOC_ARENAS);
     }
 }
 

@@ -49,6 +49,19 @@ pub fn tunables_with_huge_pages(current: Option<&std::ffi::OsStr>) -> Option<Str
     Some(if current.is_empty() { ours } else { format!("{current}:{ours}") })
 }
 
+/// The malloc arenas a glibc build allows when the environment sets no limit (src/main.rs).
+pub const DEFAULT_MALLOC_ARENAS: i32 = 2;
+
+/// The arena limit the environment sets for glibc's malloc, which wins over
+/// [`DEFAULT_MALLOC_ARENAS`]: `MALLOC_ARENA_MAX` (any value), else `glibc.malloc.arena_max` in
+/// `GLIBC_TUNABLES`.
+pub fn arena_limit_from_environment() -> Option<String> {
+    std::env::var_os("MALLOC_ARENA_MAX").map(|v| v.to_string_lossy().into_owned()).or_else(|| {
+        let tunables = std::env::var("GLIBC_TUNABLES").ok()?;
+        tunable(&tunables, "glibc.malloc.arena_max").map(str::to_string)
+    })
+}
+
 /// Whether the kernel gives transparent huge pages to memory that asks for them: its mode
 /// (`/sys/kernel/mm/transparent_hugepage/enabled`) is `always` or `madvise`, not `never`. `false`
 /// when the file cannot be read (no such kernel feature, or no `/sys`).
@@ -67,11 +80,7 @@ pub fn allocator() -> String {
         return "the system allocator".to_string();
     }
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    // src/main.rs sets two arenas unless the environment sets a number.
-    let arenas = std::env::var("MALLOC_ARENA_MAX")
-        .ok()
-        .or_else(|| tunable(&tunables, "glibc.malloc.arena_max").map(str::to_string))
-        .unwrap_or_else(|| "2".to_string());
+    let arenas = arena_limit_from_environment().unwrap_or_else(|| DEFAULT_MALLOC_ARENAS.to_string());
     let huge_pages = match tunable(&tunables, HUGE_PAGES_TUNABLE) {
         Some("1") if kernel_offers_huge_pages() => "asked for",
         Some("1") => "asked for, but the kernel offers none",
