@@ -11,8 +11,10 @@
 //!
 //! Stages overlap as under the host: the blob trigger fires for a bronze file as soon as it lands, so
 //! silver refines run while bronze ingest goes on (`silver_concurrency` at a time), and the gold timer
-//! fires once both are done. Each stage reports its wall time and when it started, and splits its
-//! invocations' time into the handler's own (what Azure bills) and the local host's share (reading
+//! fires once both are done. In this process, gold also begins early: once ingest is done, each Event
+//! Hubs partition is folded as soon as its silver is complete, while the others are refined, and the
+//! timer folds what is left and loads. Each stage reports its wall time and when it started, and
+//! splits its invocations' time into the handler's own (what Azure bills) and the local host's share (reading
 //! the input, building envelopes, HTTP on loopback): see [`StageReport`].
 
 use std::collections::{BTreeMap, HashSet};
@@ -32,6 +34,7 @@ use crate::functions::{build_gold, ingest_bronze, refine_silver};
 use crate::local_host::envelopes::{self, HubEvent, HubPartition};
 use crate::local_host::{Invocation, LocalHost};
 use crate::pipeline::bronze::{self, EventBatch};
+use crate::pipeline::gold::{self, GoldMetrics};
 use crate::pipeline::silver::{self, SilverMetrics};
 use crate::simulate::{SimulationConfig, Simulator, Tally};
 use crate::storage::keys::{BatchStem, patient_flow_prefix};
@@ -151,11 +154,30 @@ impl Handler {
         }
     }
 
-    /// Fires the gold timer at `now`.
-    async fn gold_timer(&self, now: &NaiveDateTime) -> anyhow::Result<GoldTimer> {
+    /// Starts folding each partition as soon as its silver is complete (in this process only: the
+    /// host's timer folds every partition at once), fed through the [`Folding`] it returns.
+    fn fold_partitions(
+        &self,
+        now: NaiveDateTime,
+    ) -> Option<(Folding, tokio::task::JoinHandle<anyhow::Result<EarlyBuilds>>)> {
+        match self {
+            Handler::Host(_) => None,
+            Handler::InProcess(state) => {
+                let (complete, partitions) = mpsc::unbounded_channel();
+                let min_rows = (state.gold().max_rows_per_build / 2) as u64;
+                Some((Folding { complete, min_rows }, tokio::spawn(fold_partitions(state.clone(), now, partitions))))
+            }
+        }
+    }
+
+    /// Fires the gold timer at `now`, after the builds `early` committed.
+    async fn gold_timer(&self, now: &NaiveDateTime, early: Option<GoldMetrics>) -> anyhow::Result<GoldTimer> {
         let started = Instant::now();
         match self {
             Handler::Host(host) => {
+                if early.is_some() {
+                    bail!("builds before the timer are made in this process only (a bug in `run`)");
+                }
                 let body = serde_json::to_vec(&envelopes::timer(build_gold::NAME, now, false, "gold"))?;
                 let built = started.elapsed();
                 let invocation = host.invoke_timed(build_gold::NAME, body, "gold-timer").await?;
@@ -163,7 +185,7 @@ impl Handler {
                 Ok(GoldTimer { job: invocation.response.return_value, handler, built, transport })
             }
             Handler::InProcess(state) => {
-                let job = serde_json::to_value(build_gold::on_timer(state, *now, false).await?)?;
+                let job = serde_json::to_value(build_gold::on_timer_after(state, *now, false, early).await?)?;
                 Ok(GoldTimer { job, handler: started.elapsed(), built: Duration::ZERO, transport: Duration::ZERO })
             }
         }
@@ -287,6 +309,9 @@ pub struct RunReport {
     pub stages: Vec<StageReport>,
     /// What the simulator injected (when simulating).
     pub injected: Option<Tally>,
+    /// The Event Hubs partitions gold folded while silver was still being refined, in order (see
+    /// [`Folding`]); the timer folded the rest.
+    pub gold_early_partitions: Vec<String>,
     /// The gold job (build and warehouse load).
     pub gold: Option<Value>,
     /// The KPI report from the warehouse.
@@ -739,25 +764,128 @@ impl Refines {
     }
 }
 
-/// Refines every bronze file `files` yields, `silver_concurrency` at a time, each as its blob
-/// trigger would. Ends when `files` is closed and drained.
+/// The bronze files waiting for their blob trigger, served in key order (Event Hubs partition,
+/// then sequence number) rather than as they landed: once ingest is done, one partition's silver
+/// is complete after another, so gold can fold the first while the rest are refined.
+#[derive(Default)]
+struct RefineQueue {
+    state: std::sync::Mutex<(BTreeMap<String, BatchStem>, bool)>,
+    ready: tokio::sync::Notify,
+}
+
+impl RefineQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, BatchStem>, bool)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, stem: BatchStem) {
+        self.lock().0.insert(stem.key().to_string(), stem);
+        self.ready.notify_one();
+    }
+
+    /// No more files come: workers finish what is queued and stop.
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_waiters();
+    }
+
+    /// The next file by key, waiting for one; `None` once closed and drained.
+    async fn next(&self) -> Option<BatchStem> {
+        loop {
+            // Registered before the queue is looked at, so a push or close in between is not missed.
+            let ready = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if let Some((_, stem)) = state.0.pop_first() {
+                    return Some(stem);
+                }
+                if state.1 {
+                    return None;
+                }
+            }
+            ready.await;
+        }
+    }
+}
+
+/// Where `run` sends the Event Hubs partitions that gold may fold while silver goes on.
+pub struct Folding {
+    /// Receives each partition's name.
+    pub complete: mpsc::UnboundedSender<String>,
+    /// A partition is sent only when this run refined at least this many silver rows of it: half a
+    /// build, where a build of every partition's silver (the timer's) ends at a partition's end as
+    /// well (see `gold::read_silver`). A smaller partition is left to the timer, which folds it
+    /// with its neighbours into one build, rather than into a build of its own with small files.
+    pub min_rows: u64,
+}
+
+/// Which Event Hubs partitions have all their bronze files of this run refined, announced on
+/// `folding` one after another in gold's order (by name), each once: a partition's silver is
+/// complete once ingest is done (its files are known) and each of them has been refined.
+#[derive(Default)]
+struct Completion {
+    /// Files to refine per partition; known once ingest is done.
+    expected: Option<BTreeMap<String, usize>>,
+    /// Files refined and their silver rows, per partition.
+    refined: BTreeMap<String, (usize, u64)>,
+    /// Partitions decided so far (a prefix of `expected`'s keys): announced, or too small.
+    decided: usize,
+    folding: Option<Folding>,
+}
+
+impl Completion {
+    fn refined(&mut self, partition: &str, rows: u64) {
+        let refined = self.refined.entry(partition.to_string()).or_default();
+        *refined = (refined.0 + 1, refined.1 + rows);
+        self.announce();
+    }
+
+    fn expect(&mut self, expected: BTreeMap<String, usize>) {
+        self.expected = Some(expected);
+        self.announce();
+    }
+
+    fn announce(&mut self) {
+        let (Some(expected), Some(folding)) = (&self.expected, &self.folding) else { return };
+        for (partition, &files) in expected.iter().skip(self.decided) {
+            let (refined, rows) = self.refined.get(partition).copied().unwrap_or_default();
+            if refined < files {
+                break;
+            }
+            if rows >= folding.min_rows {
+                let _ = folding.complete.send(partition.clone());
+            }
+            self.decided += 1;
+        }
+    }
+}
+
+type SharedCompletion = Arc<std::sync::Mutex<Completion>>;
+
+fn lock(completion: &SharedCompletion) -> std::sync::MutexGuard<'_, Completion> {
+    completion.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Refines every bronze file `files` serves, `silver_concurrency` at a time, each as its blob
+/// trigger would, counting each refined file in `completion`. Ends when `files` is closed and
+/// drained.
 async fn refine_all(
     handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
-    files: mpsc::UnboundedReceiver<BatchStem>,
+    files: Arc<RefineQueue>,
+    completion: SharedCompletion,
 ) -> anyhow::Result<Refines> {
-    let files = Arc::new(tokio::sync::Mutex::new(files));
     let mut workers = Vec::new();
     for w in 0..options.silver_concurrency.max(1) {
         let (handler, lake, files, now) = (handler.clone(), lake.clone(), Arc::clone(&files), options.now);
+        let completion = Arc::clone(&completion);
         workers.push(tokio::spawn(async move {
             let mut done = Refines::default();
-            loop {
-                let next = files.lock().await.recv().await;
-                let Some(stem) = next else { break };
+            while let Some(stem) = files.next().await {
                 done.first.get_or_insert(Instant::now());
                 let refined = handler.refine(&lake, &stem, &now, w).await?;
+                lock(&completion).refined(&stem.partition, refined.metrics.rows_out);
                 done.split.add(refined.split);
                 done.last = Some(Instant::now());
                 done.metrics.push(refined.metrics);
@@ -829,70 +957,148 @@ pub async fn silver_stage(
     report: &mut RunReport,
 ) -> anyhow::Result<()> {
     let clock = Instant::now();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let files = Arc::new(RefineQueue::default());
     for stem in unrefined(lake, &HashSet::new()).await? {
-        let _ = tx.send(stem);
+        files.push(stem);
     }
-    drop(tx);
-    let refines = refine_all(handler, lake, options, rx).await?;
+    files.close();
+    let refines = refine_all(handler, lake, options, files, SharedCompletion::default()).await?;
     silver_report(report, refines, clock)
 }
 
 /// Runs bronze and silver overlapped, as the host does: each bronze file is refined as soon as its
-/// batch lands, while ingest goes on. When ingest is done and those refines are finished, the
-/// bronze files still without silver (replayed batches, files an earlier run left unrefined) are
-/// refined too, so the files refined are exactly those [`silver_stage`] after [`bronze_stage`]
-/// would refine.
+/// batch lands, while ingest goes on. When ingest is done, the bronze files still without silver
+/// that it did not announce (replayed batches, files an earlier run left unrefined) are queued
+/// too, so the files refined are exactly those [`silver_stage`] after [`bronze_stage`] would
+/// refine. From then on, each Event Hubs partition whose files are all refined is sent to
+/// `folding` (see [`Folding`]), in gold's order; the channel closes when the stage ends.
 pub async fn bronze_and_silver_stages(
     handler: &Handler,
     lake: &Lake,
     options: &RunOptions,
     report: &mut RunReport,
     clock: Instant,
+    folding: Option<Folding>,
 ) -> anyhow::Result<()> {
-    let (landed, files) = mpsc::unbounded_channel();
-    let refiner = {
-        let (handler, lake, options) = (handler.clone(), lake.clone(), options.clone());
-        tokio::spawn(async move { refine_all(&handler, &lake, &options, files).await })
+    let files = Arc::new(RefineQueue::default());
+    let completion = SharedCompletion::new(std::sync::Mutex::new(Completion { folding, ..Completion::default() }));
+    // Each file bronze announces is queued for its refine, and remembered.
+    let (landed, mut arrivals) = mpsc::unbounded_channel::<BatchStem>();
+    let forward = {
+        let files = Arc::clone(&files);
+        tokio::spawn(async move {
+            let mut announced = Vec::new();
+            while let Some(stem) = arrivals.recv().await {
+                announced.push(stem.clone());
+                files.push(stem);
+            }
+            announced
+        })
     };
-    // The bronze stage's senders close the channel when it ends, failed or not; the refiner then
+    let refiner = {
+        let (handler, lake, options, files) = (handler.clone(), lake.clone(), options.clone(), Arc::clone(&files));
+        let completion = Arc::clone(&completion);
+        tokio::spawn(async move { refine_all(&handler, &lake, &options, files, completion).await })
+    };
+    // The bronze stage's senders close `landed` when it ends, failed or not; the refiner then
     // finishes the files already announced.
     let bronze = bronze_stage(handler, lake, options, report, Some(landed), clock).await;
-    let refined = refiner.await?;
-    bronze?;
-    let mut refines = refined?;
-    let refined: HashSet<String> = refines.metrics.iter().map(|m| m.bronze_file.clone()).collect();
-    let rest = unrefined(lake, &refined).await?;
-    if !rest.is_empty() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        for stem in rest {
-            let _ = tx.send(stem);
+    let announced = forward.await?;
+    // Ingest is done: the files it did not announce are queued too, and each partition's are known.
+    let swept = match &bronze {
+        Ok(()) => unrefined(lake, &announced.iter().map(|s| s.key().to_string()).collect()).await,
+        Err(_) => Ok(Vec::new()),
+    };
+    if let (Ok(()), Ok(swept)) = (&bronze, &swept) {
+        let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+        for stem in announced.iter().chain(swept) {
+            *expected.entry(stem.partition.clone()).or_default() += 1;
         }
-        drop(tx);
-        refines.merge(refine_all(handler, lake, options, rx).await?);
+        lock(&completion).expect(expected);
+        for stem in swept {
+            files.push(stem.clone());
+        }
     }
-    silver_report(report, refines, clock)
+    files.close();
+    let refined = refiner.await?;
+    // Whatever happened, no partition is announced after this: the channel closes.
+    lock(&completion).folding = None;
+    bronze?;
+    swept?;
+    silver_report(report, refined?, clock)
+}
+
+/// The builds `patientflow run` commits while silver is still being refined: each Event Hubs
+/// partition's, as soon as its silver is complete.
+#[derive(Debug, Default)]
+pub struct EarlyBuilds {
+    /// The builds, reported together.
+    metrics: Option<GoldMetrics>,
+    /// When the first began.
+    first: Option<Instant>,
+    /// Their time, summed.
+    busy: Duration,
+    /// The partitions folded, in order.
+    partitions: Vec<String>,
+}
+
+/// Folds each partition `complete` names as soon as it arrives, one after another (one build per
+/// partition, or more when it holds more rows than a build takes), until the channel closes.
+async fn fold_partitions(
+    state: AppState,
+    now: NaiveDateTime,
+    mut complete: mpsc::UnboundedReceiver<String>,
+) -> anyhow::Result<EarlyBuilds> {
+    let lake = state.lake().await?;
+    let options = state.job_options(now, crate::pipeline::job::Trigger::Request).gold_options();
+    let mut early = EarlyBuilds::default();
+    while let Some(partition) = complete.recv().await {
+        let started = Instant::now();
+        early.first.get_or_insert(started);
+        let options = gold::GoldOptions { partition: Some(partition.clone()), ..options.clone() };
+        let (outcome, _) = gold::build_all(lake, &options).await?;
+        early.busy += started.elapsed();
+        early.partitions.push(partition);
+        if let gold::BuildOutcome::Built(m) = outcome {
+            match &mut early.metrics {
+                Some(all) => all.absorb(m),
+                None => early.metrics = Some(m),
+            }
+        }
+    }
+    Ok(early)
 }
 
 /// Runs the gold stage: one timer invocation of `build_gold`, which builds gold and loads the
 /// warehouse. `run` gives its handler a threshold of 0, so everything new is folded in. The job
 /// reports its build and load times; the rest of the handler's time (finding what is new, opening
-/// the warehouse) counts to gold.
+/// the warehouse) counts to gold. When partitions were folded while silver was refined (`early`),
+/// the stage began with the first of those builds, and the timer's report includes them.
 pub async fn gold_stage(
     handler: &Handler,
     options: &RunOptions,
     report: &mut RunReport,
     clock: Instant,
+    early: EarlyBuilds,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let GoldTimer { job, handler, built, transport } = handler.gold_timer(&options.now).await?;
-    let build = &job["build"];
-    let rows_in = build["rows_in"].as_u64().unwrap_or(0);
+    report.gold_early_partitions = early.partitions;
+    let GoldTimer { mut job, handler, built, transport } = handler.gold_timer(&options.now, early.metrics).await?;
+    let ended = Instant::now();
+    let rows_in = job["build"]["rows_in"].as_u64().unwrap_or(0);
     let seconds = |k: &str| Duration::try_from_secs_f64(job[k].as_f64().unwrap_or(0.0)).unwrap_or_default();
     let (build_time, load_time) = (seconds("build_seconds"), seconds("load_seconds"));
-    let gold_split = Split { handler: handler.saturating_sub(load_time), host: built + transport, loopback: transport };
-    let start = started.duration_since(clock);
-    let mut gold = StageReport::new("gold", start, build_time, rows_in, gold_split);
+    let (start, build_wall) = match early.first {
+        // From the first partition's build to the timer's load.
+        Some(first) => {
+            job["build_seconds"] = (early.busy + build_time).as_secs_f64().into();
+            (first.duration_since(clock), ended.saturating_duration_since(first).saturating_sub(load_time))
+        }
+        None => (started.duration_since(clock), build_time),
+    };
+    let gold_split =
+        Split { handler: handler.saturating_sub(load_time) + early.busy, host: built + transport, loopback: transport };
+    let mut gold = StageReport::new("gold", start, build_wall, rows_in, gold_split);
     // The job loads right after it builds: gold's peak is the one taken when the build ended.
     if let Some(peak) = job["build_peak_memory_bytes"].as_u64() {
         gold.peak_memory_bytes = Some(peak);
@@ -900,7 +1106,7 @@ pub async fn gold_stage(
     report.stages.push(gold);
     let loaded = job["load"]["fact_rows_written"].as_u64().unwrap_or(0);
     let load_split = Split { handler: load_time, ..Split::default() };
-    report.stages.push(StageReport::new("load", start + build_time, load_time, loaded, load_split));
+    report.stages.push(StageReport::new("load", start + build_wall, load_time, loaded, load_split));
     report.gold = Some(job);
     Ok(())
 }
@@ -928,8 +1134,15 @@ pub async fn run(
     let mut report = RunReport::default();
     let clock = Instant::now();
     let result = async {
-        bronze_and_silver_stages(&handler, &lake, &options, &mut report, clock).await?;
-        gold_stage(&handler, &options, &mut report, clock).await?;
+        let (partitions, folding) = handler.fold_partitions(options.now).unzip();
+        let stages = bronze_and_silver_stages(&handler, &lake, &options, &mut report, clock, partitions).await;
+        // A build under way when a stage failed is finished, not cut off.
+        let early = match folding {
+            Some(folding) => folding.await?,
+            None => Ok(EarlyBuilds::default()),
+        };
+        stages?;
+        gold_stage(&handler, &options, &mut report, clock, early?).await?;
         let started = Instant::now();
         if let Some(w) = state.warehouse().await.map_err(|e| anyhow::anyhow!(e.to_string()))? {
             let loaded = report.gold.as_ref().and_then(|job| job["load"]["build"].as_u64());
@@ -1128,7 +1341,7 @@ mod tests {
 
         let host_b = host(&overlapped, options.now).await;
         let mut b = RunReport::default();
-        bronze_and_silver_stages(&host_b, &overlapped, &options, &mut b, Instant::now()).await.unwrap();
+        bronze_and_silver_stages(&host_b, &overlapped, &options, &mut b, Instant::now(), None).await.unwrap();
 
         assert_eq!(counts(&b), counts(&a));
         assert_eq!(b.silver_files, b.bronze_files_created);
@@ -1158,15 +1371,83 @@ mod tests {
         let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
         let first = options(600, 1);
         let host = host(&lake, first.now).await;
-        bronze_and_silver_stages(&host, &lake, &first, &mut RunReport::default(), Instant::now()).await.unwrap();
+        bronze_and_silver_stages(&host, &lake, &first, &mut RunReport::default(), Instant::now(), None).await.unwrap();
         // A bronze file whose blob trigger never fired (say, the host stopped before it did).
         let orphan = lake.list(Container::Silver, &patient_flow_prefix()).await.unwrap().remove(3).location;
         lake.delete(Container::Silver, &orphan).await.unwrap();
 
         let mut second = RunReport::default();
-        bronze_and_silver_stages(&host, &lake, &options(600, 2), &mut second, Instant::now()).await.unwrap();
+        let (complete, mut announced) = mpsc::unbounded_channel();
+        let folding = Folding { complete, min_rows: 1 };
+        bronze_and_silver_stages(&host, &lake, &options(600, 2), &mut second, Instant::now(), Some(folding))
+            .await
+            .unwrap();
         assert_eq!(second.silver_files, second.bronze_files_created + 1, "{}", counts(&second));
         assert!(lake.exists(Container::Silver, &orphan).await.unwrap());
         assert!(unrefined(&lake, &HashSet::new()).await.unwrap().is_empty());
+        // Every partition was announced complete, once, in gold's order, and the channel closed.
+        let mut partitions = Vec::new();
+        while let Some(p) = announced.recv().await {
+            partitions.push(p);
+        }
+        assert_eq!(partitions, ["0", "1", "2"]);
+    }
+
+    /// Partitions are announced in gold's order (by name, as silver keys sort), each once, only
+    /// once ingest is done and every one of its files is refined — a partition refined early waits
+    /// for those before it — and only when they hold enough rows.
+    #[test]
+    fn partitions_are_announced_in_order_once_all_their_files_are_refined() {
+        let (complete, mut announced) = mpsc::unbounded_channel();
+        let mut c = Completion { folding: Some(Folding { complete, min_rows: 10 }), ..Completion::default() };
+        let mut take = || std::iter::from_fn(|| announced.try_recv().ok()).collect::<Vec<String>>();
+        for (p, rows) in [("1", 10), ("10", 9), ("0", 5), ("3", 10)] {
+            c.refined(p, rows);
+        }
+        assert!(take().is_empty(), "nothing before ingest is done");
+        let expected = [("0", 2), ("1", 1), ("10", 1), ("2", 1), ("3", 1)];
+        c.expect(expected.into_iter().map(|(p, n)| (p.to_string(), n)).collect());
+        assert!(take().is_empty(), "partition 0 has a file left");
+        c.refined("2", 20);
+        assert!(take().is_empty(), "2 waits for 0, 1 and 10");
+        c.refined("0", 5);
+        assert_eq!(take(), ["0", "1", "2", "3"], "10 holds too few rows");
+        c.refined("2", 1);
+        assert!(take().is_empty(), "announced once");
+        let key = |p: &str| BatchStem { partition: p.into(), first_seq: 0, last_seq: 1 }.key().to_string();
+        let mut keys: Vec<String> = ["2", "10", "1", "0"].map(key).into();
+        keys.sort();
+        assert_eq!(keys, ["0", "1", "10", "2"].map(key), "gold's order is the partitions' by name");
+    }
+
+    /// The queue serves files by key (partition, then sequence), whatever order they came in; a
+    /// worker waiting on an empty queue wakes for a file, and ends once the queue is closed.
+    #[tokio::test]
+    async fn the_refine_queue_serves_files_by_key_until_closed() {
+        let files = Arc::new(RefineQueue::default());
+        let stem = |p: &str, first: i64| BatchStem { partition: p.into(), first_seq: first, last_seq: first + 9 };
+        for s in [stem("1", 0), stem("0", 10), stem("0", 0)] {
+            files.push(s);
+        }
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            let s = files.next().await.unwrap();
+            served.push((s.partition, s.first_seq));
+        }
+        assert_eq!(served, [("0".to_string(), 0), ("0".to_string(), 10), ("1".to_string(), 0)]);
+        let worker = tokio::spawn({
+            let files = Arc::clone(&files);
+            async move {
+                let mut n = 0;
+                while files.next().await.is_some() {
+                    n += 1;
+                }
+                n
+            }
+        });
+        tokio::task::yield_now().await;
+        files.push(stem("2", 0));
+        files.close();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), worker).await.unwrap().unwrap(), 1);
     }
 }

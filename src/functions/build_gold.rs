@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::FunctionError;
 use super::invocation::{InvokeRequest, InvokeResponse};
+use crate::pipeline::gold::GoldMetrics;
 use crate::pipeline::job::{self, Trigger};
 use crate::state::AppState;
 
@@ -44,12 +45,23 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Result<Json<I
 /// What the timer does at `now`: the gold job with the timer's threshold, logged. `patientflow run`
 /// calls it in-process.
 pub async fn on_timer(state: &AppState, now: NaiveDateTime, past_due: bool) -> Result<GoldJobReport, FunctionError> {
+    on_timer_after(state, now, past_due, None).await
+}
+
+/// [`on_timer`] right after builds of the caller's own (`earlier`, reported with the job's: see
+/// [`job::run_after`]).
+pub async fn on_timer_after(
+    state: &AppState,
+    now: NaiveDateTime,
+    past_due: bool,
+    earlier: Option<GoldMetrics>,
+) -> Result<GoldJobReport, FunctionError> {
     let trigger = Trigger::Timer {
         min_new_files: state.gold().min_new_files,
         reconcile_max_files: state.gold().reconcile_max_files,
     };
     let lake = state.lake().await?;
-    let report = job::run(lake, state, &state.job_options(now, trigger)).await?;
+    let report = job::run_after(lake, state, &state.job_options(now, trigger), earlier).await?;
     let reconcile = report.reconcile.clone().unwrap_or_default();
     tracing::info!(
         pending = report.pending_silver_files,

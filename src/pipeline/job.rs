@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::gold::manifest::{self, Manifest};
-use super::gold::{self, BuildOutcome, GoldOptions};
+use super::gold::{self, BuildOutcome, GoldMetrics, GoldOptions};
 use super::reconcile::{self, ReconcileReport};
 use super::{Error, Result};
 use crate::model::time::to_micros;
@@ -54,6 +54,17 @@ pub struct JobOptions {
     pub max_rows_per_build: usize,
     /// What started the job.
     pub trigger: Trigger,
+}
+
+impl JobOptions {
+    /// How the job's builds build (every partition's silver).
+    pub fn gold_options(&self) -> GoldOptions {
+        GoldOptions {
+            max_files_per_build: self.max_files_per_build,
+            max_rows_per_build: self.max_rows_per_build,
+            ..GoldOptions::new(self.now, self.retention)
+        }
+    }
 }
 
 /// What a warehouse load reported.
@@ -139,6 +150,18 @@ pub async fn run(
     loader: &dyn Loader,
     options: &JobOptions,
 ) -> std::result::Result<GoldJobReport, JobError> {
+    run_after(lake, loader, options, None).await
+}
+
+/// [`run`], for a caller that committed builds of its own just before (`earlier`, reported
+/// together): `patientflow run` folds each Event Hubs partition as soon as its silver is complete,
+/// then fires the timer, which folds what is left and loads. The report's build is all of them.
+pub async fn run_after(
+    lake: &Lake,
+    loader: &dyn Loader,
+    options: &JobOptions,
+    earlier: Option<GoldMetrics>,
+) -> std::result::Result<GoldJobReport, JobError> {
     let mut summary = Vec::new();
     let (threshold, reconciled) = match options.trigger {
         Trigger::Timer { min_new_files, reconcile_max_files } => {
@@ -167,14 +190,23 @@ pub async fn run(
         summary: String::new(),
     };
     match threshold {
-        Some(t) if pending.len() <= t && !due => summary.push(format!(
-            "{} new silver files, not more than the threshold of {t}, and no census change due: no build",
-            pending.len()
-        )),
+        Some(t) if pending.len() <= t && !due => match earlier {
+            Some(earlier) => {
+                let outcome = BuildOutcome::Built(earlier);
+                summary.push(describe(&outcome));
+                report.data_build = data_build(&outcome);
+                report.build = Some(outcome);
+                report.build_peak_memory_bytes = crate::telemetry::peak_memory_bytes();
+            }
+            None => summary.push(format!(
+                "{} new silver files, not more than the threshold of {t}, and no census change due: no build",
+                pending.len()
+            )),
+        },
         _ => {
             let wanted: Vec<String> = pending.iter().map(ToString::to_string).collect();
             let started = Instant::now();
-            build(lake, options, &wanted, &mut report, &mut summary).await?;
+            build(lake, options, &wanted, earlier, &mut report, &mut summary).await?;
             report.build_seconds = started.elapsed().as_secs_f64();
             report.build_peak_memory_bytes = crate::telemetry::peak_memory_bytes();
         }
@@ -195,32 +227,47 @@ pub async fn run(
     Ok(report)
 }
 
+/// The builds' line of the job's summary.
+fn describe(outcome: &BuildOutcome) -> String {
+    match outcome {
+        BuildOutcome::Built(m) => format!(
+            "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
+            m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
+        ),
+        BuildOutcome::NothingNew { .. } => "nothing new for gold".to_string(),
+    }
+}
+
+/// The build the lake holds after `outcome`.
+fn data_build(outcome: &BuildOutcome) -> Option<u64> {
+    match outcome {
+        BuildOutcome::Built(m) => Some(m.build),
+        BuildOutcome::NothingNew { build } => *build,
+    }
+}
+
 async fn build(
     lake: &Lake,
     options: &JobOptions,
     wanted: &[String],
+    mut earlier: Option<GoldMetrics>,
     report: &mut GoldJobReport,
     summary: &mut Vec<String>,
 ) -> Result<()> {
-    let gold_options = GoldOptions {
-        max_files_per_build: options.max_files_per_build,
-        max_rows_per_build: options.max_rows_per_build,
-        ..GoldOptions::new(options.now, options.retention)
-    };
+    let gold_options = options.gold_options();
     for attempt in 1..=MAX_BUILD_ATTEMPTS {
         match gold::build_all(lake, &gold_options).await {
             Ok((outcome, _)) => {
-                summary.push(match &outcome {
-                    BuildOutcome::Built(m) => format!(
-                        "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
-                        m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
-                    ),
-                    BuildOutcome::NothingNew { .. } => "nothing new for gold".to_string(),
-                });
-                report.data_build = match &outcome {
-                    BuildOutcome::Built(m) => Some(m.build),
-                    BuildOutcome::NothingNew { build } => *build,
+                let outcome = match (earlier.take(), outcome) {
+                    (Some(mut earlier), BuildOutcome::Built(m)) => {
+                        earlier.absorb(m);
+                        BuildOutcome::Built(earlier)
+                    }
+                    (Some(earlier), BuildOutcome::NothingNew { .. }) => BuildOutcome::Built(earlier),
+                    (None, outcome) => outcome,
                 };
+                summary.push(describe(&outcome));
+                report.data_build = data_build(&outcome);
                 report.build = Some(outcome);
                 return Ok(());
             }
@@ -234,6 +281,7 @@ async fn build(
                         wanted.len()
                     ));
                     report.data_build = Some(m.build);
+                    report.build = earlier.take().map(BuildOutcome::Built);
                     report.built_by_another = true;
                     return Ok(());
                 }

@@ -158,3 +158,47 @@ async fn in_process_and_via_the_host_write_the_same_lake() {
     assert_eq!(ga.len(), 4);
     assert!(ga == gb, "the same gold rows");
 }
+
+/// In its own process, `run` folds each Event Hubs partition into gold as soon as the partition's
+/// silver is complete, while the other partitions are still being refined (a partition of at least
+/// half a build's rows); the host's timer folds them all at the end. Build boundaries must not
+/// change gold: the same gold rows and KPIs as the host's way, over two runs onto each lake.
+#[tokio::test]
+async fn gold_folded_partition_by_partition_is_the_gold_the_timer_builds() {
+    let (in_process, via_host) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for seed in ["5", "6"] {
+        let args = [
+            "--count",
+            "2000",
+            "--seed",
+            seed,
+            "--partitions",
+            "3",
+            "--batch-size",
+            "40",
+            "--duplicate-rate",
+            "0.05",
+            "--returning-rate",
+            "0.5",
+            "--gold-max-rows-per-build",
+            "1000",
+        ];
+        let a = run(in_process.path(), &args);
+        let b = run(via_host.path(), &[args.as_slice(), &["--via-host"]].concat());
+        assert_eq!(a["gold_early_partitions"], serde_json::json!(["0", "1", "2"]), "{}", a["gold"]);
+        assert_eq!(b["gold_early_partitions"], serde_json::json!([]));
+        assert_eq!(a["gold"]["build"]["rows_in"], b["gold"]["build"]["rows_in"]);
+        let kpis = |r: &Value| {
+            let mut report = r["report"].clone();
+            report.as_object_mut().unwrap().remove("build");
+            report
+        };
+        assert_eq!(kpis(&a), kpis(&b), "the same KPIs");
+    }
+    let gold = |d: &std::path::Path| {
+        let d = d.to_path_buf();
+        async move { crate::properties::snapshot(&Lake::open(&StorageConfig::local(d)).await.unwrap()).await }
+    };
+    let (ga, gb) = (gold(in_process.path()).await, gold(via_host.path()).await);
+    assert!(ga == gb, "the same gold rows");
+}

@@ -66,12 +66,17 @@ pub struct GoldOptions {
     /// A build stops taking silver files once it holds this many rows (at least one file is
     /// taken), so its memory follows this whatever the size of the files.
     pub max_rows_per_build: usize,
+    /// Only the silver files of this Event Hubs partition (its name, as in `partition=0`); `None`
+    /// for every partition's. Events are partitioned by patient, so a build of one partition's
+    /// files is a build of its own patients: `patientflow run` folds a partition as soon as its
+    /// silver is complete, while the other partitions are still being refined.
+    pub partition: Option<String>,
 }
 
 impl GoldOptions {
     /// Options with the defaults of 1,024 silver files and 262,144 rows per build.
     pub fn new(now: NaiveDateTime, retention: Duration) -> Self {
-        Self { now, retention, max_files_per_build: 1024, max_rows_per_build: 262_144 }
+        Self { now, retention, max_files_per_build: 1024, max_rows_per_build: 262_144, partition: None }
     }
 }
 
@@ -103,7 +108,9 @@ pub struct GoldMetrics {
 }
 
 impl GoldMetrics {
-    fn absorb(&mut self, next: GoldMetrics) {
+    /// Adds the next build's metrics (committed after these): counts add up, the build number and
+    /// table sizes are the later build's.
+    pub fn absorb(&mut self, next: GoldMetrics) {
         self.build = next.build;
         self.silver_files += next.silver_files;
         self.rows_in += next.rows_in;
@@ -143,6 +150,11 @@ pub enum BuildOutcome {
 /// buckets. A partition whose index is not known complete (no `complete` marker yet), or with more
 /// unfolded buckets or candidates than a few (a backlog), is listed whole.
 pub async fn pending(lake: &Lake) -> Result<(Option<Manifest>, Vec<Path>)> {
+    pending_in(lake, None).await
+}
+
+/// [`pending`], of one Event Hubs partition only when `only` names one.
+async fn pending_in(lake: &Lake, only: Option<&str>) -> Result<(Option<Manifest>, Vec<Path>)> {
     let latest = manifest::latest(lake).await?;
     let empty = manifest::Folded::default();
     let folded = latest.as_ref().map_or(&empty, |m| &m.silver);
@@ -150,6 +162,9 @@ pub async fn pending(lake: &Lake) -> Result<(Option<Manifest>, Vec<Path>)> {
     for folder in lake.list_folders(Container::Silver, &patient_flow_prefix()).await? {
         let name = folder.as_ref().rsplit_once('/').map_or(folder.as_ref(), |(_, name)| name);
         let Some(partition) = name.strip_prefix("partition=") else { continue };
+        if only.is_some_and(|only| only != partition) {
+            continue;
+        }
         new.extend(unfolded(lake, partition, folded).await?);
     }
     new.sort();
@@ -456,7 +471,7 @@ fn writer_properties(schema: &arrow_schema::SchemaRef, rows: usize) -> ::parquet
 /// the files those rows leave are rewritten; every other file is kept as it is.
 pub async fn build(lake: &Lake, options: &GoldOptions) -> Result<BuildOutcome> {
     let mut phases = Phases::start();
-    let (latest, pending_files) = pending(lake).await?;
+    let (latest, pending_files) = pending_in(lake, options.partition.as_deref()).await?;
     phases.mark("list pending silver");
     let base = latest.as_ref().map(|m| m.build);
     match build_on(lake, options, phases, latest, pending_files).await {
