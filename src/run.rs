@@ -1052,12 +1052,20 @@ async fn fold_partitions(
     let lake = state.lake().await?;
     let options = state.job_options(now, crate::pipeline::job::Trigger::Request).gold_options();
     let mut early = EarlyBuilds::default();
+    let mut waiting = Instant::now();
     while let Some(partition) = complete.recv().await {
         let started = Instant::now();
         early.first.get_or_insert(started);
         let options = gold::GoldOptions { partition: Some(partition.clone()), ..options.clone() };
         let (outcome, _) = gold::build_all(lake, &options).await?;
         early.busy += started.elapsed();
+        tracing::debug!(
+            partition,
+            waited_ms = (started - waiting).as_secs_f64() * 1e3,
+            built_ms = started.elapsed().as_secs_f64() * 1e3,
+            "Partition folded into gold while silver goes on."
+        );
+        waiting = Instant::now();
         early.partitions.push(partition);
         if let gold::BuildOutcome::Built(m) = outcome {
             match &mut early.metrics {

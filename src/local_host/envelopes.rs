@@ -11,7 +11,7 @@
 //!   file, so this is the local host's main cost (a property test checks both forms agree).
 
 use arrow_array::builder::StringBuilder;
-use arrow_array::{BinaryArray, Int64Array, TimestampMicrosecondArray};
+use arrow_array::{Int64Array, TimestampMicrosecondArray};
 use chrono::NaiveDateTime;
 use serde_json::{Value, json};
 
@@ -263,7 +263,7 @@ pub fn event_batch(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDateTim
         properties.append_value("{}");
     }
     let events = EventColumns {
-        body: BinaryArray::from_iter_values(events.iter().map(|e| &e.body)),
+        body: crate::pipeline::bronze::body_array(events.iter().map(|e| &e.body)),
         sequence_number: Int64Array::from_iter_values(events.iter().map(|e| e.sequence_number)),
         offset: offsets.finish(),
         enqueued_time: TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| to_micros(&e.enqueued_time))),

@@ -30,9 +30,54 @@ pub fn parse_utc(s: &str) -> Option<NaiveDateTime> {
     parse_fixed(s.as_bytes()).or_else(|| parse_any(s)).map(|t| t.trunc_subsecs(6))
 }
 
-/// [`parse_utc`] as microseconds since the Unix epoch (what Arrow stores).
+/// [`parse_utc`] as microseconds since the Unix epoch (what Arrow stores). The fast path's forms
+/// are counted out directly, without building chrono's date and time (silver parses two
+/// timestamps per event).
 pub fn parse_utc_micros(s: &str) -> Option<i64> {
-    parse_utc(s).map(|t| to_micros(&t))
+    let s = s.trim();
+    fixed_fields(s.as_bytes()).and_then(|f| f.micros()).or_else(|| parse_any(s).map(|t| to_micros(&t.trunc_subsecs(6))))
+}
+
+/// The fields of a timestamp in the fast path's form (see [`parse_fixed`]).
+struct Fields {
+    year: u32,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+    offset_seconds: i64,
+}
+
+impl Fields {
+    /// Microseconds since the Unix epoch in UTC, sub-microseconds truncated; `None` for a date
+    /// that does not exist or a time out of range, which chrono then decides (as after
+    /// [`parse_fixed`]).
+    fn micros(&self) -> Option<i64> {
+        let leap = self.year.is_multiple_of(4) && (!self.year.is_multiple_of(100) || self.year.is_multiple_of(400));
+        let month_days = match self.month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        if self.day == 0 || self.day > month_days || self.hour > 23 || self.minute > 59 {
+            return None;
+        }
+        // Days since 1970-01-01 in the proleptic Gregorian calendar, counted from 0000-03-01
+        // (Hinnant's `days_from_civil`), so that the leap day ends a year.
+        let (month, day) = (i64::from(self.month), i64::from(self.day));
+        let year = i64::from(self.year) - i64::from(month <= 2);
+        let (era, year_of_era) = (year.div_euclid(400), year.rem_euclid(400));
+        let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        let days = era * 146_097 + day_of_era - 719_468;
+        let seconds =
+            days * 86_400 + i64::from(self.hour * 3600 + self.minute * 60 + self.second) - self.offset_seconds;
+        Some(seconds * 1_000_000 + i64::from(self.nanos / 1000))
+    }
 }
 
 /// The fast path of [`parse_utc`]: exactly `YYYY-MM-DD`, `T` or a space, `HH:MM:SS`, an optional
@@ -40,6 +85,15 @@ pub fn parse_utc_micros(s: &str) -> Option<i64> {
 /// form, or a value to leave to chrono" (a leap second, an invalid date) — never "not a timestamp":
 /// the caller then asks chrono, which decides.
 fn parse_fixed(s: &[u8]) -> Option<NaiveDateTime> {
+    let f = fixed_fields(s)?;
+    let local = chrono::NaiveDate::from_ymd_opt(f.year as i32, f.month, f.day)?
+        .and_hms_nano_opt(f.hour, f.minute, f.second, f.nanos)?;
+    local.checked_sub_signed(chrono::Duration::seconds(f.offset_seconds))
+}
+
+/// The fields of [`parse_fixed`]'s form, each within its digits' range (the calendar is checked
+/// by the caller).
+fn fixed_fields(s: &[u8]) -> Option<Fields> {
     if s.len() < 19 {
         return None;
     }
@@ -86,9 +140,7 @@ fn parse_fixed(s: &[u8]) -> Option<NaiveDateTime> {
         }
         _ => return None,
     };
-    let local =
-        chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_nano_opt(hour, minute, second, nanos)?;
-    local.checked_sub_signed(chrono::Duration::seconds(offset_seconds))
+    Some(Fields { year, month, day, hour, minute, second, nanos, offset_seconds })
 }
 
 fn parse_any(s: &str) -> Option<NaiveDateTime> {
@@ -186,6 +238,24 @@ mod tests {
         assert_eq!(parse_utc("2026-02-30T00:00:00"), None);
     }
 
+    /// Every day (and the days that do not exist) of years at the calendar's edges — century and
+    /// 400-year leap rules, year 0, the epoch, the last year — counted out in microseconds as
+    /// chrono counts them, with and without an offset.
+    #[test]
+    fn microseconds_agree_with_chrono_on_every_day_of_edge_years() {
+        for year in [0, 1, 4, 100, 399, 400, 1600, 1899, 1900, 1969, 1970, 2000, 2023, 2024, 2100, 2400, 9999] {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    for time in ["00:00:00", "23:59:59.999999999", "12:34:56.789012-05:30", "00:00:01+14:00"] {
+                        let s = format!("{year:04}-{month:02}-{day:02}T{time}");
+                        let chrono = parse_any(&s).map(|t| to_micros(&t.trunc_subsecs(6)));
+                        assert_eq!(parse_utc_micros(&s), chrono, "{s}");
+                    }
+                }
+            }
+        }
+    }
+
     mod fast_path_agrees_with_chrono {
         use super::*;
         use proptest::prelude::*;
@@ -251,6 +321,17 @@ mod tests {
             #[test]
             fn on_any_string(s in "\\PC{0,40}") {
                 prop_assert_eq!(parse_utc(&s), slow(&s), "{:?}", s);
+            }
+
+            /// The microseconds counted out directly are chrono's.
+            #[test]
+            fn in_microseconds_on_strings_near_iso_8601(s in near_iso()) {
+                prop_assert_eq!(parse_utc_micros(&s), slow(&s).map(|t| to_micros(&t)), "{:?}", s);
+            }
+
+            #[test]
+            fn in_microseconds_on_any_string(s in "\\PC{0,40}") {
+                prop_assert_eq!(parse_utc_micros(&s), slow(&s).map(|t| to_micros(&t)), "{:?}", s);
             }
         }
     }

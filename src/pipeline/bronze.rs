@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
+use arrow_array::builder::{BinaryBuilder, StringBuilder};
 use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use bytes::Bytes;
 use chrono::NaiveDateTime;
@@ -64,6 +64,15 @@ pub struct EventColumns {
     pub properties: StringArray,
 }
 
+/// The events' bodies as one array, its values buffer sized once: `from_iter_values` grows it as
+/// it goes, copying every body written so far at each step.
+pub(crate) fn body_array<'a>(bodies: impl Iterator<Item = &'a Bytes> + Clone) -> BinaryArray {
+    let (n, bytes) = bodies.clone().fold((0, 0), |(n, bytes), b| (n + 1, bytes + b.len()));
+    let mut array = BinaryBuilder::with_capacity(n, bytes);
+    bodies.for_each(|b| array.append_value(b));
+    array.finish()
+}
+
 impl EventColumns {
     /// Checks that every column has as many values as there are bodies.
     pub fn try_new(
@@ -105,12 +114,13 @@ impl EventBatch {
     ) -> Self {
         let n = events.len();
         let text = |f: fn(&RawEvent) -> Option<&str>| {
-            let mut b = StringBuilder::with_capacity(n, 0);
+            let bytes = events.iter().filter_map(f).map(str::len).sum();
+            let mut b = StringBuilder::with_capacity(n, bytes);
             events.iter().for_each(|e| b.append_option(f(e)));
             b.finish()
         };
         let events = EventColumns {
-            body: BinaryArray::from_iter_values(events.iter().map(|e| &e.body)),
+            body: body_array(events.iter().map(|e| &e.body)),
             sequence_number: Int64Array::from_iter_values(events.iter().map(|e| e.sequence_number)),
             offset: text(|e| e.offset.as_deref()),
             enqueued_time: TimestampMicrosecondArray::from_iter_values(
