@@ -165,7 +165,9 @@ impl Handler {
             Handler::InProcess(state) => {
                 let (complete, partitions) = mpsc::unbounded_channel();
                 let min_rows = (state.gold().max_rows_per_build / 2) as u64;
-                Some((Folding { complete, min_rows }, tokio::spawn(fold_partitions(state.clone(), now, partitions))))
+                let failed = Arc::default();
+                let folding = fold_partitions(state.clone(), now, partitions, Arc::clone(&failed));
+                Some((Folding { complete, min_rows, failed }, tokio::spawn(folding)))
             }
         }
     }
@@ -309,8 +311,9 @@ pub struct RunReport {
     pub stages: Vec<StageReport>,
     /// What the simulator injected (when simulating).
     pub injected: Option<Tally>,
-    /// The Event Hubs partitions gold folded while silver was still being refined, in order (see
-    /// [`Folding`]); the timer folded the rest.
+    /// The Event Hubs partitions gold folded before the timer, each as soon as its silver was
+    /// complete (the last one usually after silver has ended), in order (see [`Folding`]); the
+    /// timer folded the rest.
     pub gold_early_partitions: Vec<String>,
     /// The gold job (build and warehouse load).
     pub gold: Option<Value>,
@@ -814,14 +817,18 @@ pub struct Folding {
     pub complete: mpsc::UnboundedSender<String>,
     /// A partition is sent only when this run refined at least this many silver rows of it: half a
     /// build, where a build of every partition's silver (the timer's) ends at a partition's end as
-    /// well (see `gold::read_silver`). A smaller partition is left to the timer, which folds it
-    /// with its neighbours into one build, rather than into a build of its own with small files.
+    /// well (see `gold::read_silver`; it may begin with earlier partitions' files). A smaller
+    /// partition is left to the timer, which folds it with its neighbours into one build, rather
+    /// than into a build of its own with small files.
     pub min_rows: u64,
+    /// Set when ingest or silver failed: the build under way is finished, no other is begun.
+    pub failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Which Event Hubs partitions have all their bronze files of this run refined, announced on
-/// `folding` one after another in gold's order (by name), each once: a partition's silver is
-/// complete once ingest is done (its files are known) and each of them has been refined.
+/// `folding` one after another by name (Event Hubs partition ids are numbers: 0, 1, 10, …, 2, as
+/// silver's keys sort), each once: a partition's silver is complete once ingest is done (its files
+/// are known) and each of them has been refined. Partitions of too few rows are passed over.
 #[derive(Default)]
 struct Completion {
     /// Files to refine per partition; known once ingest is done.
@@ -970,8 +977,9 @@ pub async fn silver_stage(
 /// batch lands, while ingest goes on. When ingest is done, the bronze files still without silver
 /// that it did not announce (replayed batches, files an earlier run left unrefined) are queued
 /// too, so the files refined are exactly those [`silver_stage`] after [`bronze_stage`] would
-/// refine. From then on, each Event Hubs partition whose files are all refined is sent to
-/// `folding` (see [`Folding`]), in gold's order; the channel closes when the stage ends.
+/// refine. From then on, each Event Hubs partition whose files are all refined (and that holds
+/// enough rows) is sent to `folding` (see [`Folding`]), one after another; the channel closes when
+/// the stage ends, however it ends, and a failure is flagged to the builds first.
 pub async fn bronze_and_silver_stages(
     handler: &Handler,
     lake: &Lake,
@@ -981,6 +989,7 @@ pub async fn bronze_and_silver_stages(
     folding: Option<Folding>,
 ) -> anyhow::Result<()> {
     let files = Arc::new(RefineQueue::default());
+    let failed = folding.as_ref().map(|f| Arc::clone(&f.failed));
     let completion = SharedCompletion::new(std::sync::Mutex::new(Completion { folding, ..Completion::default() }));
     // Each file bronze announces is queued for its refine, and remembered.
     let (landed, mut arrivals) = mpsc::unbounded_channel::<BatchStem>();
@@ -1003,13 +1012,13 @@ pub async fn bronze_and_silver_stages(
     // The bronze stage's senders close `landed` when it ends, failed or not; the refiner then
     // finishes the files already announced.
     let bronze = bronze_stage(handler, lake, options, report, Some(landed), clock).await;
-    let announced = forward.await?;
+    let announced = forward.await.context("the queue of landed bronze files stopped");
     // Ingest is done: the files it did not announce are queued too, and each partition's are known.
-    let swept = match &bronze {
-        Ok(()) => unrefined(lake, &announced.iter().map(|s| s.key().to_string()).collect()).await,
-        Err(_) => Ok(Vec::new()),
+    let swept = match (&bronze, &announced) {
+        (Ok(()), Ok(announced)) => unrefined(lake, &announced.iter().map(|s| s.key().to_string()).collect()).await,
+        _ => Ok(Vec::new()),
     };
-    if let (Ok(()), Ok(swept)) = (&bronze, &swept) {
+    if let (Ok(()), Ok(announced), Ok(swept)) = (&bronze, &announced, &swept) {
         let mut expected: BTreeMap<String, usize> = BTreeMap::new();
         for stem in announced.iter().chain(swept) {
             *expected.entry(stem.partition.clone()).or_default() += 1;
@@ -1020,16 +1029,24 @@ pub async fn bronze_and_silver_stages(
         }
     }
     files.close();
-    let refined = refiner.await?;
-    // Whatever happened, no partition is announced after this: the channel closes.
+    let refined = match refiner.await {
+        Ok(refined) => refined,
+        Err(e) => Err(anyhow::Error::new(e).context("the silver refines stopped")),
+    };
+    let outcome = bronze.and(announced).and(swept).and(refined);
+    if outcome.is_err()
+        && let Some(failed) = failed
+    {
+        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    // However the stage ended, no partition is announced after this: the channel closes.
     lock(&completion).folding = None;
-    bronze?;
-    swept?;
-    silver_report(report, refined?, clock)
+    let refined = outcome?;
+    silver_report(report, refined, clock)
 }
 
-/// The builds `patientflow run` commits while silver is still being refined: each Event Hubs
-/// partition's, as soon as its silver is complete.
+/// The builds `patientflow run` commits before the timer: each Event Hubs partition's, as soon as
+/// its silver is complete, while the next partitions are refined.
 #[derive(Debug, Default)]
 pub struct EarlyBuilds {
     /// The builds, reported together.
@@ -1048,12 +1065,16 @@ async fn fold_partitions(
     state: AppState,
     now: NaiveDateTime,
     mut complete: mpsc::UnboundedReceiver<String>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<EarlyBuilds> {
     let lake = state.lake().await?;
     let options = state.job_options(now, crate::pipeline::job::Trigger::Request).gold_options();
     let mut early = EarlyBuilds::default();
     let mut waiting = Instant::now();
     while let Some(partition) = complete.recv().await {
+        if failed.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
         let started = Instant::now();
         early.first.get_or_insert(started);
         let options = gold::GoldOptions { partition: Some(partition.clone()), ..options.clone() };
@@ -1144,7 +1165,7 @@ pub async fn run(
     let result = async {
         let (partitions, folding) = handler.fold_partitions(options.now).unzip();
         let stages = bronze_and_silver_stages(&handler, &lake, &options, &mut report, clock, partitions).await;
-        // A build under way when a stage failed is finished, not cut off.
+        // A build under way when a stage failed is finished, not cut off; no other is begun.
         let early = match folding {
             Some(folding) => folding.await?,
             None => Ok(EarlyBuilds::default()),
@@ -1386,7 +1407,7 @@ mod tests {
 
         let mut second = RunReport::default();
         let (complete, mut announced) = mpsc::unbounded_channel();
-        let folding = Folding { complete, min_rows: 1 };
+        let folding = Folding { complete, min_rows: 1, failed: Arc::default() };
         bronze_and_silver_stages(&host, &lake, &options(600, 2), &mut second, Instant::now(), Some(folding))
             .await
             .unwrap();
@@ -1401,13 +1422,38 @@ mod tests {
         assert_eq!(partitions, ["0", "1", "2"]);
     }
 
+    /// A refine that fails ends the stage with its error, flags the failure to the builds, and closes
+    /// the partitions' channel: nothing waits for a partition that cannot complete, and nothing is
+    /// announced behind it.
+    #[tokio::test]
+    async fn a_failed_refine_flags_the_builds_and_closes_the_channel() {
+        let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+        // A file in partition 0 that is no bronze file, left without silver: swept and refined once
+        // ingest is done, first (the queue serves partition 0 first), and it fails.
+        let broken = BatchStem { partition: "0".into(), first_seq: 900_000, last_seq: 900_009 };
+        lake.put(Container::Bronze, &broken.key(), Bytes::from_static(b"not parquet")).await.unwrap();
+        let options = options(600, 3);
+        let host = host(&lake, options.now).await;
+        let (complete, mut announced) = mpsc::unbounded_channel();
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let folding = Folding { complete, min_rows: 1, failed: Arc::clone(&failed) };
+        let mut report = RunReport::default();
+        let stage = bronze_and_silver_stages(&host, &lake, &options, &mut report, Instant::now(), Some(folding));
+        let error = tokio::time::timeout(Duration::from_secs(60), stage).await.unwrap().unwrap_err();
+        assert!(format!("{error:#}").contains("Corrupt footer"), "{error:#}");
+        assert!(failed.load(std::sync::atomic::Ordering::SeqCst));
+        let closed = tokio::time::timeout(Duration::from_secs(10), announced.recv()).await.unwrap();
+        assert_eq!(closed, None, "partition 0 never completes, so none after it is announced");
+    }
+
     /// Partitions are announced in gold's order (by name, as silver keys sort), each once, only
     /// once ingest is done and every one of its files is refined — a partition refined early waits
     /// for those before it — and only when they hold enough rows.
     #[test]
     fn partitions_are_announced_in_order_once_all_their_files_are_refined() {
         let (complete, mut announced) = mpsc::unbounded_channel();
-        let mut c = Completion { folding: Some(Folding { complete, min_rows: 10 }), ..Completion::default() };
+        let folding = Folding { complete, min_rows: 10, failed: Arc::default() };
+        let mut c = Completion { folding: Some(folding), ..Completion::default() };
         let mut take = || std::iter::from_fn(|| announced.try_recv().ok()).collect::<Vec<String>>();
         for (p, rows) in [("1", 10), ("10", 9), ("0", 5), ("3", 10)] {
             c.refined(p, rows);

@@ -679,6 +679,11 @@ async fn a_gold_without_a_ledger_is_rebuilt_from_silver() {
     legacy.build += 1;
     manifest::commit(&lake, &legacy).await.unwrap();
     deliver(&state, &lake, &[&c]).await;
+    // A build of one partition's silver leaves that rebuild (of every partition's) alone.
+    let one_partition =
+        GoldOptions { partition: Some("0".into()), ..GoldOptions::new(t(NOW), Duration::from_secs(3600)) };
+    let outcome = gold::build(&lake, &one_partition).await.unwrap();
+    assert!(matches!(outcome, BuildOutcome::NothingNew { build: Some(2) }), "{outcome:?}");
     build_all(&lake, 1024).await;
     assert_eq!(manifest::latest(&lake).await.unwrap().unwrap().build, 3);
     let (_, reference) = at_once(&[a, b, c]).await;

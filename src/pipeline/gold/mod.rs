@@ -513,6 +513,10 @@ async fn build_on(
 ) -> Result<BuildOutcome> {
     let as_of = to_micros(&options.now);
     let (prev, mut new_files) = match &latest {
+        // That rebuild takes every partition's silver: it is left to a build of all partitions.
+        Some(m) if m.ledger.is_none() && options.partition.is_some() => {
+            return Ok(BuildOutcome::NothingNew { build: Some(m.build) });
+        }
         // Gold built before the ledger existed cannot be updated by the rules below: it is rebuilt
         // from silver (every silver file is kept), continuing the build numbers.
         Some(m) if m.ledger.is_none() => {
