@@ -847,6 +847,13 @@ impl Completion {
         self.announce();
     }
 
+    /// A refine or ingest failed: the builds begin no other (see [`Folding::failed`]).
+    fn fail(&self) {
+        if let Some(folding) = &self.folding {
+            folding.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     fn expect(&mut self, expected: BTreeMap<String, usize>) {
         self.expected = Some(expected);
         self.announce();
@@ -891,7 +898,13 @@ async fn refine_all(
             let mut done = Refines::default();
             while let Some(stem) = files.next().await {
                 done.first.get_or_insert(Instant::now());
-                let refined = handler.refine(&lake, &stem, &now, w).await?;
+                let refined = match handler.refine(&lake, &stem, &now, w).await {
+                    Ok(refined) => refined,
+                    Err(e) => {
+                        lock(&completion).fail();
+                        return Err(e);
+                    }
+                };
                 lock(&completion).refined(&stem.partition, refined.metrics.rows_out);
                 done.split.add(refined.split);
                 done.last = Some(Instant::now());
@@ -989,7 +1002,6 @@ pub async fn bronze_and_silver_stages(
     folding: Option<Folding>,
 ) -> anyhow::Result<()> {
     let files = Arc::new(RefineQueue::default());
-    let failed = folding.as_ref().map(|f| Arc::clone(&f.failed));
     let completion = SharedCompletion::new(std::sync::Mutex::new(Completion { folding, ..Completion::default() }));
     // Each file bronze announces is queued for its refine, and remembered.
     let (landed, mut arrivals) = mpsc::unbounded_channel::<BatchStem>();
@@ -1034,13 +1046,14 @@ pub async fn bronze_and_silver_stages(
         Err(e) => Err(anyhow::Error::new(e).context("the silver refines stopped")),
     };
     let outcome = bronze.and(announced).and(swept).and(refined);
-    if outcome.is_err()
-        && let Some(failed) = failed
-    {
-        failed.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
     // However the stage ended, no partition is announced after this: the channel closes.
-    lock(&completion).folding = None;
+    {
+        let mut completion = lock(&completion);
+        if outcome.is_err() {
+            completion.fail();
+        }
+        completion.folding = None;
+    }
     let refined = outcome?;
     silver_report(report, refined, clock)
 }
