@@ -767,42 +767,51 @@ impl Refines {
     }
 }
 
-/// The bronze files waiting for their blob trigger, served in key order (Event Hubs partition,
-/// then sequence number) rather than as they landed: once ingest is done, one partition's silver
-/// is complete after another, so gold can fold the first while the rest are refined.
+/// The bronze files waiting for their blob trigger, served in order of Event Hubs partition (by
+/// name, as announced partitions are: see [`Completion`]), then sequence number — `BatchStem`'s own
+/// order — rather than as they landed: once ingest is done, one partition's silver is complete
+/// after another, so gold can fold the first while the rest are refined.
 #[derive(Default)]
 struct RefineQueue {
-    state: std::sync::Mutex<(BTreeMap<String, BatchStem>, bool)>,
+    state: std::sync::Mutex<Waiting>,
     ready: tokio::sync::Notify,
 }
 
+/// What a [`RefineQueue`] holds.
+#[derive(Default)]
+struct Waiting {
+    files: std::collections::BTreeSet<BatchStem>,
+    /// No more files come.
+    closed: bool,
+}
+
 impl RefineQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, BatchStem>, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn push(&self, stem: BatchStem) {
-        self.lock().0.insert(stem.key().to_string(), stem);
+        self.lock().files.insert(stem);
         self.ready.notify_one();
     }
 
     /// No more files come: workers finish what is queued and stop.
     fn close(&self) {
-        self.lock().1 = true;
+        self.lock().closed = true;
         self.ready.notify_waiters();
     }
 
-    /// The next file by key, waiting for one; `None` once closed and drained.
+    /// The next file in order, waiting for one; `None` once closed and drained.
     async fn next(&self) -> Option<BatchStem> {
         loop {
             // Registered before the queue is looked at, so a push or close in between is not missed.
             let ready = self.ready.notified();
             {
-                let mut state = self.lock();
-                if let Some((_, stem)) = state.0.pop_first() {
+                let mut waiting = self.lock();
+                if let Some(stem) = waiting.files.pop_first() {
                     return Some(stem);
                 }
-                if state.1 {
+                if waiting.closed {
                     return None;
                 }
             }
@@ -1487,10 +1496,10 @@ mod tests {
         assert_eq!(keys, ["0", "1", "10", "2"].map(key), "gold's order is the partitions' by name");
     }
 
-    /// The queue serves files by key (partition, then sequence), whatever order they came in; a
-    /// worker waiting on an empty queue wakes for a file, and ends once the queue is closed.
+    /// The queue serves files by partition, then sequence, whatever order they came in; a worker
+    /// waiting on an empty queue wakes for a file, and ends once the queue is closed.
     #[tokio::test]
-    async fn the_refine_queue_serves_files_by_key_until_closed() {
+    async fn the_refine_queue_serves_files_in_order_until_closed() {
         let files = Arc::new(RefineQueue::default());
         let stem = |p: &str, first: i64| BatchStem { partition: p.into(), first_seq: first, last_seq: first + 9 };
         for s in [stem("1", 0), stem("0", 10), stem("0", 0)] {
