@@ -96,11 +96,14 @@ pub static BRONZE: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// How bronze files are written. zstd (the archive) where there are bytes to save: bodies, partition
 /// keys, offsets. Sequence numbers and enqueued times grow within a partition (delta-encoded to a
 /// few bytes); hub, partition, properties and ingestion time are constants or nearly (a dictionary
-/// of one value): those columns stay uncompressed, which spares a zstd context each.
+/// of one value): those columns stay uncompressed, which spares a zstd context each. Partition
+/// keys (patient ids) get no statistics, like bodies: a file holds the events of whichever
+/// patients arrived together, so its lowest and highest key span nearly every key and prune
+/// nothing, while computing them compares every key twice.
 pub const BRONZE_LAYOUT: Layout = Layout {
     codec: Codec::Archive,
     plain: &["offset", "partition_key", "body"],
-    no_statistics: &["body", "properties"],
+    no_statistics: &["body", "properties", "partition_key"],
     delta: &["sequence_number", "enqueued_time"],
     uncompressed: &["event_hub", "partition_id", "sequence_number", "enqueued_time", "properties", "ingested_at"],
 };
@@ -140,11 +143,13 @@ pub static SILVER: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// How silver files are written (Snappy where it pays): ids and timestamps are (nearly) unique, so
 /// PLAIN, and uncompressed — Snappy saved a tenth of their bytes (random ids, times spread over
 /// days) for 8 % of a refine's time (criterion, `refine_silver`); the lineage's sequence numbers
-/// and enqueued times grow (delta); the low-cardinality columns keep their dictionaries.
+/// and enqueued times grow (delta); the low-cardinality columns keep their dictionaries. Patient
+/// ids get no statistics: a file's rows are the patients of a batch, in arrival order, so its
+/// lowest and highest id span nearly every id and prune nothing (see [`BRONZE_LAYOUT`]).
 pub const SILVER_LAYOUT: Layout = Layout {
     codec: Codec::Fast,
     plain: &["patient_id", "admission_time", "admission_time_sent", "discharge_time"],
-    no_statistics: &[],
+    no_statistics: &["patient_id"],
     delta: &["sequence_number", "enqueued_time"],
     uncompressed: &[
         "patient_id",

@@ -421,6 +421,12 @@ const NO_CODEC: [&str; 14] = [
     "is_current",
 ];
 
+/// Columns written without statistics: patient ids, in files laid out by patient key (a hash) or
+/// by arrival, so a page's lowest and highest id span nearly every id and prune nothing, while
+/// computing them compares every id twice. The ledger and its key sidecars, which only gold reads
+/// and reads whole, have none at all (see [`writer_properties`]).
+const NO_STATISTICS: [&str; 1] = ["patient_id"];
+
 /// False positives of the fact files' bloom filters (see [`encode`]).
 const BLOOM_FPP: f64 = 1e-4;
 
@@ -439,8 +445,17 @@ fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes
 /// The writer settings of a gold file of `rows` rows (the bloom filter of `fact_id` is sized by
 /// them).
 fn writer_properties(schema: &arrow_schema::SchemaRef, rows: usize) -> ::parquet::file::properties::WriterProperties {
+    use ::parquet::file::properties::EnabledStatistics;
     let mut props = parquet::writer_properties_builder(Codec::Fast);
+    // The ledger is gold's own state: a build decodes the segments its key sidecars name, whole,
+    // and no reader prunes them by statistics.
+    if Arc::ptr_eq(schema, &ledger::LEDGER) || Arc::ptr_eq(schema, &ledger::KEYS) {
+        props = props.set_statistics_enabled(EnabledStatistics::None);
+    }
     for field in schema.fields() {
+        if NO_STATISTICS.contains(&field.name().as_str()) {
+            props = props.set_column_statistics_enabled(field.name().as_str().into(), EnabledStatistics::None);
+        }
         if DISTINCT.contains(&field.name().as_str()) {
             props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
         }
@@ -1231,6 +1246,64 @@ mod tests {
     use super::*;
     use crate::storage::StorageConfig;
     use proptest::prelude::*;
+
+    /// Three rows of every column of `schema`, distinct values of each column's type.
+    fn three_rows(schema: &arrow_schema::SchemaRef) -> RecordBatch {
+        use arrow_array::{ArrayRef, BinaryArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array};
+        use arrow_schema::DataType;
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.data_type() {
+                    DataType::Int64 => Arc::new(Int64Array::from(vec![3, 1, 2])),
+                    DataType::Int32 => Arc::new(Int32Array::from(vec![3, 1, 2])),
+                    DataType::Float64 => Arc::new(Float64Array::from(vec![3.0, 1.0, 2.0])),
+                    DataType::Boolean => Arc::new(BooleanArray::from(vec![true, false, true])),
+                    DataType::Date32 => Arc::new(Date32Array::from(vec![3, 1, 2])),
+                    DataType::Utf8 => Arc::new(arrow_array::StringArray::from(vec!["c", "a", "b"])),
+                    DataType::Binary => Arc::new(BinaryArray::from(vec![b"c".as_slice(), b"a", b"b"])),
+                    DataType::Timestamp(..) => {
+                        arrow_cast::cast(&Int64Array::from(vec![3, 1, 2]), f.data_type()).expect("a timestamp")
+                    }
+                    other => panic!("no sample of {other}"),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(Arc::clone(schema), columns).unwrap()
+    }
+
+    /// The columns of an encoded file that carry statistics.
+    fn with_statistics(bytes: bytes::Bytes) -> Vec<String> {
+        use ::parquet::file::reader::{FileReader, SerializedFileReader};
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let group = reader.metadata().row_group(0);
+        group.columns().iter().filter(|c| c.statistics().is_some()).map(|c| c.column_path().string()).collect()
+    }
+
+    /// Every lake file keeps its statistics (a reader prunes pages and files by them) but where
+    /// nothing can prune by them: patient ids, in files laid out by arrival or by a hash of the
+    /// patient, so each file's and page's lowest and highest id span nearly every id; and the
+    /// visit ledger and its key sidecars, gold's own state, which only gold reads, whole.
+    #[test]
+    fn lake_files_keep_statistics_but_where_nothing_can_prune_by_them() {
+        use crate::model::schema::{BRONZE, BRONZE_LAYOUT, SILVER, SILVER_LAYOUT};
+        let names = |schema: &arrow_schema::SchemaRef, without: &[&str]| -> Vec<String> {
+            schema.fields().iter().map(|f| f.name().clone()).filter(|n| !without.contains(&n.as_str())).collect()
+        };
+        let gold = |schema: &arrow_schema::SchemaRef| with_statistics(encode(schema, &three_rows(schema)).unwrap());
+        assert_eq!(gold(&ledger::LEDGER), Vec::<String>::new());
+        assert_eq!(gold(&ledger::KEYS), Vec::<String>::new());
+        assert_eq!(gold(&DIM_PATIENT), names(&DIM_PATIENT, &["patient_id"]));
+        for table in [&FACT_PATIENT_FLOW, &DIM_DEPARTMENT, &DIM_TIME] {
+            assert_eq!(gold(table), names(table, &[]));
+        }
+        let layer = |schema: &arrow_schema::SchemaRef, layout| {
+            with_statistics(parquet::encode_layout(schema, &[three_rows(schema)], layout).unwrap())
+        };
+        assert_eq!(layer(&SILVER, &SILVER_LAYOUT), names(&SILVER, &["patient_id"]));
+        assert_eq!(layer(&BRONZE, &BRONZE_LAYOUT), names(&BRONZE, &["body", "properties", "partition_key"]));
+    }
 
     fn keys(stems: &[(&str, i64, i64)]) -> Vec<Path> {
         let mut keys: Vec<Path> = stems
