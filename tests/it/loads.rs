@@ -534,6 +534,84 @@ async fn gold_files_of_other_arrow_types_load_as_the_same_rows() {
     assert_eq!(loaded[0], loaded[1]);
 }
 
+/// The load writes DuckDB's vectors itself (strings unchecked, numbers copied): the rows it stores
+/// are those duckdb-rs's own arrow conversion (its appender) stores from the same batch — every
+/// column type of the fact table, nulls in every nullable column, text beyond ASCII, and vectors
+/// cut from the middle of the batches the load decodes (5,000 rows: three vectors of 2,048).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_rows_are_the_rows_duckdbs_own_arrow_conversion_stores() {
+    let lake = Lake::open(&StorageConfig::memory()).await.unwrap();
+    let rows: Vec<Row> = (0..5_000).map(|k| (k, 1)).collect();
+    let plain = batch(&schema::FACT_PATIENT_FLOW, &rows, false);
+    let every_seventh = arrow_array::BooleanArray::from_iter((0..plain.num_rows()).map(|i| Some(i % 7 == 3)));
+    let columns: Vec<ArrayRef> = plain
+        .schema()
+        .fields()
+        .iter()
+        .zip(plain.columns())
+        .map(|(field, column)| match (field.data_type(), field.is_nullable()) {
+            (DataType::Utf8, _) => {
+                let text = column.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+                let accented: arrow_array::StringArray =
+                    text.iter().map(|v| v.map(|v| format!("{v}-Ünïcødé €"))).collect();
+                let accented: ArrayRef = Arc::new(accented);
+                if field.is_nullable() {
+                    arrow_select::nullif::nullif(&accented, &every_seventh).unwrap()
+                } else {
+                    accented
+                }
+            }
+            (_, true) => arrow_select::nullif::nullif(column, &every_seventh).unwrap(),
+            _ => Arc::clone(column),
+        })
+        .collect();
+    let facts = RecordBatch::try_new(plain.schema(), columns).unwrap();
+    assert!(facts.columns().iter().any(|c| c.null_count() > 0), "the batch has nulls");
+
+    let m = fact_build(&lake, 1, "facts", facts.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Embedded::open(&dir.path().join("w.duckdb")).unwrap();
+    assert_eq!(w.load(&lake, &m).await.unwrap().fact_rows_written, 5_000);
+    let (stored, expected, differ) = w
+        .with_conn(move |c| {
+            let db = |e: duckdb::Error| patientflow::warehouse::Error::Database(e.to_string());
+            c.execute_batch("CREATE TABLE expected AS SELECT * EXCLUDE (gold_file_id) FROM FactPatientFlow LIMIT 0")
+                .map_err(db)?;
+            // The batch in the table's column order, timestamps as the warehouse's naive UTC.
+            let mut s = c.prepare("SELECT column_name FROM information_schema.columns WHERE table_name = 'expected' ORDER BY ordinal_position").map_err(db)?;
+            let names: Vec<String> = s.query_map([], |r| r.get(0)).map_err(db)?.map(Result::unwrap).collect();
+            let naive = DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None);
+            let (fields, columns): (Vec<arrow_schema::Field>, Vec<ArrayRef>) = names
+                .iter()
+                .map(|name| {
+                    let column = facts.column_by_name(name).unwrap();
+                    let field = facts.schema().field_with_name(name).unwrap().clone();
+                    match field.data_type() {
+                        DataType::Timestamp(..) => {
+                            (field.with_data_type(naive.clone()), arrow_cast::cast(column, &naive).unwrap())
+                        }
+                        _ => (field, Arc::clone(column)),
+                    }
+                })
+                .unzip();
+            let ordered = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), columns).unwrap();
+            let mut appender = c.appender("expected").map_err(db)?;
+            appender.append_record_batch(ordered).map_err(db)?;
+            appender.flush().map_err(db)?;
+            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db);
+            let stored = count("SELECT count(*) FROM FactPatientFlow")?;
+            let expected = count("SELECT count(*) FROM expected")?;
+            let differ = count(
+                "SELECT count(*) FROM ((SELECT * EXCLUDE (gold_file_id) FROM FactPatientFlow EXCEPT ALL SELECT * FROM expected) \
+                 UNION ALL (SELECT * FROM expected EXCEPT ALL SELECT * EXCLUDE (gold_file_id) FROM FactPatientFlow))",
+            )?;
+            Ok((stored, expected, differ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((stored, expected, differ), (5_000, 5_000, 0));
+}
+
 /// A build naming a fact file that is not a gold fact file (not parquet; parquet without a column
 /// the table has) fails its load with an error naming the file and what is wrong, and the
 /// warehouse keeps the build it held, whole.

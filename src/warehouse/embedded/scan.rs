@@ -26,14 +26,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use duckdb::Connection;
 use duckdb::core::DataChunkHandle;
-use duckdb::vtab::{
-    BindInfo, InitInfo, TableFunctionInfo, VTab, record_batch_to_duckdb_data_chunk, to_duckdb_logical_type_for_field,
-};
+use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab, to_duckdb_logical_type_for_field};
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
@@ -408,7 +407,7 @@ impl VTab for GoldRows {
         let task = output.get_ptr() as usize;
         let feed = info.get_bind_data();
         match feed.next_slice(task, vector) {
-            Ok(Some(slice)) => record_batch_to_duckdb_data_chunk(&slice, output)?,
+            Ok(Some(slice)) => write_chunk(&slice, output)?,
             Ok(None) => output.set_len(0),
             Err(e) => {
                 let message = e.to_string();
@@ -417,6 +416,95 @@ impl VTab for GoldRows {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes `batch` (at most a vector's rows, one column per result column of `gold_rows`, of the
+/// types [`insert_schema`] gives) into DuckDB's `chunk`. Written here rather than by duckdb-rs's
+/// conversion, which hands each string to DuckDB's checked assignment, validating it as UTF-8
+/// again: an arrow string array is UTF-8 by construction (the parquet reader checked every value it
+/// decoded), so the load assigns strings unchecked. Numbers, dates and timestamps are copied as
+/// duckdb-rs copies them (DuckDB's `DATE` and `TIMESTAMP` are days and microseconds, as arrow's).
+fn write_chunk(
+    batch: &RecordBatch,
+    chunk: &mut DataChunkHandle,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let rows = batch.num_rows();
+    if batch.num_columns() != chunk.num_columns() || rows > chunk.flat_vector(0).capacity() {
+        return Err(format!(
+            "{FUNCTION}: {} columns of {rows} rows for a chunk of {} columns of {} rows",
+            batch.num_columns(),
+            chunk.num_columns(),
+            chunk.flat_vector(0).capacity()
+        )
+        .into());
+    }
+    for (i, column) in batch.columns().iter().enumerate() {
+        let mut vector = chunk.flat_vector(i);
+        match column.data_type() {
+            DataType::Utf8 => write_strings(column.as_string::<i32>(), column_vector(chunk, i)),
+            DataType::Int64 => copy_values(&mut vector, column.as_primitive::<Int64Type>().values(), rows),
+            DataType::Timestamp(TimeUnit::Microsecond, None) => {
+                copy_values(&mut vector, column.as_primitive::<TimestampMicrosecondType>().values(), rows)
+            }
+            DataType::Int32 => copy_values(&mut vector, column.as_primitive::<Int32Type>().values(), rows),
+            DataType::Date32 => copy_values(&mut vector, column.as_primitive::<Date32Type>().values(), rows),
+            DataType::Float64 => copy_values(&mut vector, column.as_primitive::<Float64Type>().values(), rows),
+            DataType::Boolean => {
+                let values: Vec<bool> = column.as_boolean().values().iter().collect();
+                copy_values(&mut vector, &values, rows)
+            }
+            other => return Err(format!("{FUNCTION}: no conversion for a column of {other}").into()),
+        }
+        if let Some(nulls) = column.nulls().filter(|n| n.null_count() > 0) {
+            for row in (0..rows).filter(|&r| nulls.is_null(r)) {
+                vector.set_null(row);
+            }
+        }
+    }
+    chunk.set_len(rows);
+    Ok(())
+}
+
+/// Copies a column's first `rows` values (`rows` at most the vector's capacity) into `vector`,
+/// whose DuckDB type stores `T` (the arrow field's type, `bind`).
+#[allow(unsafe_code)]
+fn copy_values<T: Copy>(vector: &mut duckdb::core::FlatVector<'_>, values: &[T], rows: usize) {
+    // SAFETY: the vector's column has the arrow field's type (`bind` declared it), whose DuckDB
+    // storage is `T` (BIGINT and TIMESTAMP i64, INTEGER and DATE i32, DOUBLE f64, BOOLEAN bool); it
+    // holds `capacity` values, at least `rows` (`write_chunk` checked), and nothing else refers to
+    // its storage while the table function fills it.
+    unsafe { vector.copy::<T>(&values[..rows]) }
+}
+
+/// The vector of `chunk`'s column `i` (`i` below its column count).
+#[allow(unsafe_code)]
+fn column_vector(chunk: &DataChunkHandle, i: usize) -> duckdb::ffi::duckdb_vector {
+    // SAFETY: `chunk` is a live data chunk DuckDB handed to the table function, and `i` is one of
+    // its columns (`write_chunk` checked the count): DuckDB returns that column's vector, owned by
+    // the chunk and valid while it is.
+    unsafe { duckdb::ffi::duckdb_data_chunk_get_vector(chunk.get_ptr(), i as u64) }
+}
+
+/// Writes the non-null values of `strings` (at most the vector's capacity) into the VARCHAR
+/// `vector`, rows from 0 (nulls are marked by the caller).
+#[allow(unsafe_code)]
+fn write_strings(strings: &arrow_array::StringArray, vector: duckdb::ffi::duckdb_vector) {
+    for (row, value) in strings.iter().enumerate() {
+        if let Some(value) = value {
+            // SAFETY: `vector` is a VARCHAR vector of the chunk being filled (its column's type is
+            // the arrow field's, `bind`) with room for `row` (`write_chunk` checked the rows);
+            // DuckDB copies the `value.len()` bytes at `value.as_ptr()`, valid for the call, into
+            // the vector's own storage. They are UTF-8: `value` is a `&str`.
+            unsafe {
+                duckdb::ffi::duckdb_unsafe_vector_assign_string_element_len(
+                    vector,
+                    row as u64,
+                    value.as_ptr().cast(),
+                    value.len() as u64,
+                );
+            }
+        }
     }
 }
 
