@@ -31,7 +31,7 @@ use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use duckdb::Connection;
-use duckdb::core::DataChunkHandle;
+use duckdb::core::{DataChunkHandle, LogicalTypeId};
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab, to_duckdb_logical_type_for_field};
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
@@ -441,18 +441,45 @@ fn write_chunk(
     }
     for (i, column) in batch.columns().iter().enumerate() {
         let mut vector = chunk.flat_vector(i);
-        match column.data_type() {
-            DataType::Utf8 => write_strings(column.as_string::<i32>(), column_vector(chunk, i)),
-            DataType::Int64 => copy_values(&mut vector, column.as_primitive::<Int64Type>().values(), rows),
-            DataType::Timestamp(TimeUnit::Microsecond, None) => {
-                copy_values(&mut vector, column.as_primitive::<TimestampMicrosecondType>().values(), rows)
+        // The vector's storage must be what is copied into it (the copies below rely on it).
+        let stored = vector.logical_type().id();
+        let fits = |expected: LogicalTypeId| -> std::result::Result<(), Box<dyn std::error::Error>> {
+            match stored == expected {
+                true => Ok(()),
+                false => {
+                    Err(format!("{FUNCTION}: column {i} is {stored:?} in DuckDB but {expected:?} in the batch").into())
+                }
             }
-            DataType::Int32 => copy_values(&mut vector, column.as_primitive::<Int32Type>().values(), rows),
-            DataType::Date32 => copy_values(&mut vector, column.as_primitive::<Date32Type>().values(), rows),
-            DataType::Float64 => copy_values(&mut vector, column.as_primitive::<Float64Type>().values(), rows),
+        };
+        match column.data_type() {
+            DataType::Utf8 => {
+                fits(LogicalTypeId::Varchar)?;
+                write_strings(column.as_string::<i32>(), column_vector(chunk, i));
+            }
+            DataType::Int64 => {
+                fits(LogicalTypeId::Bigint)?;
+                copy_values(&mut vector, column.as_primitive::<Int64Type>().values(), rows);
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, None) => {
+                fits(LogicalTypeId::Timestamp)?;
+                copy_values(&mut vector, column.as_primitive::<TimestampMicrosecondType>().values(), rows);
+            }
+            DataType::Int32 => {
+                fits(LogicalTypeId::Integer)?;
+                copy_values(&mut vector, column.as_primitive::<Int32Type>().values(), rows);
+            }
+            DataType::Date32 => {
+                fits(LogicalTypeId::Date)?;
+                copy_values(&mut vector, column.as_primitive::<Date32Type>().values(), rows);
+            }
+            DataType::Float64 => {
+                fits(LogicalTypeId::Double)?;
+                copy_values(&mut vector, column.as_primitive::<Float64Type>().values(), rows);
+            }
             DataType::Boolean => {
+                fits(LogicalTypeId::Boolean)?;
                 let values: Vec<bool> = column.as_boolean().values().iter().collect();
-                copy_values(&mut vector, &values, rows)
+                copy_values(&mut vector, &values, rows);
             }
             other => return Err(format!("{FUNCTION}: no conversion for a column of {other}").into()),
         }
@@ -470,8 +497,8 @@ fn write_chunk(
 /// whose DuckDB type stores `T` (the arrow field's type, `bind`).
 #[allow(unsafe_code)]
 fn copy_values<T: Copy>(vector: &mut duckdb::core::FlatVector<'_>, values: &[T], rows: usize) {
-    // SAFETY: the vector's column has the arrow field's type (`bind` declared it), whose DuckDB
-    // storage is `T` (BIGINT and TIMESTAMP i64, INTEGER and DATE i32, DOUBLE f64, BOOLEAN bool); it
+    // SAFETY: the vector's DuckDB type stores `T` (`write_chunk` checked its type against the
+    // column's: BIGINT and TIMESTAMP i64, INTEGER and DATE i32, DOUBLE f64, BOOLEAN bool); it
     // holds `capacity` values, at least `rows` (`write_chunk` checked), and nothing else refers to
     // its storage while the table function fills it.
     unsafe { vector.copy::<T>(&values[..rows]) }
@@ -492,8 +519,8 @@ fn column_vector(chunk: &DataChunkHandle, i: usize) -> duckdb::ffi::duckdb_vecto
 fn write_strings(strings: &arrow_array::StringArray, vector: duckdb::ffi::duckdb_vector) {
     for (row, value) in strings.iter().enumerate() {
         if let Some(value) = value {
-            // SAFETY: `vector` is a VARCHAR vector of the chunk being filled (its column's type is
-            // the arrow field's, `bind`) with room for `row` (`write_chunk` checked the rows);
+            // SAFETY: `vector` is a VARCHAR vector of the chunk being filled (`write_chunk` checked
+            // its type) with room for `row` (`write_chunk` checked the rows);
             // DuckDB copies the `value.len()` bytes at `value.as_ptr()`, valid for the call, into
             // the vector's own storage. They are UTF-8: `value` is a `&str`.
             unsafe {
