@@ -441,45 +441,22 @@ fn write_chunk(
     }
     for (i, column) in batch.columns().iter().enumerate() {
         let mut vector = chunk.flat_vector(i);
-        // The vector's storage must be what is copied into it (the copies below rely on it).
-        let stored = vector.logical_type().id();
-        let fits = |expected: LogicalTypeId| -> std::result::Result<(), Box<dyn std::error::Error>> {
-            match stored == expected {
-                true => Ok(()),
-                false => {
-                    Err(format!("{FUNCTION}: column {i} is {stored:?} in DuckDB but {expected:?} in the batch").into())
-                }
-            }
-        };
         match column.data_type() {
             DataType::Utf8 => {
-                fits(LogicalTypeId::Varchar)?;
+                fits(&vector, LogicalTypeId::Varchar, i)?;
                 write_strings(column.as_string::<i32>(), column_vector(chunk, i));
             }
-            DataType::Int64 => {
-                fits(LogicalTypeId::Bigint)?;
-                copy_values(&mut vector, column.as_primitive::<Int64Type>().values(), rows);
-            }
+            DataType::Int64 => copy_primitive::<Int64Type>(column, &mut vector, LogicalTypeId::Bigint, i)?,
             DataType::Timestamp(TimeUnit::Microsecond, None) => {
-                fits(LogicalTypeId::Timestamp)?;
-                copy_values(&mut vector, column.as_primitive::<TimestampMicrosecondType>().values(), rows);
+                copy_primitive::<TimestampMicrosecondType>(column, &mut vector, LogicalTypeId::Timestamp, i)?
             }
-            DataType::Int32 => {
-                fits(LogicalTypeId::Integer)?;
-                copy_values(&mut vector, column.as_primitive::<Int32Type>().values(), rows);
-            }
-            DataType::Date32 => {
-                fits(LogicalTypeId::Date)?;
-                copy_values(&mut vector, column.as_primitive::<Date32Type>().values(), rows);
-            }
-            DataType::Float64 => {
-                fits(LogicalTypeId::Double)?;
-                copy_values(&mut vector, column.as_primitive::<Float64Type>().values(), rows);
-            }
+            DataType::Int32 => copy_primitive::<Int32Type>(column, &mut vector, LogicalTypeId::Integer, i)?,
+            DataType::Date32 => copy_primitive::<Date32Type>(column, &mut vector, LogicalTypeId::Date, i)?,
+            DataType::Float64 => copy_primitive::<Float64Type>(column, &mut vector, LogicalTypeId::Double, i)?,
             DataType::Boolean => {
-                fits(LogicalTypeId::Boolean)?;
+                fits(&vector, LogicalTypeId::Boolean, i)?;
                 let values: Vec<bool> = column.as_boolean().values().iter().collect();
-                copy_values(&mut vector, &values, rows);
+                copy_values(&mut vector, &values);
             }
             other => return Err(format!("{FUNCTION}: no conversion for a column of {other}").into()),
         }
@@ -493,15 +470,40 @@ fn write_chunk(
     Ok(())
 }
 
-/// Copies a column's first `rows` values (`rows` at most the vector's capacity) into `vector`,
-/// whose DuckDB type stores `T` (the arrow field's type, `bind`).
+/// Whether `vector` (column `i`) stores DuckDB's `expected` type: what is copied into it must be
+/// its storage.
+fn fits(
+    vector: &duckdb::core::FlatVector<'_>,
+    expected: LogicalTypeId,
+    i: usize,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let stored = vector.logical_type().id();
+    match stored == expected {
+        true => Ok(()),
+        false => Err(format!("{FUNCTION}: column {i} is {stored:?} in DuckDB but {expected:?} in the batch").into()),
+    }
+}
+
+/// Copies a primitive column (column `i`) into `vector`, which must store DuckDB's `expected` type.
+fn copy_primitive<T: arrow_array::ArrowPrimitiveType>(
+    column: &ArrayRef,
+    vector: &mut duckdb::core::FlatVector<'_>,
+    expected: LogicalTypeId,
+    i: usize,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    fits(vector, expected, i)?;
+    copy_values(vector, column.as_primitive::<T>().values());
+    Ok(())
+}
+
+/// Copies `values` (at most the vector's capacity) into `vector`, whose DuckDB type stores `T`.
 #[allow(unsafe_code)]
-fn copy_values<T: Copy>(vector: &mut duckdb::core::FlatVector<'_>, values: &[T], rows: usize) {
-    // SAFETY: the vector's DuckDB type stores `T` (`write_chunk` checked its type against the
-    // column's: BIGINT and TIMESTAMP i64, INTEGER and DATE i32, DOUBLE f64, BOOLEAN bool); it
-    // holds `capacity` values, at least `rows` (`write_chunk` checked), and nothing else refers to
-    // its storage while the table function fills it.
-    unsafe { vector.copy::<T>(&values[..rows]) }
+fn copy_values<T: Copy>(vector: &mut duckdb::core::FlatVector<'_>, values: &[T]) {
+    // SAFETY: the vector's DuckDB type stores `T` (the callers checked it with `fits`: BIGINT and
+    // TIMESTAMP i64, INTEGER and DATE i32, DOUBLE f64, BOOLEAN bool); it holds `capacity` values, at
+    // least `values.len()` (`write_chunk` checked the rows), and nothing else refers to its storage
+    // while the table function fills it.
+    unsafe { vector.copy::<T>(values) }
 }
 
 /// The vector of `chunk`'s column `i` (`i` below its column count).
