@@ -192,10 +192,7 @@ pub async fn run_after(
     match threshold {
         Some(t) if pending.len() <= t && !due => match earlier {
             Some(earlier) => {
-                let outcome = BuildOutcome::Built(earlier);
-                summary.push(describe(&outcome));
-                report.data_build = data_build(&outcome);
-                report.build = Some(outcome);
+                record(BuildOutcome::Built(earlier), &mut report, &mut summary);
                 report.build_peak_memory_bytes = crate::telemetry::peak_memory_bytes();
             }
             None => summary.push(format!(
@@ -227,23 +224,22 @@ pub async fn run_after(
     Ok(report)
 }
 
-/// The builds' line of the job's summary.
-fn describe(outcome: &BuildOutcome) -> String {
-    match outcome {
-        BuildOutcome::Built(m) => format!(
-            "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
-            m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
+/// Records the builds' outcome: the job's report holds it and the build the lake holds after it,
+/// and the summary says what it did.
+fn record(outcome: BuildOutcome, report: &mut GoldJobReport, summary: &mut Vec<String>) {
+    let (line, data_build) = match &outcome {
+        BuildOutcome::Built(m) => (
+            format!(
+                "gold build {} folded {} silver files in {} build(s): {} visits new, {} updated, {} days written",
+                m.build, m.silver_files, m.builds, m.facts_inserted, m.facts_updated, m.partitions_written
+            ),
+            Some(m.build),
         ),
-        BuildOutcome::NothingNew { .. } => "nothing new for gold".to_string(),
-    }
-}
-
-/// The build the lake holds after `outcome`.
-fn data_build(outcome: &BuildOutcome) -> Option<u64> {
-    match outcome {
-        BuildOutcome::Built(m) => Some(m.build),
-        BuildOutcome::NothingNew { build } => *build,
-    }
+        BuildOutcome::NothingNew { build } => ("nothing new for gold".to_string(), *build),
+    };
+    summary.push(line);
+    report.data_build = data_build;
+    report.build = Some(outcome);
 }
 
 async fn build(
@@ -266,9 +262,7 @@ async fn build(
                     (Some(earlier), BuildOutcome::NothingNew { .. }) => BuildOutcome::Built(earlier),
                     (None, outcome) => outcome,
                 };
-                summary.push(describe(&outcome));
-                report.data_build = data_build(&outcome);
-                report.build = Some(outcome);
+                record(outcome, report, summary);
                 return Ok(());
             }
             Err(Error::Conflict(conflict)) => {
