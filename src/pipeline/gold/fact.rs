@@ -582,8 +582,13 @@ mod tests {
         let mut columns = in_memory.columns().to_vec();
         columns[FACT_PATIENT_FLOW.index_of("bronze_file").unwrap()] = Arc::new(plain);
         let plain = RecordBatch::try_new(Arc::clone(&FACT_PATIENT_FLOW), columns).unwrap();
-        let bytes = super::super::encode(&FACT_PATIENT_FLOW, &in_memory).unwrap();
-        assert_eq!(bytes, super::super::encode(&FACT_PATIENT_FLOW, &plain).unwrap());
+        let bytes =
+            super::super::encode(&FACT_PATIENT_FLOW, &crate::model::schema::FACT_PATIENT_FLOW_LAYOUT, &in_memory)
+                .unwrap();
+        assert_eq!(
+            bytes,
+            super::super::encode(&FACT_PATIENT_FLOW, &crate::model::schema::FACT_PATIENT_FLOW_LAYOUT, &plain).unwrap()
+        );
         // Read back, the file is the in-memory batch again; any other reader sees plain strings.
         let back = read(bytes.clone()).unwrap();
         assert_eq!(arrow_select::concat::concat_batches(&FACT_IN_MEMORY, &back).unwrap(), in_memory);

@@ -24,6 +24,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use super::input::{Record, Visit, Visits, column};
 use crate::pipeline::Result;
+use crate::storage::parquet::{Codec, Layout};
 
 /// Segments with fewer records than this are small: [`MAX_SMALL_SEGMENTS`] small segments in a
 /// row at the end of the list are merged into one by the next build.
@@ -56,6 +57,33 @@ pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// The schema of a segment's key sidecar.
 pub static KEYS: LazyLock<SchemaRef> =
     LazyLock::new(|| Arc::new(Schema::new(vec![Field::new("patient_key", DataType::Int64, false)])));
+
+/// How ledger segments are written. The ledger is gold's own state: a build decodes the segments
+/// its key sidecars name, whole, and no reader prunes them, so no statistics. Keys, ids and times
+/// are (nearly) distinct (PLAIN); ids, keys and the small-domain attributes stay uncompressed, as
+/// in the fact files ([`FACT_PATIENT_FLOW_LAYOUT`](crate::model::schema::FACT_PATIENT_FLOW_LAYOUT)).
+pub const LEDGER_LAYOUT: Layout = Layout {
+    statistics: false,
+    plain: &[
+        "patient_key",
+        "patient_id",
+        "admission_us",
+        "admission_sent_us",
+        "discharge_us",
+        "sequence_number",
+        "enqueued_us",
+    ],
+    uncompressed: &["patient_key", "patient_id", "gender", "age", "department", "hospital_id", "bed_id"],
+    ..Layout::uniform(Codec::Fast)
+};
+
+/// How key sidecars are written: distinct keys, read whole, only by gold (see [`LEDGER_LAYOUT`]).
+pub const KEYS_LAYOUT: Layout = Layout {
+    statistics: false,
+    plain: &["patient_key"],
+    uncompressed: &["patient_key"],
+    ..Layout::uniform(Codec::Fast)
+};
 
 /// The key sidecar of a segment file (`…/seg.parquet` → `…/seg.keys.parquet`).
 pub fn keys_file(segment: &str) -> String {

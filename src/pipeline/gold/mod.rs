@@ -47,10 +47,12 @@ use self::fact::FactRow;
 use self::input::Visits;
 use self::manifest::{BUILDS, FactPartition, Manifest, TableFile};
 use super::{Error, Result};
-use crate::model::schema::{DIM_DEPARTMENT, DIM_PATIENT, DIM_TIME, FACT_PATIENT_FLOW};
+use crate::model::schema::{
+    DIM_DEPARTMENT, DIM_DEPARTMENT_LAYOUT, DIM_PATIENT, DIM_PATIENT_LAYOUT, DIM_TIME, DIM_TIME_LAYOUT,
+    FACT_PATIENT_FLOW, FACT_PATIENT_FLOW_LAYOUT,
+};
 use crate::model::time::{rfc3339, to_micros};
 use crate::storage::keys::{BatchStem, SEQ_BUCKET, patient_flow_prefix};
-use crate::storage::parquet::Codec;
 use crate::storage::{Container, Lake, parquet};
 
 /// How to build.
@@ -337,11 +339,17 @@ impl<'a> Uploads<'a> {
     /// for 20–40 MB less).
     const IN_FLIGHT: usize = 4;
 
-    async fn put(&mut self, key: String, schema: &arrow_schema::SchemaRef, batch: RecordBatch) -> Result<u64> {
+    async fn put(
+        &mut self,
+        key: String,
+        schema: &arrow_schema::SchemaRef,
+        layout: &'static parquet::Layout,
+        batch: RecordBatch,
+    ) -> Result<u64> {
         let rows = batch.num_rows() as u64;
         let (lake, schema) = (self.lake, Arc::clone(schema));
         self.start(Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || encode(&schema, &batch))
+            let bytes = tokio::task::spawn_blocking(move || encode(&schema, layout, &batch))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             lake.put(Container::Gold, &Path::from(key), bytes).await?;
@@ -379,99 +387,9 @@ impl<'a> Uploads<'a> {
 /// enough that handing a chunk over costs nothing next to encoding it.
 const FOLD_CHUNK_ROWS: usize = 64 * 1024;
 
-/// Columns whose values are (nearly) all distinct: a dictionary would only cost time.
-const DISTINCT: [&str; 16] = [
-    "patient_key",
-    "patient_id",
-    "patient_sk",
-    "fact_id",
-    "sequence_number",
-    "admission_us",
-    "admission_sent_us",
-    "discharge_us",
-    "enqueued_us",
-    "admission_time",
-    "discharge_time",
-    "enqueued_time",
-    "effective_from",
-    "effective_to",
-    "length_of_stay_hours",
-    "attr_hash",
-];
-
-/// Columns written without a codec, which every parquet reader takes (Synapse's `COPY INTO`
-/// included). Snappy does not shrink 64-bit hashes and ids or the dictionary indices of
-/// small-domain columns (0.95–1.0 of their size, DuckDB's `parquet_metadata` on a 1M build), and
-/// shrinks patient ids (hex text) only to 0.75–0.8 — for a third of the CPU of encoding gold
-/// (callgrind). Timestamps, which shrink to 0.6–0.9, keep the layer's codec.
-const NO_CODEC: [&str; 14] = [
-    "patient_id",
-    "patient_key",
-    "patient_sk",
-    "fact_id",
-    "length_of_stay_hours",
-    "age",
-    "gender",
-    "bed_id",
-    "hospital_id",
-    "department",
-    "department_sk",
-    "admission_time_key",
-    "discharge_time_key",
-    "is_current",
-];
-
-/// Columns written without statistics: patient ids, in files laid out by patient key (a hash) or
-/// by arrival, so a page's lowest and highest id span nearly every id and prune nothing, while
-/// computing them compares every id twice. The ledger and its key sidecars, which only gold reads
-/// and reads whole, have none at all (see [`writer_properties`]).
-const NO_STATISTICS: [&str; 1] = ["patient_id"];
-
-/// False positives of the fact files' bloom filters (see [`encode`]).
-const BLOOM_FPP: f64 = 1e-4;
-
-/// Encodes a gold file: the lake's settings for its layer (Snappy, page statistics), without
-/// dictionaries on the columns whose values are distinct and without a codec on the columns it
-/// does not shrink. A fact file gets a bloom filter on
-/// `fact_id`: a build finds the few files that hold the rows it moves (hundreds of ids at once)
-/// by the filters instead of decoding every file of their days. At 1 false positive in 10,000 ids
-/// (about 3 bytes a row), a file that holds none of 800 ids is read anyway 8% of the time; at 1%
-/// it would be read every time.
-fn encode(schema: &arrow_schema::SchemaRef, batch: &RecordBatch) -> Result<bytes::Bytes> {
-    let props = writer_properties(schema, batch.num_rows());
-    Ok(parquet::encode_with(schema, std::slice::from_ref(batch), props)?)
-}
-
-/// The writer settings of a gold file of `rows` rows (the bloom filter of `fact_id` is sized by
-/// them).
-fn writer_properties(schema: &arrow_schema::SchemaRef, rows: usize) -> ::parquet::file::properties::WriterProperties {
-    use ::parquet::file::properties::EnabledStatistics;
-    let mut props = parquet::writer_properties_builder(Codec::Fast);
-    // The ledger is gold's own state: a build decodes the segments its key sidecars name, whole,
-    // and no reader prunes them by statistics.
-    if Arc::ptr_eq(schema, &ledger::LEDGER) || Arc::ptr_eq(schema, &ledger::KEYS) {
-        props = props.set_statistics_enabled(EnabledStatistics::None);
-    }
-    for field in schema.fields() {
-        if NO_STATISTICS.contains(&field.name().as_str()) {
-            props = props.set_column_statistics_enabled(field.name().as_str().into(), EnabledStatistics::None);
-        }
-        if DISTINCT.contains(&field.name().as_str()) {
-            props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
-        }
-        if NO_CODEC.contains(&field.name().as_str()) {
-            props =
-                props.set_column_compression(field.name().as_str().into(), ::parquet::basic::Compression::UNCOMPRESSED);
-        }
-    }
-    if schema.field_with_name("fact_id").is_ok() {
-        let ndv = (rows as u64).max(1);
-        props = props
-            .set_column_bloom_filter_enabled("fact_id".into(), true)
-            .set_column_bloom_filter_max_ndv("fact_id".into(), ndv)
-            .set_column_bloom_filter_fpp("fact_id".into(), BLOOM_FPP);
-    }
-    props.build()
+/// Encodes a gold file with its table's [`Layout`](parquet::Layout).
+fn encode(schema: &arrow_schema::SchemaRef, layout: &parquet::Layout, batch: &RecordBatch) -> Result<bytes::Bytes> {
+    Ok(parquet::encode_layout(schema, std::slice::from_ref(batch), layout)?)
 }
 
 /// Builds gold from the silver files not yet folded in, and commits it. Does nothing (and writes
@@ -660,9 +578,12 @@ async fn build_on(
     let chunk = FOLD_CHUNK_ROWS.min(visits.len());
     let mut rows = FoldRows {
         segment: ledger::SegmentBuilder::with_capacity(chunk),
-        segment_file: parquet::StreamEncoder::new(Arc::clone(&ledger::LEDGER), writer_properties(&ledger::LEDGER, 0))?,
+        segment_file: parquet::StreamEncoder::new(
+            Arc::clone(&ledger::LEDGER),
+            ledger::LEDGER_LAYOUT.writer_properties(0),
+        )?,
         patients: dims::PatientsBuilder::with_capacity(chunk),
-        patients_file: parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), writer_properties(&DIM_PATIENT, 0))?,
+        patients_file: parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), DIM_PATIENT_LAYOUT.writer_properties(0))?,
     };
     let folded =
         fold_patients(&visits, &home, as_of, |pid, winners, versions| rows.append(&visits, pid, winners, versions))?;
@@ -699,7 +620,7 @@ async fn build_on(
             continue;
         }
         let file = format!("{dir}/dim_patient/rest-{s:05}.parquet");
-        let rows = uploads.put(file.clone(), &DIM_PATIENT, batch).await?;
+        let rows = uploads.put(file.clone(), &DIM_PATIENT, &DIM_PATIENT_LAYOUT, batch).await?;
         segments[s].1 = TableFile { file, rows, ..Default::default() };
     }
     let mut segments: Vec<(TableFile, TableFile)> =
@@ -712,7 +633,7 @@ async fn build_on(
         patients_file.write(new_patients.take_rows()?)?;
         let (segment_bytes, patient_bytes) = (segment_file.finish()?, patients_file.finish()?);
         let file = format!("{dir}/ledger/segment.parquet");
-        uploads.put(ledger::keys_file(&file), &ledger::KEYS, segment.finish_keys()?).await?;
+        uploads.put(ledger::keys_file(&file), &ledger::KEYS, &ledger::KEYS_LAYOUT, segment.finish_keys()?).await?;
         uploads.put_bytes(file.clone(), segment_bytes).await?;
         let ledger_file = TableFile { file, rows: segment_rows, ..Default::default() };
         let file = format!("{dir}/dim_patient/segment.parquet");
@@ -780,7 +701,7 @@ async fn build_on(
         for (n, out) in fact::lay_out_day(&key, new, kept, day, as_of)?.enumerate() {
             let out = out?;
             let file = format!("{key}/part-{n:04}.parquet");
-            let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, out.batch).await?;
+            let rows = uploads.put(file.clone(), &FACT_PATIENT_FLOW, &FACT_PATIENT_FLOW_LAYOUT, out.batch).await?;
             let discharge_days = out.discharge_days.into_iter().map(day_name).collect();
             files.push(TableFile { file, rows, fresh: out.fresh, next_change_us: out.next_change_us, discharge_days });
         }
@@ -807,9 +728,19 @@ async fn build_on(
     let mut rows = BTreeMap::new();
     rows.insert(
         "DimDepartment".into(),
-        uploads.put(dim_department.clone(), &DIM_DEPARTMENT, dims::departments_batch(&departments)?).await?,
+        uploads
+            .put(
+                dim_department.clone(),
+                &DIM_DEPARTMENT,
+                &DIM_DEPARTMENT_LAYOUT,
+                dims::departments_batch(&departments)?,
+            )
+            .await?,
     );
-    rows.insert("DimTime".into(), uploads.put(dim_time.clone(), &DIM_TIME, dims::time_batch(&days)?).await?);
+    rows.insert(
+        "DimTime".into(),
+        uploads.put(dim_time.clone(), &DIM_TIME, &DIM_TIME_LAYOUT, dims::time_batch(&days)?).await?,
+    );
     rows.insert("DimPatient".into(), segments.iter().map(|(_, d)| d.rows).sum());
     rows.insert("FactPatientFlow".into(), partitions.values().map(FactPartition::rows).sum());
     uploads.finish().await?;
@@ -1023,9 +954,15 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     let sidecar =
         RecordBatch::try_new(Arc::clone(&ledger::KEYS), vec![Arc::new(arrow_array::Int64Array::from(distinct))])?;
     let file = format!("{dir}/ledger/merged.parquet");
-    lake.put(Container::Gold, &Path::from(ledger::keys_file(&file)), encode(&ledger::KEYS, &sidecar)?).await?;
+    lake.put(
+        Container::Gold,
+        &Path::from(ledger::keys_file(&file)),
+        encode(&ledger::KEYS, &ledger::KEYS_LAYOUT, &sidecar)?,
+    )
+    .await?;
     let rows = merged.num_rows() as u64;
-    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, &merged)?).await?;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&ledger::LEDGER, &ledger::LEDGER_LAYOUT, &merged)?)
+        .await?;
     let segment = TableFile { file, rows, ..Default::default() };
     let mut patients = Vec::new();
     for (_, dim) in run {
@@ -1034,7 +971,8 @@ async fn merge_segments(lake: &Lake, run: &[(TableFile, TableFile)], dir: &str) 
     let patients = arrow_select::concat::concat_batches(&DIM_PATIENT, &patients)?;
     let file = format!("{dir}/dim_patient/merged.parquet");
     let rows = patients.num_rows() as u64;
-    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &patients)?).await?;
+    lake.put(Container::Gold, &Path::from(file.as_str()), encode(&DIM_PATIENT, &DIM_PATIENT_LAYOUT, &patients)?)
+        .await?;
     Ok((segment, TableFile { file, rows, ..Default::default() }))
 }
 
@@ -1291,18 +1229,48 @@ mod tests {
         let names = |schema: &arrow_schema::SchemaRef, without: &[&str]| -> Vec<String> {
             schema.fields().iter().map(|f| f.name().clone()).filter(|n| !without.contains(&n.as_str())).collect()
         };
-        let gold = |schema: &arrow_schema::SchemaRef| with_statistics(encode(schema, &three_rows(schema)).unwrap());
-        assert_eq!(gold(&ledger::LEDGER), Vec::<String>::new());
-        assert_eq!(gold(&ledger::KEYS), Vec::<String>::new());
-        assert_eq!(gold(&DIM_PATIENT), names(&DIM_PATIENT, &["patient_id"]));
-        for table in [&FACT_PATIENT_FLOW, &DIM_DEPARTMENT, &DIM_TIME] {
-            assert_eq!(gold(table), names(table, &[]));
-        }
-        let layer = |schema: &arrow_schema::SchemaRef, layout| {
-            with_statistics(parquet::encode_layout(schema, &[three_rows(schema)], layout).unwrap())
+        let stats = |schema: &arrow_schema::SchemaRef, layout: &parquet::Layout| {
+            with_statistics(encode(schema, layout, &three_rows(schema)).unwrap())
         };
-        assert_eq!(layer(&SILVER, &SILVER_LAYOUT), names(&SILVER, &["patient_id"]));
-        assert_eq!(layer(&BRONZE, &BRONZE_LAYOUT), names(&BRONZE, &["body", "properties", "partition_key"]));
+        assert_eq!(stats(&ledger::LEDGER, &ledger::LEDGER_LAYOUT), Vec::<String>::new());
+        assert_eq!(stats(&ledger::KEYS, &ledger::KEYS_LAYOUT), Vec::<String>::new());
+        assert_eq!(stats(&DIM_PATIENT, &DIM_PATIENT_LAYOUT), names(&DIM_PATIENT, &["patient_id"]));
+        for (table, layout) in [
+            (&FACT_PATIENT_FLOW, &FACT_PATIENT_FLOW_LAYOUT),
+            (&DIM_DEPARTMENT, &DIM_DEPARTMENT_LAYOUT),
+            (&DIM_TIME, &DIM_TIME_LAYOUT),
+        ] {
+            assert_eq!(stats(table, layout), names(table, &[]));
+        }
+        assert_eq!(stats(&SILVER, &SILVER_LAYOUT), names(&SILVER, &["patient_id"]));
+        assert_eq!(stats(&BRONZE, &BRONZE_LAYOUT), names(&BRONZE, &["body", "properties", "partition_key"]));
+    }
+
+    /// Every lake table's layout names only columns of its table: a misspelt or renamed column
+    /// would otherwise silently fall back to the layer's defaults.
+    #[test]
+    fn every_layout_names_only_columns_of_its_table() {
+        use crate::model::schema::{BRONZE, BRONZE_LAYOUT, QUARANTINE, QUARANTINE_LAYOUT, SILVER, SILVER_LAYOUT};
+        let tables: [(&str, &arrow_schema::SchemaRef, &parquet::Layout); 9] = [
+            ("bronze", &BRONZE, &BRONZE_LAYOUT),
+            ("silver", &SILVER, &SILVER_LAYOUT),
+            ("quarantine", &QUARANTINE, &QUARANTINE_LAYOUT),
+            ("FactPatientFlow", &FACT_PATIENT_FLOW, &FACT_PATIENT_FLOW_LAYOUT),
+            ("DimPatient", &DIM_PATIENT, &DIM_PATIENT_LAYOUT),
+            ("DimDepartment", &DIM_DEPARTMENT, &DIM_DEPARTMENT_LAYOUT),
+            ("DimTime", &DIM_TIME, &DIM_TIME_LAYOUT),
+            ("ledger", &ledger::LEDGER, &ledger::LEDGER_LAYOUT),
+            ("ledger keys", &ledger::KEYS, &ledger::KEYS_LAYOUT),
+        ];
+        for (table, schema, layout) in tables {
+            let named = [layout.plain, layout.no_statistics, layout.delta, layout.uncompressed, layout.bloom_filter];
+            for column in named.concat() {
+                assert!(
+                    schema.field_with_name(column).is_ok(),
+                    "{table}'s layout names {column}, not one of its columns"
+                );
+            }
+        }
     }
 
     fn keys(stems: &[(&str, i64, i64)]) -> Vec<Path> {
