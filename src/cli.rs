@@ -263,9 +263,13 @@ struct BenchArgs {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Keep the data folder here instead of a temporary one.
+    /// Keep the data folder here instead of a temporary one (one run only).
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Runs, each in a fresh process of this program, one after another; with more than one, the
+    /// output gives each run and their medians (timings on a shared machine vary from run to run).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 #[derive(Args)]
@@ -586,6 +590,9 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.runs > 1 {
+        return bench_runs(&args);
+    }
     let temp = tempfile::tempdir().context("cannot create a temporary folder")?;
     let dir = args.keep.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let now = parse_clock("2026-11-24T12:00:00").map_err(anyhow::Error::msg)?;
@@ -647,6 +654,82 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench --runs N`: each run a `bench` of its own in a fresh process of this executable (so no run
+/// inherits another's heap, page cache of the lake or peak memory), one after another; prints every
+/// run and the medians.
+fn bench_runs(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.keep.is_some() {
+        bail!("--keep keeps the data of one run: use it without --runs, or leave it out");
+    }
+    let exe = std::env::current_exe().context("cannot find this executable to start the runs")?;
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let out = std::process::Command::new(&exe)
+            .arg("bench")
+            .args(["--events", &args.events.to_string(), "--partitions", &args.partitions.to_string()])
+            .args(["--batch-size", &args.batch_size.to_string()])
+            .args(["--silver-concurrency", &args.silver_concurrency.to_string(), "--seed", &args.seed.to_string()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot start bench run {run} of {}", args.runs))?;
+        if !out.status.success() {
+            bail!("bench run {run} of {} failed ({}); its error is above", args.runs, out.status);
+        }
+        runs.push(
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .with_context(|| format!("bench run {run} of {} printed no report", args.runs))?,
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&bench_medians(runs))?);
+    Ok(())
+}
+
+/// The medians of bench runs' figures (per stage too), beside the runs themselves.
+fn bench_medians(runs: Vec<serde_json::Value>) -> serde_json::Value {
+    let median = |get: &dyn Fn(&serde_json::Value) -> Option<f64>| -> Option<f64> {
+        let mut values: Vec<f64> = runs.iter().filter_map(get).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        (n > 0).then(|| if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+    };
+    let field = |name: &'static str| median(&move |r: &serde_json::Value| r[name].as_f64());
+    let stage_names: Vec<String> = runs
+        .first()
+        .and_then(|r| r["stages"].as_array())
+        .map(|stages| stages.iter().filter_map(|s| s["stage"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let stages: Vec<serde_json::Value> = stage_names
+        .iter()
+        .map(|name| {
+            let of = |key: &'static str| {
+                median(&|r: &serde_json::Value| {
+                    r["stages"].as_array()?.iter().find(|s| s["stage"] == name.as_str())?[key].as_f64()
+                })
+            };
+            serde_json::json!({
+                "stage": name,
+                "seconds": of("seconds"),
+                "start_seconds": of("start_seconds"),
+                "handler_seconds": of("handler_seconds"),
+                "host_seconds": of("host_seconds"),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "runs": runs.len(),
+        "events": runs.first().map(|r| r["events"].clone()),
+        "median": {
+            "total_seconds": field("total_seconds"),
+            "handler_seconds": field("handler_seconds"),
+            "host_seconds": field("host_seconds"),
+            "events_per_second": field("events_per_second"),
+            "peak_memory_bytes": field("peak_memory_bytes").map(|b| b.round() as u64),
+            "stages": stages,
+        },
+        "each": runs,
+    })
+}
+
 async fn quarantine(args: QuarantineArgs) -> anyhow::Result<()> {
     let storage = args.lake.storage_config()?;
     let lake = Lake::open(&storage).await.with_context(|| format!("cannot open the lake ({})", storage.describe()))?;
@@ -656,4 +739,46 @@ async fn quarantine(args: QuarantineArgs) -> anyhow::Result<()> {
         Format::Text => print!("{}", listing.render()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(total: f64, peak: u64, stages: &[(&str, f64)]) -> serde_json::Value {
+        let stages: Vec<serde_json::Value> = stages
+            .iter()
+            .map(|(stage, seconds)| {
+                serde_json::json!({"stage": stage, "seconds": seconds, "start_seconds": 0.5 * seconds,
+                    "handler_seconds": 2.0 * seconds, "host_seconds": 0.0})
+            })
+            .collect();
+        serde_json::json!({"events": 1000, "total_seconds": total, "handler_seconds": 2.0 * total,
+            "host_seconds": 0.0, "events_per_second": 1000.0 / total, "peak_memory_bytes": peak, "stages": stages})
+    }
+
+    /// Each figure's median is taken on its own (the fastest total need not have the fastest
+    /// stages); an even number of runs takes the mean of the middle two.
+    #[test]
+    fn bench_medians_take_each_figure_on_its_own() {
+        let runs = vec![
+            run(7.0, 300, &[("bronze", 1.0), ("gold", 3.0)]),
+            run(5.0, 100, &[("bronze", 3.0), ("gold", 2.0)]),
+            run(6.0, 200, &[("bronze", 2.0), ("gold", 9.0)]),
+        ];
+        let v = bench_medians(runs.clone());
+        assert_eq!(v["runs"], 3);
+        assert_eq!(v["each"].as_array().unwrap().len(), 3);
+        let m = &v["median"];
+        assert_eq!((m["total_seconds"].as_f64(), m["handler_seconds"].as_f64()), (Some(6.0), Some(12.0)));
+        assert_eq!(m["events_per_second"].as_f64(), Some(1000.0 / 6.0));
+        assert_eq!(m["peak_memory_bytes"].as_u64(), Some(200));
+        let stage = |name: &str| m["stages"].as_array().unwrap().iter().find(|s| s["stage"] == name).unwrap().clone();
+        assert_eq!((stage("bronze")["seconds"].as_f64(), stage("gold")["seconds"].as_f64()), (Some(2.0), Some(3.0)));
+        assert_eq!(stage("gold")["start_seconds"].as_f64(), Some(1.5));
+
+        let even = bench_medians(runs[..2].to_vec());
+        assert_eq!(even["median"]["total_seconds"].as_f64(), Some(6.0));
+        assert_eq!(even["median"]["peak_memory_bytes"].as_u64(), Some(200));
+    }
 }

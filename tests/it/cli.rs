@@ -207,6 +207,45 @@ fn bench_times_every_stage_of_this_build() {
     }
 }
 
+/// `bench --runs` runs each bench in a fresh process, one after another, and reports each run and
+/// the medians of their figures; it refuses what it cannot do.
+#[test]
+fn bench_runs_report_each_run_and_their_medians() {
+    let bench = |extra: &[&str]| {
+        bin()
+            .args(["bench", "--events", "300", "--batch-size", "100", "--partitions", "1"])
+            .args(extra)
+            .env_remove("LAKE")
+            .env_remove("PATIENTFLOW_WAREHOUSE")
+            .output()
+            .unwrap()
+    };
+    let out = bench(&["--runs", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let each = v["each"].as_array().unwrap();
+    assert_eq!((v["runs"].as_u64(), each.len()), (Some(3), 3), "{v}");
+    let mut totals: Vec<f64> = each.iter().map(|r| r["total_seconds"].as_f64().unwrap()).collect();
+    totals.sort_by(f64::total_cmp);
+    assert_eq!(v["median"]["total_seconds"].as_f64(), Some(totals[1]), "{v}");
+    for run in each {
+        assert_eq!(run["silver_rows"], each[0]["silver_rows"], "the same seeded events in every run");
+    }
+    let stages: Vec<&str> =
+        v["median"]["stages"].as_array().unwrap().iter().filter_map(|s| s["stage"].as_str()).collect();
+    for stage in ["bronze", "silver", "gold"] {
+        assert!(stages.contains(&stage), "{stages:?}");
+    }
+
+    let keep = tempfile::tempdir().unwrap();
+    let out = bench(&["--runs", "2", "--keep", keep.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keep keeps the data of one run"));
+    let out = bench(&["--runs", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--runs"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A glibc build starts over with `glibc.malloc.hugetlb=1` (glibc reads it only at process start;
 /// see `patientflow::memory`), unless the environment already chose: the bench reports what the
 /// process it measured ran with.
