@@ -141,11 +141,6 @@ pub fn writer_properties(codec: Codec) -> WriterProperties {
     base_properties(codec).build()
 }
 
-/// [`writer_properties`], still open for per-column settings.
-pub fn writer_properties_builder(codec: Codec) -> parquet::file::properties::WriterPropertiesBuilder {
-    base_properties(codec)
-}
-
 /// Encodes batches (all of `schema`) into one parquet file in memory.
 pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Result<Bytes, ParquetError> {
     encode_with(schema, batches, writer_properties(codec))
@@ -392,27 +387,23 @@ mod tests {
     }
 
     /// A bloom filter answers "certainly not here" for values the file lacks and never "no" for a
-    /// value it holds; a file without one says it cannot tell.
+    /// value it holds; a file without one says it cannot tell. The filter is a [`Layout`]'s, sized
+    /// by the file's rows at [`BLOOM_FPP`].
     #[test]
     fn bloom_filters_tell_which_files_may_hold_a_value() {
         let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let ids: Vec<i64> = (0..5000).map(|i| i * 7919 - 20_000).collect();
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(ids.clone()))]).unwrap();
-        let props = writer_properties_builder(Codec::Fast)
-            .set_column_bloom_filter_enabled("id".into(), true)
-            .set_column_bloom_filter_max_ndv("id".into(), ids.len() as u64)
-            .set_column_bloom_filter_fpp("id".into(), 0.01)
-            .set_max_row_group_row_count(Some(2000))
-            .build();
-        let with = encode_with(&schema, std::slice::from_ref(&batch), props).unwrap();
+        let layout = Layout { bloom_filter: &["id"], ..Layout::uniform(Codec::Fast) };
+        let with = encode_layout(&schema, std::slice::from_ref(&batch), &layout).unwrap();
         for id in &ids {
             assert_eq!(may_contain_any(with.clone(), "id", &[*id]).unwrap(), Some(true), "{id} is in the file");
         }
-        let absent: Vec<i64> = (0..2000).map(|i| i * 7919 + 1).collect();
+        let absent: Vec<i64> = (0..5000).map(|i| i * 7919 + 1).collect();
         let false_positives =
             absent.iter().filter(|v| may_contain_any(with.clone(), "id", &[**v]).unwrap() == Some(true));
-        // Three row groups at 1% each: about 60 of 2,000; far fewer than "all".
-        assert!(false_positives.count() < 200);
+        // 1 in 10,000: about 0.5 of 5,000, where parquet's default (5 %) lets 250 through and 1 % 50.
+        assert!(false_positives.count() < 10);
         let without = encode(&schema, std::slice::from_ref(&batch), Codec::Fast).unwrap();
         assert_eq!(may_contain_any(without, "id", &[ids[0]]).unwrap(), None);
         assert!(may_contain_any(with.clone(), "nope", &[1]).is_err());
