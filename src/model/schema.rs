@@ -101,7 +101,6 @@ pub static BRONZE: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// patients arrived together, so its lowest and highest key span nearly every key and prune
 /// nothing, while computing them compares every key twice.
 pub const BRONZE_LAYOUT: Layout = Layout {
-    codec: Codec::Archive,
     plain: &["offset", "partition_key", "body"],
     no_statistics: &["body", "properties", "partition_key"],
     delta: &["sequence_number", "enqueued_time"],
@@ -148,7 +147,6 @@ pub static SILVER: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// ids get no statistics: a file's rows are the patients of a batch, in arrival order, so its
 /// lowest and highest id span nearly every id and prune nothing (see [`BRONZE_LAYOUT`]).
 pub const SILVER_LAYOUT: Layout = Layout {
-    codec: Codec::Fast,
     plain: &["patient_id", "admission_time", "admission_time_sent", "discharge_time"],
     no_statistics: &["patient_id"],
     delta: &["sequence_number", "enqueued_time"],
@@ -179,7 +177,6 @@ pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// How quarantine files are written (Snappy): raw bodies PLAIN without statistics.
 pub const QUARANTINE_LAYOUT: Layout = Layout {
-    codec: Codec::Fast,
     plain: &["body"],
     no_statistics: &["body"],
     delta: &["sequence_number", "enqueued_time"],
