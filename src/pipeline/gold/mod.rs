@@ -574,7 +574,8 @@ async fn build_on(
 
     // Patient by patient (buckets and their records are in patient key order), visit by visit.
     // The new ledger segment and DimPatient file are encoded while they are built, a chunk at a
-    // time on threads of their own: memory holds their compressed pages, not all their rows.
+    // time on threads of their own: memory holds their compressed pages, not all their rows. Their
+    // row counts are not known yet, which only a bloom filter's size needs, and neither layout has one.
     let chunk = FOLD_CHUNK_ROWS.min(visits.len());
     let mut rows = FoldRows {
         segment: ledger::SegmentBuilder::with_capacity(chunk),
