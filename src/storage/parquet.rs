@@ -128,6 +128,8 @@ impl Layout {
     }
 }
 
+/// The settings every lake file starts from: the layer's codec, page statistics for pruning, and
+/// no `created_by` drift beyond the library version.
 fn base_properties(codec: Codec) -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(codec.compression())
@@ -135,15 +137,16 @@ fn base_properties(codec: Codec) -> WriterPropertiesBuilder {
         .set_max_row_group_row_count(Some(256 * 1024))
 }
 
-/// The writer settings of every lake file: the layer's codec, page statistics for pruning, and
-/// no `created_by` drift beyond the library version.
+/// The writer settings of a file with the layer's defaults for every column
+/// ([`Layout::uniform`]).
 pub fn writer_properties(codec: Codec) -> WriterProperties {
-    base_properties(codec).build()
+    Layout::uniform(codec).writer_properties(0)
 }
 
-/// Encodes batches (all of `schema`) into one parquet file in memory.
+/// Encodes batches (all of `schema`) into one parquet file in memory, with the layer's defaults for
+/// every column ([`Layout::uniform`]).
 pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Result<Bytes, ParquetError> {
-    encode_with(schema, batches, writer_properties(codec))
+    encode_layout(schema, batches, &Layout::uniform(codec))
 }
 
 /// Encodes batches (all of `schema`) into one parquet file in memory, with a table's [`Layout`].
