@@ -230,6 +230,9 @@ fn bench_runs_report_each_run_and_their_medians() {
     assert_eq!(v["median"]["total_seconds"].as_f64(), Some(totals[1]), "{v}");
     for run in each {
         assert_eq!(run["silver_rows"], each[0]["silver_rows"], "the same seeded events in every run");
+        // Every run was given the bench's options.
+        assert_eq!((run["events"].as_u64(), run["partitions"].as_u64()), (Some(300), Some(1)), "{run}");
+        assert_eq!(run["batch_size"].as_u64(), Some(100), "{run}");
     }
     let stages: Vec<&str> =
         v["median"]["stages"].as_array().unwrap().iter().filter_map(|s| s["stage"].as_str()).collect();
