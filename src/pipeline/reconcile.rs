@@ -64,16 +64,24 @@ pub async fn reconcile(lake: &Lake, max_files: usize) -> Result<ReconcileReport>
     let before = marks.clone();
     let mut report = ReconcileReport::default();
     let mut budget = max_files;
-    for folder in lake.list_folders(Container::Bronze, &patient_flow_prefix()).await? {
+    // Every partition's bronze and silver listings at once: a listing is a round trip to storage
+    // (and on a local disk a metadata lookup per file), and nothing below changes what they list.
+    let folders = lake.list_folders(Container::Bronze, &patient_flow_prefix()).await?;
+    let listings = futures::future::try_join_all(folders.iter().map(|folder| {
         let partition = folder.as_ref().rsplit('/').next().unwrap_or_default().to_string();
         let after = marks.get(&partition).map(|k| Path::from(k.as_str()));
-        let bronze = lake.list_after(Container::Bronze, &folder, after.as_ref()).await?;
-        let silver: HashSet<Path> = lake
-            .list_after(Container::Silver, &folder, after.as_ref())
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .collect();
+        async move {
+            let (bronze, silver) = futures::future::try_join(
+                lake.list_after(Container::Bronze, folder, after.as_ref()),
+                lake.list_after(Container::Silver, folder, after.as_ref()),
+            )
+            .await?;
+            let silver: HashSet<Path> = silver.into_iter().map(|m| m.location).collect();
+            Ok::<_, Error>((partition, bronze, silver))
+        }
+    }))
+    .await?;
+    for (partition, bronze, silver) in listings {
         let mut advancing = true;
         for meta in bronze {
             report.bronze_checked += 1;
