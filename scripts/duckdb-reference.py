@@ -1,4 +1,4 @@
-"""The issue's reference, reproducible: the same NDJSON through bronze -> silver -> gold -> warehouse -> KPIs
+"""A DuckDB reference for the performance issue, reproducible: the same NDJSON through bronze -> silver -> gold -> warehouse -> KPIs
 as one embedded DuckDB doing it in SQL, timed stage by stage (see scripts/duckdb-reference).
 
 It does the seed notebooks' work, with patientflow's layers and formats, in one process and one pass:
