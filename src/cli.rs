@@ -268,7 +268,7 @@ struct BenchArgs {
     keep: Option<PathBuf>,
     /// Runs, each in a fresh process of this program, one after another; with more than one, the
     /// output gives each run and their medians (timings on a shared machine vary from run to run).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), overrides_with = "runs")]
     runs: u32,
 }
 
@@ -662,13 +662,14 @@ fn bench_runs(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--keep keeps the data of one run: use it without --runs, or leave it out");
     }
     let exe = std::env::current_exe().context("cannot find this executable to start the runs")?;
+    // Each run is this command again with every option it was given (a later `--runs` overrides
+    // the first), so no option needs forwarding by name.
+    let given: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         let out = std::process::Command::new(&exe)
-            .arg("bench")
-            .args(["--events", &args.events.to_string(), "--partitions", &args.partitions.to_string()])
-            .args(["--batch-size", &args.batch_size.to_string()])
-            .args(["--silver-concurrency", &args.silver_concurrency.to_string(), "--seed", &args.seed.to_string()])
+            .args(&given)
+            .args(["--runs", "1"])
             .stderr(std::process::Stdio::inherit())
             .output()
             .with_context(|| format!("cannot start bench run {run} of {}", args.runs))?;
