@@ -137,12 +137,6 @@ fn base_properties(codec: Codec) -> WriterPropertiesBuilder {
         .set_max_row_group_row_count(Some(256 * 1024))
 }
 
-/// The writer settings of a file with the layer's defaults for every column
-/// ([`Layout::uniform`]).
-pub fn writer_properties(codec: Codec) -> WriterProperties {
-    Layout::uniform(codec).writer_properties(0)
-}
-
 /// Encodes batches (all of `schema`) into one parquet file in memory, with the layer's defaults for
 /// every column ([`Layout::uniform`]).
 pub fn encode(schema: &SchemaRef, batches: &[RecordBatch], codec: Codec) -> Result<Bytes, ParquetError> {
@@ -351,7 +345,8 @@ mod tests {
         };
         // Row groups of 256Ki rows: the second batch straddles a row group boundary.
         let batches = [batch(0, 2048), batch(2048, 300_000), batch(300_000, 300_001)];
-        let mut stream = StreamEncoder::new(Arc::clone(&schema), writer_properties(Codec::Fast)).unwrap();
+        let mut stream =
+            StreamEncoder::new(Arc::clone(&schema), Layout::uniform(Codec::Fast).writer_properties(0)).unwrap();
         for b in &batches {
             stream.write(b.clone()).unwrap();
         }
@@ -361,7 +356,8 @@ mod tests {
         // A batch of another schema stops the encoder; the error says so, on write or on finish.
         let other: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, false)]));
         let wrong = RecordBatch::try_new(other, vec![Arc::new(arrow_array::StringArray::from(vec!["a"]))]).unwrap();
-        let mut stream = StreamEncoder::new(Arc::clone(&schema), writer_properties(Codec::Fast)).unwrap();
+        let mut stream =
+            StreamEncoder::new(Arc::clone(&schema), Layout::uniform(Codec::Fast).writer_properties(0)).unwrap();
         let failed = (0..3).map(|_| stream.write(wrong.clone())).find_map(Result::err);
         let error = match failed {
             Some(e) => e,
