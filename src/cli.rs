@@ -212,7 +212,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4)]
     partitions: u32,
     /// Events per ingest_bronze invocation (host.json maxEventBatchSize).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = crate::config::settings::SHIPPED_MAX_EVENT_BATCH_SIZE)]
     batch_size: usize,
     /// Event hub name recorded in bronze.
     #[arg(long, env = "EH_NAME", default_value = "patient-flow")]
@@ -254,8 +254,8 @@ struct BenchArgs {
     /// Event Hubs partitions.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// Events per ingest_bronze invocation.
-    #[arg(long, default_value_t = 1000)]
+    /// Events per ingest_bronze invocation (host.json maxEventBatchSize).
+    #[arg(long, default_value_t = crate::config::settings::SHIPPED_MAX_EVENT_BATCH_SIZE)]
     batch_size: usize,
     /// refine_silver invocations in flight.
     #[arg(long, default_value_t = 2)]

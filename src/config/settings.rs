@@ -51,7 +51,7 @@ impl HandlerSettings {
 }
 
 /// `maxEventBatchSize` in the shipped host.json (and `run`'s default batch size).
-pub const SHIPPED_MAX_EVENT_BATCH_SIZE: usize = 1000;
+pub const SHIPPED_MAX_EVENT_BATCH_SIZE: usize = 2000;
 
 impl Default for HandlerSettings {
     /// The limits for the shipped host.json's batches and the shortest default `functionTimeout`
