@@ -641,6 +641,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "batch_size": args.batch_size,
         "stages": report.stages,
         "total_seconds": total,
+        "cpu_seconds": report.cpu_seconds,
         // Sums over invocations, which overlap: see the README's Performance section.
         "handler_seconds": sum(|s| s.handler_seconds),
         "host_seconds": sum(|s| s.host_seconds),
@@ -721,6 +722,7 @@ fn bench_medians(runs: Vec<serde_json::Value>) -> serde_json::Value {
         "events": runs.first().map(|r| r["events"].clone()),
         "median": {
             "total_seconds": field("total_seconds"),
+            "cpu_seconds": field("cpu_seconds"),
             "handler_seconds": field("handler_seconds"),
             "host_seconds": field("host_seconds"),
             "events_per_second": field("events_per_second"),
@@ -754,7 +756,7 @@ mod tests {
                     "handler_seconds": 2.0 * seconds, "host_seconds": 0.0})
             })
             .collect();
-        serde_json::json!({"events": 1000, "total_seconds": total, "handler_seconds": 2.0 * total,
+        serde_json::json!({"events": 1000, "total_seconds": total, "cpu_seconds": 1.5 * total, "handler_seconds": 2.0 * total,
             "host_seconds": 0.0, "events_per_second": 1000.0 / total, "peak_memory_bytes": peak, "stages": stages})
     }
 
@@ -773,6 +775,7 @@ mod tests {
         let m = &v["median"];
         assert_eq!((m["total_seconds"].as_f64(), m["handler_seconds"].as_f64()), (Some(6.0), Some(12.0)));
         assert_eq!(m["events_per_second"].as_f64(), Some(1000.0 / 6.0));
+        assert_eq!(m["cpu_seconds"].as_f64(), Some(9.0));
         assert_eq!(m["peak_memory_bytes"].as_u64(), Some(200));
         let stage = |name: &str| m["stages"].as_array().unwrap().iter().find(|s| s["stage"] == name).unwrap().clone();
         assert_eq!((stage("bronze")["seconds"].as_f64(), stage("gold")["seconds"].as_f64()), (Some(2.0), Some(3.0)));

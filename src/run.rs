@@ -309,6 +309,10 @@ pub struct RunReport {
     pub corrected: BTreeMap<String, u64>,
     /// Per-stage timings.
     pub stages: Vec<StageReport>,
+    /// CPU seconds this process used from the first stage's start to the report's end (all
+    /// threads: the handler's, and the local host's when it runs in this process). Stages overlap,
+    /// so this is the run's, not a sum of the stages'.
+    pub cpu_seconds: f64,
     /// What the simulator injected (when simulating).
     pub injected: Option<Tally>,
     /// The Event Hubs partitions gold folded before the timer, each as soon as its silver was
@@ -1184,6 +1188,7 @@ pub async fn run(
     };
     let mut report = RunReport::default();
     let clock = Instant::now();
+    let cpu = crate::telemetry::process_cpu_time();
     let result = async {
         let (partitions, folding) = handler.fold_partitions(options.now).unzip();
         let stages = bronze_and_silver_stages(&handler, &lake, &options, &mut report, clock, partitions).await;
@@ -1208,6 +1213,7 @@ pub async fn run(
         }
         let (start, wall) = (started.duration_since(clock), started.elapsed());
         report.stages.push(StageReport::new("report", start, wall, 0, Split::default()));
+        report.cpu_seconds = crate::telemetry::process_cpu_time().saturating_sub(cpu).as_secs_f64();
         anyhow::Ok(())
     }
     .await;

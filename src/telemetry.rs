@@ -1,4 +1,4 @@
-//! Logging, and the process's peak memory for reports. The handler logs to **stdout**: the
+//! Logging, and the process's peak memory and CPU time for reports. The handler logs to **stdout**: the
 //! Functions host records stdout at Information and every stderr line as an Error. Commands whose
 //! stdout is data (`simulate`) log to stderr.
 //! `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` emits JSON lines for Application Insights.
@@ -35,4 +35,12 @@ pub fn peak_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// CPU time this process has used so far, all threads, user and system
+/// (`CLOCK_PROCESS_CPUTIME_ID`). On a shared machine it moves far less than wall time with what
+/// else runs, so runs compare by it where wall times are noise.
+pub fn process_cpu_time() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    std::time::Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }

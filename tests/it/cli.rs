@@ -200,6 +200,12 @@ fn bench_times_every_stage_of_this_build() {
     }
     assert!(v["handler_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
     assert!(v["host_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
+    // The process's CPU time over the timed part: some, and no more than every core this process
+    // may use could give in that wall time (a CPU quota is enforced per 100 ms period, hence the
+    // slack). Counting the untimed generation of the events in would break it at 1 core.
+    let (cpu, total) = (v["cpu_seconds"].as_f64().unwrap(), v["total_seconds"].as_f64().unwrap());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(cpu > 0.0 && cpu <= total * cores + 0.1, "cpu {cpu} s over {total} s on {cores} cores: {v}");
     if cfg!(feature = "embedded-warehouse") {
         assert!(v["fact_rows"].as_u64().is_some_and(|n| n > 0), "the embedded warehouse was loaded: {v}");
     } else {
@@ -228,6 +234,9 @@ fn bench_runs_report_each_run_and_their_medians() {
     let mut totals: Vec<f64> = each.iter().map(|r| r["total_seconds"].as_f64().unwrap()).collect();
     totals.sort_by(f64::total_cmp);
     assert_eq!(v["median"]["total_seconds"].as_f64(), Some(totals[1]), "{v}");
+    let mut cpus: Vec<f64> = each.iter().map(|r| r["cpu_seconds"].as_f64().unwrap()).collect();
+    cpus.sort_by(f64::total_cmp);
+    assert_eq!(v["median"]["cpu_seconds"].as_f64(), Some(cpus[1]), "{v}");
     for run in each {
         assert_eq!(run["silver_rows"], each[0]["silver_rows"], "the same seeded events in every run");
         // Every run was given the bench's options.
