@@ -50,7 +50,7 @@ impl HandlerSettings {
     }
 }
 
-/// `maxEventBatchSize` in the shipped host.json (and `run`'s default batch size).
+/// `maxEventBatchSize` in the shipped host.json (and `run`'s and `bench`'s default batch size).
 pub const SHIPPED_MAX_EVENT_BATCH_SIZE: usize = 2000;
 
 impl Default for HandlerSettings {

@@ -202,7 +202,7 @@ fn bench_times_every_stage_of_this_build() {
     assert!(v["host_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
     // The process's CPU time over the timed part: some, and no more than every core this process
     // may use could give in that wall time (a CPU quota is enforced per 100 ms period, hence the
-    // slack). Counting the untimed generation of the events in would break it at 1 core.
+    // slack).
     let (cpu, total) = (v["cpu_seconds"].as_f64().unwrap(), v["total_seconds"].as_f64().unwrap());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     assert!(cpu > 0.0 && cpu <= total * cores + 0.1, "cpu {cpu} s over {total} s on {cores} cores: {v}");
