@@ -416,7 +416,7 @@ pub const VACUUM_AT_DELETED_SHARE: f64 = 0.10;
 /// way: DuckDB merges no row groups whose live rows would not fit in fewer).
 fn tables_to_vacuum(conn: &Connection) -> Result<Vec<Table>> {
     let mut out = Vec::new();
-    for (table, (stored, live)) in Table::ALL.into_iter().zip(stored_and_live(conn)?) {
+    for (table, stored, live) in stored_and_live(conn)? {
         if stored > 0 && (stored - live) as f64 > VACUUM_AT_DELETED_SHARE * stored as f64 {
             out.push(table);
         }
@@ -432,12 +432,12 @@ fn checkpoint(conn: &Connection, vacuum: &[Table]) -> Result<()> {
     conn.execute_batch(&format!("{budget}; CHECKPOINT")).map_err(db)
 }
 
-/// The rows each table of [`Table::ALL`] stores (live and deleted) and its live rows, in that order.
+/// The rows each table of [`Table::ALL`] stores (live and deleted) and its live rows, each with its table.
 /// DuckDB's `estimated_size` is its count of the rows a table's row groups hold, deleted ones
 /// included (`pragma_storage_info`, which lists every column segment, says the same at ten times the
 /// cost: 0.1 s over 10M facts). Two statements for all the tables, not two per table: each costs
 /// DuckDB a few milliseconds to parse and plan, more than counting the rows.
-fn stored_and_live(conn: &Connection) -> Result<Vec<(i64, i64)>> {
+fn stored_and_live(conn: &Connection) -> Result<Vec<(Table, i64, i64)>> {
     let mut stmt = conn
         .prepare(
             "SELECT table_name, estimated_size FROM duckdb_tables() \
@@ -455,7 +455,11 @@ fn stored_and_live(conn: &Connection) -> Result<Vec<(i64, i64)>> {
             (0..Table::ALL.len()).map(|i| r.get::<_, i64>(i)).collect::<std::result::Result<Vec<_>, _>>()
         })
         .map_err(db)?;
-    Ok(Table::ALL.iter().zip(live).map(|(t, live)| (stored.get(&t.to_string()).copied().unwrap_or(0), live)).collect())
+    Ok(Table::ALL
+        .into_iter()
+        .zip(live)
+        .map(|(t, live)| (t, stored.get(&t.to_string()).copied().unwrap_or(0), live))
+        .collect())
 }
 
 /// The added files in the order the load takes them up (and numbers them): table by table, and
@@ -527,8 +531,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = Embedded::open(&dir.path().join("w.duckdb")).unwrap();
         w.session(Access::Write, |c| {
-            let department = Table::ALL.iter().position(|&t| t == Table::DimDepartment).unwrap();
-            let counts = |c: &Connection| stored_and_live(c).map(|tables| tables[department]);
+            let counts = |c: &Connection| {
+                let tables = stored_and_live(c)?;
+                let (_, stored, live) = tables.into_iter().find(|&(t, ..)| t == Table::DimDepartment).unwrap();
+                Ok::<_, Error>((stored, live))
+            };
             let run = |sql: &str| c.execute_batch(sql).map_err(db);
             // A "load": the holes measured first, then its changes, then its checkpoint.
             let load = |sql: &str| -> Result<Vec<Table>> {
