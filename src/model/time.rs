@@ -34,8 +34,16 @@ pub fn parse_utc(s: &str) -> Option<NaiveDateTime> {
 /// are counted out directly, without building chrono's date and time (silver parses two
 /// timestamps per event).
 pub fn parse_utc_micros(s: &str) -> Option<i64> {
-    let s = s.trim();
+    let s = trim(s);
     fixed_fields(s.as_bytes()).and_then(|f| f.micros()).or_else(|| parse_any(s).map(|t| to_micros(&t.trunc_subsecs(6))))
+}
+
+/// `s.trim()`, without its look at each end when both ends are ASCII other than whitespace (as
+/// nearly every timestamp's are). Whitespace as `trim` has it: `char::is_whitespace`, which counts
+/// the vertical tab that `u8::is_ascii_whitespace` does not.
+fn trim(s: &str) -> &str {
+    let kept = |b: Option<&u8>| b.is_some_and(|&b| b.is_ascii() && !char::from(b).is_whitespace());
+    if kept(s.as_bytes().first()) && kept(s.as_bytes().last()) { s } else { s.trim() }
 }
 
 /// The fields of a timestamp in the fast path's form (see [`parse_fixed`]).
@@ -94,49 +102,49 @@ fn parse_fixed(s: &[u8]) -> Option<NaiveDateTime> {
 /// The fields of [`parse_fixed`]'s form, each within its digits' range (the calendar is checked
 /// by the caller).
 fn fixed_fields(s: &[u8]) -> Option<Fields> {
-    if s.len() < 19 {
+    // The date and time are counted out of fixed positions in one pass (silver parses two
+    // timestamps per event): every byte minus '0', the separators checked where they stand, and
+    // the digits' positions all below 10 at once.
+    let (head, rest) = s.split_first_chunk::<19>()?;
+    if head[4] != b'-' || head[7] != b'-' || !matches!(head[10], b'T' | b' ') || head[13] != b':' || head[16] != b':' {
         return None;
     }
-    let digit = |i: usize| -> Option<u32> {
-        let d = s[i].wrapping_sub(b'0');
-        (d < 10).then_some(u32::from(d))
-    };
-    let two = |i: usize| -> Option<u32> { Some(digit(i)? * 10 + digit(i + 1)?) };
-    if s[4] != b'-' || s[7] != b'-' || !matches!(s[10], b'T' | b' ') || s[13] != b':' || s[16] != b':' {
+    let d = head.map(|b| b.wrapping_sub(b'0'));
+    const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    if DIGITS.iter().fold(0, |any, &i| any | u8::from(d[i] > 9)) != 0 {
         return None;
     }
-    let year = two(0)? * 100 + two(2)?;
-    let (month, day, hour, minute, second) = (two(5)?, two(8)?, two(11)?, two(14)?, two(17)?);
+    let two = |i: usize| u32::from(d[i]) * 10 + u32::from(d[i + 1]);
+    let year = two(0) * 100 + two(2);
+    let (month, day, hour, minute, second) = (two(5), two(8), two(11), two(14), two(17));
     if second > 59 {
         return None;
     }
-    let mut i = 19;
-    let mut nanos = 0u32;
-    if s.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while let Some(d) = s.get(i).and_then(|_| digit(i)) {
-            if i - start == 9 {
+    let (nanos, rest) = match rest {
+        [b'.', fraction @ ..] => {
+            let n = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 || n > 9 {
                 return None;
             }
-            nanos = nanos * 10 + d;
-            i += 1;
+            let value = fraction[..n].iter().fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
+            (value * 10u32.pow(9 - n as u32), &fraction[n..])
         }
-        let n = i - start;
-        if n == 0 {
-            return None;
-        }
-        nanos *= 10u32.pow(9 - n as u32);
-    }
-    let offset_seconds = match &s[i..] {
+        _ => (0, rest),
+    };
+    let offset_seconds = match rest {
         [] | [b'Z'] => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (h, m) = (two(i + 1)?, two(i + 4)?);
+        &[sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let digits = [h1, h2, m1, m2].map(|b| b.wrapping_sub(b'0'));
+            if digits.iter().any(|&x| x > 9) {
+                return None;
+            }
+            let (h, m) =
+                (u32::from(digits[0]) * 10 + u32::from(digits[1]), u32::from(digits[2]) * 10 + u32::from(digits[3]));
             if h > 23 || m > 59 {
                 return None;
             }
             let secs = i64::from(h * 3600 + m * 60);
-            if *sign == b'-' { -secs } else { secs }
+            if sign == b'-' { -secs } else { secs }
         }
         _ => return None,
     };
@@ -291,7 +299,7 @@ mod tests {
                 separator,
                 fraction,
                 suffix,
-                (0..4u8, any::<prop::sample::Index>(), any::<char>(), prop_oneof![Just(""), Just(" "), Just("\t")]),
+                (0..4u8, any::<prop::sample::Index>(), any::<char>(), prop_oneof![Just(""), Just(" "), Just("\t"), Just("\u{b}"), Just("\u{a0}")]),
             )
                 .prop_map(|((y, mo, d), (h, mi, s), sep, frac, suffix, (edit, at, c, pad))| {
                     let mut t = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{frac}{suffix}");
