@@ -299,7 +299,12 @@ mod tests {
                 separator,
                 fraction,
                 suffix,
-                (0..4u8, any::<prop::sample::Index>(), any::<char>(), prop_oneof![Just(""), Just(" "), Just("\t"), Just("\u{b}"), Just("\u{a0}")]),
+                (
+                    0..4u8,
+                    any::<prop::sample::Index>(),
+                    any::<char>(),
+                    prop_oneof![Just(""), Just(" "), Just("\t"), Just("\u{b}"), Just("\u{a0}")],
+                ),
             )
                 .prop_map(|((y, mo, d), (h, mi, s), sep, frac, suffix, (edit, at, c, pad))| {
                     let mut t = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{frac}{suffix}");
