@@ -13,8 +13,8 @@
 //! bytes (the technique of glibc's and LLVM's own routines); copies up to 2 KiB go 64 bytes a step
 //! through 16-byte registers; longer ones use `rep movsb`, which CPUs with ERMS (Intel's since 2012,
 //! AMD's recent ones) run at close to memory speed and every x86_64 CPU runs correctly (glibc also
-//! uses it, from 2 KiB on). Below that its start-up, tens of cycles, outweighed the copy: every move
-//! of a value of more than 64 bytes (a parsed event body, a builder) paid it. Every load and store here is of a
+//! uses it, from 2 KiB on). Below that, its start-up of tens of cycles outweighs the copy (it used to
+//! start at 65 bytes, and every move of a larger value paid it). Every load and store here is of a
 //! register-sized value or inline assembly, so the compiler cannot turn these functions back into
 //! calls to themselves. They are tested against byte-by-byte copies and comparisons on every build
 //! (`tests`), and the musl test run (`scripts/test --target x86_64-unknown-linux-musl`) runs the whole
@@ -49,8 +49,7 @@ pub unsafe fn copy_forward(dst: *mut u8, src: *const u8, n: usize) {
             store16(dst.add(n - 32), c);
             store16(dst.add(n - 16), d);
         } else if n <= 128 {
-            let head = [load16(src), load16(src.add(16)), load16(src.add(32)), load16(src.add(48))];
-            let tail = load64(src.add(n - 64));
+            let (head, tail) = (load64(src), load64(src.add(n - 64)));
             store64(dst, head);
             store64(dst.add(n - 64), tail);
         } else if n <= LOOP_MAX {
