@@ -335,10 +335,10 @@ fn secure_execution_a_binary_with_file_capabilities_starts_once() {
 /// The README's performance figures are counted with valgrind (`callgrind`), so the binary must run
 /// under it. For a while it could not: the CPU clock `run` reports was read through rustix's own vDSO
 /// parser, which reads past what valgrind maps, and every run died of a segmentation fault before its
-/// first event (rustix issue 1559); rustix now calls the C library's `clock_gettime`. glibc builds,
-/// the ones profiled (the huge-page restart turned off, or valgrind would watch only the process that
+/// first event (rustix issue 1559); rustix now calls the C library's `clock_gettime`. Every build
+/// (the glibc builds' huge-page restart turned off, or valgrind would watch only the process that
 /// restarts); ignored (shown as skipped) unless scripts/test finds valgrind.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 #[test]
 #[ignore = "needs valgrind (scripts/test runs it where it finds it)"]
 fn under_valgrind_a_run_completes() {
