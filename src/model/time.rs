@@ -134,12 +134,11 @@ fn fixed_fields(s: &[u8]) -> Option<Fields> {
     let offset_seconds = match rest {
         [] | [b'Z'] => 0,
         &[sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let digits = [h1, h2, m1, m2].map(|b| b.wrapping_sub(b'0'));
-            if digits.iter().any(|&x| x > 9) {
-                return None;
-            }
-            let (h, m) =
-                (u32::from(digits[0]) * 10 + u32::from(digits[1]), u32::from(digits[2]) * 10 + u32::from(digits[3]));
+            let two = |tens: u8, ones: u8| {
+                let (t, o) = (tens.wrapping_sub(b'0'), ones.wrapping_sub(b'0'));
+                (t < 10 && o < 10).then(|| u32::from(t) * 10 + u32::from(o))
+            };
+            let (h, m) = (two(h1, h2)?, two(m1, m2)?);
             if h > 23 || m > 59 {
                 return None;
             }
