@@ -250,15 +250,15 @@ pub fn event_hub_batch_bytes(p: &HubPartition<'_>, events: &[HubEvent], now: &Na
 /// without the envelope: what `patientflow run` hands the bronze stage when it calls the handler
 /// in this process instead of over HTTP. A property test decodes the envelope and compares.
 pub fn event_batch(p: &HubPartition<'_>, events: &[HubEvent], now: &NaiveDateTime) -> EventBatch {
-    use std::fmt::Write as _;
     let n = events.len();
     let mut offsets = StringBuilder::with_capacity(n, n * 8);
     let mut keys = StringBuilder::with_capacity(n, n * 8);
     let mut properties = StringBuilder::with_capacity(n, n * 2);
+    // Offsets are written by `itoa`: the digits `{}` writes, without the formatting machinery,
+    // which was 30 % of building a batch (callgrind, 100k events).
+    let mut digits = itoa::Buffer::new();
     for e in events {
-        // Writing to a builder cannot fail; the empty append ends the value written.
-        let _ = write!(offsets, "{}", e.offset);
-        offsets.append_value("");
+        offsets.append_value(digits.format(e.offset));
         keys.append_option(e.partition_key.as_deref());
         properties.append_value("{}");
     }
@@ -317,9 +317,7 @@ fn comma(out: &mut Vec<u8>, i: usize) {
 }
 
 fn push_int(out: &mut Vec<u8>, n: i64) {
-    use std::io::Write as _;
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{n}");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
