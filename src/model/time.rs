@@ -102,32 +102,47 @@ fn parse_fixed(s: &[u8]) -> Option<NaiveDateTime> {
 /// The fields of [`parse_fixed`]'s form, each within its digits' range (the calendar is checked
 /// by the caller).
 fn fixed_fields(s: &[u8]) -> Option<Fields> {
-    // The date and time are counted out of fixed positions in one pass (silver parses two
-    // timestamps per event): every byte minus '0', the separators checked where they stand, and
-    // the digits' positions all below 10 at once.
+    // The date and time are counted out of fixed positions (silver parses two timestamps per
+    // event): the separators checked where they stand, then the first 16 bytes as two words, each
+    // byte XOR '0' (a digit becomes its value, 0-9), checked and paired eight at a time.
     let (head, rest) = s.split_first_chunk::<19>()?;
     if head[4] != b'-' || head[7] != b'-' || !matches!(head[10], b'T' | b' ') || head[13] != b':' || head[16] != b':' {
         return None;
     }
-    let d = head.map(|b| b.wrapping_sub(b'0'));
-    const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
-    if DIGITS.iter().fold(0, |any, &i| any | u8::from(d[i] > 9)) != 0 {
+    let (date, time) = head.split_at(8);
+    let date = digits(date.try_into().ok()?, DATE_DIGITS)?;
+    let time = digits(time[..8].try_into().ok()?, TIME_DIGITS)?;
+    let (s1, s2) = (head[17].wrapping_sub(b'0'), head[18].wrapping_sub(b'0'));
+    if s1 > 9 || s2 > 9 {
         return None;
     }
-    let two = |i: usize| u32::from(d[i]) * 10 + u32::from(d[i + 1]);
-    let year = two(0) * 100 + two(2);
-    let (month, day, hour, minute, second) = (two(5), two(8), two(11), two(14), two(17));
+    // Each byte of a word becomes ten times its digit plus the next byte's digit (both at most 9,
+    // so no byte carries): a field's two digits are the value at the field's first byte.
+    let pairs = |w: u64| w * 10 + (w >> 8);
+    let field = |w: u64, at: u32| ((w >> (8 * at)) & 0xFF) as u32;
+    let (date, time) = (pairs(date), pairs(time));
+    let year = field(date, 0) * 100 + field(date, 2);
+    let (month, day, hour, minute) = (field(date, 5), field(time, 0), field(time, 3), field(time, 6));
+    let second = u32::from(s1) * 10 + u32::from(s2);
     if second > 59 {
         return None;
     }
     let (nanos, rest) = match rest {
         [b'.', fraction @ ..] => {
-            let n = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+            // One pass over at most ten digits: more than nine is left to chrono.
+            let (mut value, mut n) = (0u64, 0);
+            while let Some(&b) = fraction.get(n).filter(|_| n < 10) {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                value = value * 10 + u64::from(d);
+                n += 1;
+            }
             if n == 0 || n > 9 {
                 return None;
             }
-            let value = fraction[..n].iter().fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
-            (value * 10u32.pow(9 - n as u32), &fraction[n..])
+            (value as u32 * FRACTION_SCALE[n], &fraction[n..])
         }
         _ => (0, rest),
     };
@@ -148,6 +163,24 @@ fn fixed_fields(s: &[u8]) -> Option<Fields> {
         _ => return None,
     };
     Some(Fields { year, month, day, hour, minute, second, nanos, offset_seconds })
+}
+
+/// The digit bytes of `YYYY-MM-` (all but the dashes) and of `DDTHH:MM` (all but the `T` and colon),
+/// as byte masks of a little-endian word.
+const DATE_DIGITS: u64 = 0x00FF_FF00_FFFF_FFFF;
+const TIME_DIGITS: u64 = 0xFFFF_00FF_FF00_FFFF;
+
+/// What a fraction of `n` digits is multiplied by to give nanoseconds.
+const FRACTION_SCALE: [u32; 10] = [0, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
+
+/// The bytes of `word` under `mask` as digit values (the other bytes zero), or `None` if one of
+/// them is no ASCII digit. XOR '0' maps '0'-'9' to 0-9 and every other byte to a value whose high
+/// nibble is set or that is 10-15; once no high nibble is set, adding 6 to every byte carries
+/// into a high nibble exactly for 10-15, and no byte overflows into the next.
+fn digits(bytes: [u8; 8], mask: u64) -> Option<u64> {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    let d = (u64::from_le_bytes(bytes) ^ 0x3030_3030_3030_3030) & mask;
+    (d & HIGH == 0 && (d + 0x0606_0606_0606_0606) & HIGH == 0).then_some(d)
 }
 
 fn parse_any(s: &str) -> Option<NaiveDateTime> {
@@ -217,6 +250,38 @@ mod tests {
         assert_eq!(parse_utc("2026-02-05T19:56:03").map(|t| to_micros(&t)), Some(to_micros(&naive) - 123_148));
         assert_eq!(parse_utc("yesterday"), None);
         assert_eq!(parse_utc("2026-13-05T19:56:03"), None);
+    }
+
+    /// The word-at-a-time digit check against the byte-at-a-time definition: every byte value at
+    /// every position of a timestamp, read as the plain positional grammar reads it.
+    #[test]
+    fn every_byte_at_every_position_is_read_as_the_positional_grammar_reads_it() {
+        let base = *b"2026-02-05T19:56:03.123148";
+        let digit = |b: u8| b.is_ascii_digit().then(|| u32::from(b - b'0'));
+        let reference = |s: &[u8; 26]| -> Option<(u32, u32, u32, u32, u32, u32, u32)> {
+            let separators = s[4] == b'-' && s[7] == b'-' && matches!(s[10], b'T' | b' ') && s[13] == b':';
+            if !separators || s[16] != b':' || s[19] != b'.' {
+                return None;
+            }
+            let n = |i: usize| Some(digit(s[i])? * 10 + digit(s[i + 1])?);
+            // The fraction's digits, then nothing or `Z` (a mutated digit can end it early).
+            let digits = s[20..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits == 0 || !matches!(&s[20 + digits..], [] | [b'Z']) {
+                return None;
+            }
+            let fraction = s[20..20 + digits].iter().fold(0, |v, &b| v * 10 + u32::from(b - b'0'));
+            let second = n(17).filter(|&s| s <= 59)?;
+            let nanos = fraction * 10u32.pow(9 - digits as u32);
+            Some((n(0)? * 100 + n(2)?, n(5)?, n(8)?, n(11)?, n(14)?, second, nanos))
+        };
+        for at in 0..base.len() {
+            for b in 0..=u8::MAX {
+                let mut s = base;
+                s[at] = b;
+                let fast = fixed_fields(&s).map(|f| (f.year, f.month, f.day, f.hour, f.minute, f.second, f.nanos));
+                assert_eq!(fast, reference(&s), "byte {b:#04x} at {at}");
+            }
+        }
     }
 
     #[test]
