@@ -511,6 +511,12 @@ impl Visits {
         self.dict.get(id)
     }
 
+    /// Every string of the dictionary, at its id, followed by `extra`: the values of a dictionary
+    /// array whose keys are the records' ids.
+    pub fn text_values<'a>(&'a self, extra: impl IntoIterator<Item = &'a str>) -> arrow_array::StringArray {
+        arrow_array::StringArray::from_iter_values(self.dict.values.iter().map(|s| &**s).chain(extra))
+    }
+
     /// Ranks the dictionary so [`Visits::order_key`] works; call after the last record is added.
     pub fn rank(&mut self) {
         self.ranks = self.dict.ranks();

@@ -19,10 +19,11 @@ use std::sync::{Arc, LazyLock};
 use arrow_array::builder::{ArrayBuilder, Int32Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow_array::{Array, ArrayRef, DictionaryArray, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use super::input::{Record, Visit, Visits, column};
+use super::input::{NONE, Record, Visit, Visits, column};
+use crate::model::schema::with_text_dictionaries;
 use crate::pipeline::Result;
 use crate::storage::parquet::{Codec, Layout};
 
@@ -52,6 +53,14 @@ pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("enqueued_us", DataType::Int64, false),
         Field::new("bronze_file", DataType::Utf8, false),
     ]))
+});
+
+/// The ledger as a build writes it from memory: [`LEDGER`] with its text columns as dictionaries
+/// of the build's strings, so a record appends five ids instead of copying five strings (a lake
+/// path among them). Segments are still written under [`LEDGER`]: parquet's writer takes a
+/// dictionary column value by value, so a file's bytes are those of its plain strings (tested).
+pub static LEDGER_IN_MEMORY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    with_text_dictionaries(&LEDGER, &["gender", "department", "event_hub", "partition_id", "bronze_file"])
 });
 
 /// The schema of a segment's key sidecar.
@@ -97,65 +106,75 @@ pub fn keys_file(segment: &str) -> String {
 pub struct SegmentBuilder {
     key: Int64Builder,
     patient: StringBuilder,
-    gender: StringBuilder,
+    gender: Int32Builder,
     age: Int32Builder,
-    department: StringBuilder,
+    department: Int32Builder,
     hospital: Int32Builder,
     bed: Int32Builder,
     admission: Int64Builder,
     admission_sent: Int64Builder,
     discharge: Int64Builder,
-    hub: StringBuilder,
-    partition: StringBuilder,
+    hub: Int32Builder,
+    partition: Int32Builder,
     seq: Int64Builder,
     enqueued: Int64Builder,
-    file: StringBuilder,
+    file: Int32Builder,
     keys: Vec<i64>,
+    /// The text columns' values: the build's dictionary and then the empty string (see
+    /// [`Visits::text_values`]), which the text columns index instead of copying their strings.
+    text: ArrayRef,
 }
 
 impl SegmentBuilder {
-    /// A builder with room for about `n` records.
-    pub fn with_capacity(n: usize) -> Self {
+    /// A builder with room for about `n` records of `visits`, whose records must all have been
+    /// added (its text values are taken now).
+    pub fn with_capacity(n: usize, visits: &Visits) -> Self {
         Self {
             key: Int64Builder::with_capacity(n),
             patient: StringBuilder::with_capacity(n, n * 36),
-            gender: StringBuilder::with_capacity(n, n * 6),
+            gender: Int32Builder::with_capacity(n),
             age: Int32Builder::with_capacity(n),
-            department: StringBuilder::with_capacity(n, n * 12),
+            department: Int32Builder::with_capacity(n),
             hospital: Int32Builder::with_capacity(n),
             bed: Int32Builder::with_capacity(n),
             admission: Int64Builder::with_capacity(n),
             admission_sent: Int64Builder::with_capacity(n),
             discharge: Int64Builder::with_capacity(n),
-            hub: StringBuilder::with_capacity(n, n * 12),
-            partition: StringBuilder::with_capacity(n, n * 2),
+            hub: Int32Builder::with_capacity(n),
+            partition: Int32Builder::with_capacity(n),
             seq: Int64Builder::with_capacity(n),
             enqueued: Int64Builder::with_capacity(n),
-            file: StringBuilder::with_capacity(n, n * 80),
+            file: Int32Builder::with_capacity(n),
             keys: Vec::new(),
+            text: Arc::new(visits.text_values([""])),
         }
     }
 
-    /// Appends a record; records must come in patient key order.
-    pub fn append(&mut self, visits: &Visits, patient_id: &str, v: &Visit) {
+    /// Appends a record of the builder's [`Visits`]; records must come in patient key order.
+    pub fn append(&mut self, patient_id: &str, v: &Visit) {
         if self.keys.last() != Some(&v.patient_key) {
             self.keys.push(v.patient_key);
         }
+        // A text column holds the record's dictionary id: null stays null where the column may be
+        // null, and is the empty string where it may not (what the strings were written as).
+        let nullable = |id: u32| (id != NONE).then_some(id as i32);
+        let empty = self.text.len() as i32 - 1;
+        let text = |id: u32| if id == NONE { empty } else { id as i32 };
         self.key.append_value(v.patient_key);
         self.patient.append_value(patient_id);
-        self.gender.append_option(visits.str(v.gender));
+        self.gender.append_option(nullable(v.gender));
         self.age.append_option(v.age);
-        self.department.append_option(visits.str(v.department));
+        self.department.append_option(nullable(v.department));
         self.hospital.append_option(v.hospital_id);
         self.bed.append_option(v.bed_id);
         self.admission.append_value(v.admission_us);
         self.admission_sent.append_option(v.admission_sent_us);
         self.discharge.append_option(v.discharge_us);
-        self.hub.append_value(visits.str(v.event_hub).unwrap_or_default());
-        self.partition.append_value(visits.str(v.partition_id).unwrap_or_default());
+        self.hub.append_value(text(v.event_hub));
+        self.partition.append_value(text(v.partition_id));
         self.seq.append_value(v.sequence_number);
         self.enqueued.append_value(v.enqueued_us);
-        self.file.append_value(visits.str(v.bronze_file).unwrap_or_default());
+        self.file.append_value(text(v.bronze_file));
     }
 
     /// Records appended and not yet taken by [`take_rows`](Self::take_rows).
@@ -176,24 +195,27 @@ impl SegmentBuilder {
     /// The records appended since the last take, as a batch of the segment; the builder goes on
     /// empty, so a segment can be written in chunks while it is built.
     pub fn take_rows(&mut self) -> Result<RecordBatch> {
+        let text = |keys: &mut Int32Builder| -> Result<ArrayRef> {
+            Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys.finish(), Arc::clone(&self.text))?))
+        };
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.key.finish()),
             Arc::new(self.patient.finish()),
-            Arc::new(self.gender.finish()),
+            text(&mut self.gender)?,
             Arc::new(self.age.finish()),
-            Arc::new(self.department.finish()),
+            text(&mut self.department)?,
             Arc::new(self.hospital.finish()),
             Arc::new(self.bed.finish()),
             Arc::new(self.admission.finish()),
             Arc::new(self.admission_sent.finish()),
             Arc::new(self.discharge.finish()),
-            Arc::new(self.hub.finish()),
-            Arc::new(self.partition.finish()),
+            text(&mut self.hub)?,
+            text(&mut self.partition)?,
             Arc::new(self.seq.finish()),
             Arc::new(self.enqueued.finish()),
-            Arc::new(self.file.finish()),
+            text(&mut self.file)?,
         ];
-        Ok(RecordBatch::try_new(Arc::clone(&LEDGER), cols)?)
+        Ok(RecordBatch::try_new(Arc::clone(&LEDGER_IN_MEMORY), cols)?)
     }
 
     /// The segment's key sidecar: every patient appended, in order.
@@ -322,10 +344,14 @@ mod tests {
             },
         });
         let a = *visits.iter().next().unwrap();
-        let mut segment = SegmentBuilder::with_capacity(1);
-        segment.append(&visits, "p", &a);
-        let batch = segment.take_rows().unwrap();
+        let mut segment = SegmentBuilder::with_capacity(1, &visits);
+        segment.append("p", &a);
+        let in_memory = segment.take_rows().unwrap();
         assert!(segment.is_empty() && segment.patients() == 1);
+        // Written as a build writes it, read as a build reads it.
+        let file = crate::storage::parquet::encode_layout(&LEDGER, &[in_memory], &LEDGER_LAYOUT).unwrap();
+        let (_, batches) = crate::storage::parquet::decode(file).unwrap();
+        let batch = arrow_select::concat::concat_batches(&LEDGER, &batches).unwrap();
         let keys = segment.finish_keys().unwrap();
         assert_eq!(decode_keys("k", &[keys]).unwrap(), [a.patient_key]);
         let mut back = Visits::default();
@@ -340,5 +366,49 @@ mod tests {
         assert!(none.is_empty());
         assert_eq!(keys_file("builds/x/ledger/seg.parquet"), "builds/x/ledger/seg.keys.parquet");
         assert_eq!(matching(&[1, 3, 5, 9], &[0, 3, 4, 9, 10]), [3, 9]);
+    }
+
+    /// A chunk whose text columns index the build's dictionary is written as the bytes of the same
+    /// chunk with plain strings (arrow's own cast makes the plain one), nulls and every text column
+    /// included: the dictionary is how a build holds the ledger, not what the ledger is.
+    #[test]
+    fn a_dictionary_chunk_is_written_as_the_bytes_of_its_strings() {
+        let mut visits = Visits::default();
+        for (i, (gender, department, file)) in [
+            (Some("F"), Some("ICU"), "a"),
+            (None, Some("ER"), "b"),
+            (Some("M"), None, "a"),
+            (Some("F"), Some("ER"), "c"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            visits.push(Record {
+                patient_id: "p",
+                gender,
+                department,
+                event_hub: "h",
+                partition_id: if i % 2 == 0 { "0" } else { "1" },
+                bronze_file: file,
+                visit: Visit { patient_key: i as i64, fact_id: i as i64, sequence_number: i as i64, ..Visit::EMPTY },
+            });
+        }
+        let mut segment = SegmentBuilder::with_capacity(4, &visits);
+        let mut records: Vec<Visit> = visits.iter().copied().collect();
+        records.sort_by_key(|v| v.patient_key);
+        for v in &records {
+            segment.append("p", v);
+        }
+        let in_memory = segment.take_rows().unwrap();
+        let plain: Vec<ArrayRef> = in_memory
+            .columns()
+            .iter()
+            .zip(LEDGER.fields())
+            .map(|(c, f)| arrow_cast::cast(c, f.data_type()).unwrap())
+            .collect();
+        let plain = RecordBatch::try_new(Arc::clone(&LEDGER), plain).unwrap();
+        assert_eq!(plain.column_by_name("gender").unwrap().null_count(), 1);
+        let encode = |b: RecordBatch| crate::storage::parquet::encode_layout(&LEDGER, &[b], &LEDGER_LAYOUT).unwrap();
+        assert_eq!(encode(in_memory), encode(plain));
     }
 }

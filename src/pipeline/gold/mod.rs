@@ -578,7 +578,7 @@ async fn build_on(
     // row counts are not known yet, which only a bloom filter's size needs, and neither layout has one.
     let chunk = FOLD_CHUNK_ROWS.min(visits.len());
     let mut rows = FoldRows {
-        segment: ledger::SegmentBuilder::with_capacity(chunk),
+        segment: ledger::SegmentBuilder::with_capacity(chunk, &visits),
         segment_file: parquet::StreamEncoder::new(
             Arc::clone(&ledger::LEDGER),
             ledger::LEDGER_LAYOUT.writer_properties(0),
@@ -586,8 +586,7 @@ async fn build_on(
         patients: dims::PatientsBuilder::with_capacity(chunk),
         patients_file: parquet::StreamEncoder::new(Arc::clone(&DIM_PATIENT), DIM_PATIENT_LAYOUT.writer_properties(0))?,
     };
-    let folded =
-        fold_patients(&visits, &home, as_of, |pid, winners, versions| rows.append(&visits, pid, winners, versions))?;
+    let folded = fold_patients(&visits, &home, as_of, |pid, winners, versions| rows.append(pid, winners, versions))?;
     let FoldRows { mut segment, mut segment_file, patients: mut new_patients, mut patients_file } = rows;
     (metrics.patients, metrics.facts_inserted, metrics.facts_updated) =
         (folded.stats, folded.facts_inserted, folded.facts_updated);
@@ -896,15 +895,9 @@ struct FoldRows {
 impl FoldRows {
     /// Appends a changed patient's ledger records and versions; a builder that reached
     /// [`FOLD_CHUNK_ROWS`] hands its rows to its encoder.
-    fn append(
-        &mut self,
-        visits: &Visits,
-        pid: &str,
-        winners: &[&input::Visit],
-        versions: &[dims::PatientVersion],
-    ) -> Result<()> {
+    fn append(&mut self, pid: &str, winners: &[&input::Visit], versions: &[dims::PatientVersion]) -> Result<()> {
         for v in winners {
-            self.segment.append(visits, pid, v);
+            self.segment.append(pid, v);
         }
         self.patients.append(pid, versions);
         if self.segment.len() >= FOLD_CHUNK_ROWS {
