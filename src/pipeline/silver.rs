@@ -21,9 +21,9 @@ use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
-use arrow_schema::DataType;
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, DictionaryArray, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -31,7 +31,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Error, Result};
 use crate::model::event::{CAPPED_AGE, FIELDS, MAX_AGE, MAX_STAY_DAYS, MAX_TIMESTAMP_YEAR, MIN_TIMESTAMP_YEAR};
-use crate::model::schema::{QUARANTINE, QUARANTINE_LAYOUT, SILVER, SILVER_LAYOUT};
+use crate::model::schema::{QUARANTINE, QUARANTINE_LAYOUT, SILVER, SILVER_LAYOUT, with_text_dictionaries};
 use crate::model::time::{from_micros, parse_utc_micros, to_micros};
 use crate::storage::keys::BatchStem;
 use crate::storage::{Container, Lake, PutOutcome, parquet};
@@ -806,8 +806,8 @@ fn silver_batch(
     let mut imputed = BooleanBuilder::with_capacity(n);
     let mut backwards = BooleanBuilder::with_capacity(n);
     let mut missing = StringBuilder::with_capacity(n, 0);
-    let mut hub = StringBuilder::with_capacity(n, n * rows.first().map_or(0, |(l, _)| l.event_hub.len()));
-    let mut part = StringBuilder::with_capacity(n, n * rows.first().map_or(0, |(l, _)| l.partition.len()));
+    let mut hub = Lineage::column(n);
+    let mut part = Lineage::column(n);
     let mut seq = arrow_array::builder::Int64Builder::with_capacity(n);
     let mut enq = TimestampMicrosecondBuilder::with_capacity(n);
     let mut corrected: [u64; 3] = [0; 3];
@@ -831,8 +831,8 @@ fn silver_batch(
             let _ = write!(missing, "{}", r.missing);
             missing.append_value("");
         }
-        hub.append_value(l.event_hub);
-        part.append_value(l.partition);
+        hub.append(l.event_hub);
+        part.append(l.partition);
         seq.append_value(l.seq);
         enq.append_value(l.enqueued_us);
         corrected[0] += u64::from(r.age_capped);
@@ -858,13 +858,64 @@ fn silver_batch(
         Arc::new(imputed.finish()),
         Arc::new(backwards.finish()),
         Arc::new(missing.finish()),
-        Arc::new(hub.finish()),
-        Arc::new(part.finish()),
+        hub.finish()?,
+        part.finish()?,
         Arc::new(seq.finish()),
         Arc::new(enq.finish()),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(bronze_key, n))),
+        Arc::new(DictionaryArray::<Int32Type>::try_new(
+            Int32Array::from(vec![0; n]),
+            Arc::new(StringArray::from(vec![bronze_key])),
+        )?),
     ];
-    Ok(RecordBatch::try_new(Arc::clone(&SILVER), columns)?)
+    Ok(RecordBatch::try_new(Arc::clone(&SILVER_IN_MEMORY), columns)?)
+}
+
+/// Silver as a refine builds it: [`SILVER`] with the lineage's text columns (one event hub,
+/// partition and bronze file a file, nearly always) as dictionaries, so a row appends an id
+/// instead of copying the strings (the bronze file is a 74-byte lake path). Files are written
+/// under [`SILVER`]: parquet's writer takes a dictionary column value by value, so a file's bytes
+/// are those of its plain strings (tested).
+static SILVER_IN_MEMORY: LazyLock<SchemaRef> =
+    LazyLock::new(|| with_text_dictionaries(&SILVER, &["event_hub", "partition_id", "bronze_file"]));
+
+/// A lineage text column built as a dictionary of the distinct values met, in order of first
+/// appearance; a value equal to the row before's is not looked up again.
+struct LineageColumn<'a> {
+    keys: Int32Builder,
+    values: Vec<&'a str>,
+    last: Option<(&'a str, i32)>,
+}
+
+impl<'a> LineageColumn<'a> {
+    fn append(&mut self, value: &'a str) {
+        let key = match self.last {
+            Some((last, key)) if last == value => key,
+            _ => {
+                let key = match self.values.iter().position(|v| *v == value) {
+                    Some(i) => i as i32,
+                    None => {
+                        self.values.push(value);
+                        self.values.len() as i32 - 1
+                    }
+                };
+                self.last = Some((value, key));
+                key
+            }
+        };
+        self.keys.append_value(key);
+    }
+
+    fn finish(mut self) -> Result<ArrayRef> {
+        let values = Arc::new(StringArray::from(self.values));
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(self.keys.finish(), values)?))
+    }
+}
+
+impl Lineage<'_> {
+    /// An empty lineage text column with room for `n` rows.
+    fn column<'a>(n: usize) -> LineageColumn<'a> {
+        LineageColumn { keys: Int32Builder::with_capacity(n), values: Vec::new(), last: None }
+    }
 }
 
 fn quarantine_batch(
@@ -1108,6 +1159,47 @@ mod tests {
             })
             .collect();
         to_record_batch(&EventBatch::from_events("patient-flow", "3", t(ENQ), &events)).unwrap()
+    }
+
+    /// Silver as a refine builds it (lineage text as dictionaries) is written as the bytes of the
+    /// same rows with plain strings (arrow's own cast makes those), here with two partitions in one
+    /// refine, so a partition's id is met again after another's.
+    #[test]
+    fn the_lineage_dictionaries_are_written_as_the_bytes_of_their_strings() {
+        use crate::pipeline::bronze::{EventBatch, RawEvent, to_record_batch};
+        let body = r#"{"patient_id":"p","gender":"F","admission_time":"2026-11-24T01:00:00"}"#;
+        let in_partition = |p: &str, first: i64| {
+            let events: Vec<RawEvent> = (0..6)
+                .map(|i| RawEvent {
+                    body: Bytes::from(body.replace("\"p\"", &format!("\"p{}\"", first + i))),
+                    sequence_number: first + i,
+                    offset: None,
+                    enqueued_time: t(ENQ),
+                    partition_key: None,
+                    properties: None,
+                })
+                .collect();
+            to_record_batch(&EventBatch::from_events("patient-flow", p, t(ENQ), &events)).unwrap()
+        };
+        let r = refine_batches("k", &[in_partition("5", 0), in_partition("3", 10), in_partition("5", 20)]).unwrap();
+        assert_eq!(r.silver.num_rows(), 18);
+        let plain: Vec<ArrayRef> = r
+            .silver
+            .columns()
+            .iter()
+            .zip(SILVER.fields())
+            .map(|(c, f)| arrow_cast::cast(c, f.data_type()).unwrap())
+            .collect();
+        let plain = RecordBatch::try_new(Arc::clone(&SILVER), plain).unwrap();
+        let strings = |name: &str| -> Vec<String> {
+            plain.column_by_name(name).unwrap().as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect()
+        };
+        assert_eq!(strings("partition_id"), [["3"; 6], ["5"; 6], ["5"; 6]].concat(), "sorted by partition");
+        assert!(
+            strings("bronze_file").iter().all(|f| f == "k") && strings("event_hub").iter().all(|h| h == "patient-flow")
+        );
+        let encode = |b: RecordBatch| parquet::encode_layout(&SILVER, &[b], &SILVER_LAYOUT).unwrap();
+        assert_eq!(encode(r.silver), encode(plain));
     }
 
     #[test]
