@@ -36,6 +36,15 @@ pub fn with_text_dictionaries(schema: &Schema, names: &[&str]) -> SchemaRef {
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
+/// `batch` with every column cast to `schema`'s type by arrow's own cast (a dictionary of strings
+/// to plain strings, say): the independent plain form tests compare a build's in-memory batches
+/// against.
+#[cfg(test)]
+pub fn cast_to(batch: &arrow_array::RecordBatch, schema: &SchemaRef) -> arrow_array::RecordBatch {
+    let columns = batch.columns().iter().zip(schema.fields()).map(|(c, f)| arrow_cast::cast(c, f.data_type()).unwrap());
+    arrow_array::RecordBatch::try_new(Arc::clone(schema), columns.collect()).unwrap()
+}
+
 /// The timestamp type of every gold table: milliseconds, marked UTC.
 pub fn gold_ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from(GOLD_TZ)))

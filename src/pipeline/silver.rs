@@ -1183,14 +1183,7 @@ mod tests {
         };
         let r = refine_batches("k", &[in_partition("5", 0), in_partition("3", 10), in_partition("5", 20)]).unwrap();
         assert_eq!(r.silver.num_rows(), 18);
-        let plain: Vec<ArrayRef> = r
-            .silver
-            .columns()
-            .iter()
-            .zip(SILVER.fields())
-            .map(|(c, f)| arrow_cast::cast(c, f.data_type()).unwrap())
-            .collect();
-        let plain = RecordBatch::try_new(Arc::clone(&SILVER), plain).unwrap();
+        let plain = crate::model::schema::cast_to(&r.silver, &SILVER);
         let strings = |name: &str| -> Vec<String> {
             plain.column_by_name(name).unwrap().as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect()
         };

@@ -400,13 +400,7 @@ mod tests {
             segment.append("p", v);
         }
         let in_memory = segment.take_rows().unwrap();
-        let plain: Vec<ArrayRef> = in_memory
-            .columns()
-            .iter()
-            .zip(LEDGER.fields())
-            .map(|(c, f)| arrow_cast::cast(c, f.data_type()).unwrap())
-            .collect();
-        let plain = RecordBatch::try_new(Arc::clone(&LEDGER), plain).unwrap();
+        let plain = crate::model::schema::cast_to(&in_memory, &LEDGER);
         assert_eq!(plain.column_by_name("gender").unwrap().null_count(), 1);
         let encode = |b: RecordBatch| crate::storage::parquet::encode_layout(&LEDGER, &[b], &LEDGER_LAYOUT).unwrap();
         assert_eq!(encode(in_memory), encode(plain));
