@@ -131,11 +131,7 @@ fn fixed_fields(s: &[u8]) -> Option<Fields> {
         [b'.', fraction @ ..] => {
             // One pass over at most ten digits: more than nine is left to chrono.
             let (mut value, mut n) = (0u64, 0);
-            while let Some(&b) = fraction.get(n).filter(|_| n < 10) {
-                let d = b.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
+            for d in fraction.iter().take(10).map(|b| b.wrapping_sub(b'0')).take_while(|&d| d <= 9) {
                 value = value * 10 + u64::from(d);
                 n += 1;
             }
