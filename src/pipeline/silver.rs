@@ -806,8 +806,8 @@ fn silver_batch(
     let mut imputed = BooleanBuilder::with_capacity(n);
     let mut backwards = BooleanBuilder::with_capacity(n);
     let mut missing = StringBuilder::with_capacity(n, 0);
-    let mut hub = Lineage::column(n);
-    let mut part = Lineage::column(n);
+    let mut hub = LineageColumn::with_capacity(n);
+    let mut part = LineageColumn::with_capacity(n);
     let mut seq = arrow_array::builder::Int64Builder::with_capacity(n);
     let mut enq = TimestampMicrosecondBuilder::with_capacity(n);
     let mut corrected: [u64; 3] = [0; 3];
@@ -887,6 +887,11 @@ struct LineageColumn<'a> {
 }
 
 impl<'a> LineageColumn<'a> {
+    /// An empty column with room for `n` rows.
+    fn with_capacity(n: usize) -> Self {
+        Self { keys: Int32Builder::with_capacity(n), values: Vec::new(), last: None }
+    }
+
     fn append(&mut self, value: &'a str) {
         let key = match self.last {
             Some((last, key)) if last == value => key,
@@ -908,13 +913,6 @@ impl<'a> LineageColumn<'a> {
     fn finish(mut self) -> Result<ArrayRef> {
         let values = Arc::new(StringArray::from(self.values));
         Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(self.keys.finish(), values)?))
-    }
-}
-
-impl Lineage<'_> {
-    /// An empty lineage text column with room for `n` rows.
-    fn column<'a>(n: usize) -> LineageColumn<'a> {
-        LineageColumn { keys: Int32Builder::with_capacity(n), values: Vec::new(), last: None }
     }
 }
 

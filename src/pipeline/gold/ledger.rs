@@ -59,7 +59,7 @@ pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// of the build's strings, so a record appends five ids instead of copying five strings (a lake
 /// path among them). Segments are still written under [`LEDGER`]: parquet's writer takes a
 /// dictionary column value by value, so a file's bytes are those of its plain strings (tested).
-pub static LEDGER_IN_MEMORY: LazyLock<SchemaRef> = LazyLock::new(|| {
+static LEDGER_IN_MEMORY: LazyLock<SchemaRef> = LazyLock::new(|| {
     with_text_dictionaries(&LEDGER, &["gender", "department", "event_hub", "partition_id", "bronze_file"])
 });
 
