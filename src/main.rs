@@ -79,7 +79,7 @@ fn main() -> ExitCode {
 /// otherwise. glibc gives each thread that contends for the allocator its own arena, up to eight per
 /// core, and each keeps the memory it freed: a 1M-event `run` on two cores peaked at 449–514 MB with
 /// glibc's defaults and at 305–322 MB with two arenas, at the same speed; one arena saved another
-/// 20 MB but slowed bronze, whose threads then wait on one lock (README, "Performance").
+/// 20 MB but slowed bronze, whose threads then wait on one lock (docs/performance-log.md).
 /// `MALLOC_ARENA_MAX` (or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`) set by the user wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {

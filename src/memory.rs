@@ -11,7 +11,7 @@
 //! kernel for transparent huge pages (2 MiB, one fault where there were 512) when its tunable
 //! `glibc.malloc.hugetlb=1` is set, which glibc reads only at process start: the binary sets it
 //! for itself by starting over with it ([`tunables_with_huge_pages`], src/main.rs). Faults ≈ 400k →
-//! ≈ 190k, gold 2.4 → 1.9 s, peak +10–30 MB (README, "Performance").
+//! ≈ 190k, gold 2.4 → 1.9 s, peak +10–30 MB (docs/performance-log.md).
 
 /// Returns the free pages of glibc's allocator to the operating system (`malloc_trim(0)`). Other
 /// builds do nothing: the static musl package allocates through mimalloc, whose purge delay

@@ -111,13 +111,13 @@ pub enum WarehouseConfig {
 /// the load's resident memory sampled, peaked at 269 MB with 128 MB, 238 MB with 96 MB and 194 MB
 /// with 64 MB, in about the same time with 96 MB (2.33–2.84 s against 2.24–2.74 s) but slower with
 /// 64 MB (its checkpoint 1.2 s against 0.5–0.7 s). Earlier, 192 MB peaked at 264–325 MB over ten
-/// runs (README, "Performance").
+/// runs (docs/performance-log.md).
 pub const DEFAULT_WAREHOUSE_MEMORY_LIMIT: &str = "96MB";
 
 /// Default of `PATIENTFLOW_REPORT_MEMORY_LIMIT`: DuckDB's memory for the KPI report (and other reads).
 /// Over 10M facts the report took as long with 128 MB as with 256 MB (10.5–11.7 s), and `run`'s
 /// report stage stayed at gold's peak in nine runs of ten (474–516 MB by the eighth run with 256 MB)
-/// (README, "Performance").
+/// (docs/performance-log.md).
 pub const DEFAULT_REPORT_MEMORY_LIMIT: &str = "128MB";
 
 /// The embedded DuckDB warehouse.
