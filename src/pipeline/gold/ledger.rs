@@ -68,21 +68,36 @@ pub static KEYS: LazyLock<SchemaRef> =
     LazyLock::new(|| Arc::new(Schema::new(vec![Field::new("patient_key", DataType::Int64, false)])));
 
 /// How ledger segments are written. The ledger is gold's own state: a build decodes the segments
-/// its key sidecars name, whole, and no reader prunes them, so no statistics. Keys, ids and times
-/// are (nearly) distinct (PLAIN); ids, keys and the small-domain attributes stay uncompressed, as
-/// in the fact files ([`FACT_PATIENT_FLOW_LAYOUT`](crate::model::schema::FACT_PATIENT_FLOW_LAYOUT)).
+/// its key sidecars name, whole, and no reader prunes them, so no statistics. Keys and ids are
+/// distinct (PLAIN); ids, keys and the small-domain attributes stay uncompressed, as in the fact
+/// files ([`FACT_PATIENT_FLOW_LAYOUT`](crate::model::schema::FACT_PATIENT_FLOW_LAYOUT)). Times and
+/// sequence numbers are DELTA_BINARY_PACKED, uncompressed: rows are in key order, so the values are
+/// spread over the segment's window, and packing each block of deltas in the bits its spread needs
+/// (about 40 of 64 for a few days in µs, 20 for sequence numbers) stores them smaller than Snappy
+/// did (0.60–0.89 of PLAIN on a 1M build) for a fraction of its CPU. Only gold reads segments. The
+/// event hub and partition (one or two values a segment, run-length encoded) and the bronze file
+/// (dictionary indices) are left uncompressed too: Snappy kept 0.96–1.09 of them.
 pub const LEDGER_LAYOUT: Layout = Layout {
     statistics: false,
-    plain: &[
+    plain: &["patient_key", "patient_id"],
+    delta: &["admission_us", "admission_sent_us", "discharge_us", "sequence_number", "enqueued_us"],
+    uncompressed: &[
         "patient_key",
         "patient_id",
+        "gender",
+        "age",
+        "department",
+        "hospital_id",
+        "bed_id",
         "admission_us",
         "admission_sent_us",
         "discharge_us",
+        "event_hub",
+        "partition_id",
         "sequence_number",
         "enqueued_us",
+        "bronze_file",
     ],
-    uncompressed: &["patient_key", "patient_id", "gender", "age", "department", "hospital_id", "bed_id"],
     ..Layout::uniform(Codec::Fast)
 };
 
