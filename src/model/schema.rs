@@ -229,15 +229,17 @@ pub static DIM_PATIENT: LazyLock<SchemaRef> = LazyLock::new(|| {
     ])
 });
 
-/// How DimPatient files are written: keys, hashes and validity times are distinct (PLAIN); ids,
-/// keys and the small-domain attributes stay uncompressed (see [`FACT_PATIENT_FLOW_LAYOUT`]).
-/// Patient ids get no statistics: the files are laid out by patient key (a hash), so a page's
-/// lowest and highest id span nearly every id and prune nothing, while computing them compares
-/// every id twice.
+/// How DimPatient files are written: keys, ids and validity times are (nearly) distinct (PLAIN);
+/// ids, keys and the small-domain attributes stay uncompressed (see [`FACT_PATIENT_FLOW_LAYOUT`]).
+/// `attr_hash` is a hash of the tracked attributes (gender and age), so it has their few hundred
+/// values: a dictionary stores it in about a byte a row, where PLAIN took eight and Snappy left
+/// 0.32 of those (200 values in 915k versions of a 1M build). Patient ids get no statistics: the
+/// files are laid out by patient key (a hash), so a page's lowest and highest id span nearly every
+/// id and prune nothing, while computing them compares every id twice.
 pub const DIM_PATIENT_LAYOUT: Layout = Layout {
-    plain: &["patient_sk", "patient_id", "attr_hash", "effective_from", "effective_to"],
+    plain: &["patient_sk", "patient_id", "effective_from", "effective_to"],
     no_statistics: &["patient_id"],
-    uncompressed: &["patient_sk", "patient_id", "gender", "age", "is_current"],
+    uncompressed: &["patient_sk", "patient_id", "gender", "age", "attr_hash", "is_current"],
     ..Layout::uniform(Codec::Fast)
 };
 
