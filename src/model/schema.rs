@@ -290,9 +290,9 @@ pub static FACT_PATIENT_FLOW: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// every parquet reader takes (Synapse's `COPY INTO` included): 64-bit hashes and ids and the
 /// dictionary indices of small-domain columns (0.95–1.0 of their size, DuckDB's
 /// `parquet_metadata` on a 1M build) — for a third of the CPU of encoding gold (callgrind) — and
-/// the columns that hold one or two values a file (the partition, the days, the ingestion time:
-/// a few run-length encoded bytes, which Snappy made 1.09–1.10 of their size); timestamps, which
-/// shrink to 0.6–0.9, keep the layer's codec. `fact_id` gets a bloom filter: a
+/// the columns of a few values a file (the partitions a build folds, the days, the ingestion
+/// time: dictionary indices of a bit or two, which Snappy made 1.09–1.10 of their size);
+/// timestamps, which shrink to 0.6–0.9, keep the layer's codec. `fact_id` gets a bloom filter: a
 /// build finds the files that hold the rows it moves by it (see [`BLOOM_FPP`](crate::storage::parquet::BLOOM_FPP)).
 pub const FACT_PATIENT_FLOW_LAYOUT: Layout = Layout {
     plain: &[

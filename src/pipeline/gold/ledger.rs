@@ -75,8 +75,8 @@ pub static KEYS: LazyLock<SchemaRef> =
 /// spread over the segment's window, and packing each block of deltas in the bits its spread needs
 /// (about 40 of 64 for a few days in µs, 20 for sequence numbers) stores them smaller than Snappy
 /// did (0.60–0.89 of PLAIN on a 1M build) for a fraction of its CPU. Only gold reads segments. The
-/// event hub and partition (one or two values a segment, run-length encoded) and the bronze file
-/// (dictionary indices) are left uncompressed too: Snappy kept 0.96–1.09 of them.
+/// event hub and partition (the few a build folds: dictionary indices of a bit or two) and the
+/// bronze file (dictionary indices) are left uncompressed too: Snappy kept 0.96–1.09 of them.
 pub const LEDGER_LAYOUT: Layout = Layout {
     statistics: false,
     plain: &["patient_key", "patient_id"],
