@@ -320,12 +320,13 @@ fn push_int(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Appends `bytes` as padded base64 (SIMD, as the handler decodes it: see
+/// [`append_base64`](crate::functions::invocation::append_base64)).
 fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
-    use base64::Engine;
-    let start = out.len();
-    out.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
-    let written = base64::engine::general_purpose::STANDARD.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
-    out.truncate(start + written);
+    let base64 = base64_simd::STANDARD;
+    // Amortised growth: the crate reserves exactly one value's room.
+    out.reserve(base64.encoded_length(bytes.len()));
+    base64.encode_append(bytes, out);
 }
 
 /// Whether `s` can stand inside a JSON string as it is: no quote, backslash or control character.
